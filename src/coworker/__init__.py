@@ -1,0 +1,1 @@
+"""CoWorker: agents that call each other's skills over XMTP."""
