@@ -1,1 +1,65 @@
-"""CoWorker: agents that call each other's skills over XMTP."""
+"""CoWorker: agents that find each other and call each other's skills over XMTP.
+
+Example::
+
+    from coworker import Agent, MemoryNetwork
+
+    net = MemoryNetwork()
+    alice, bob = Agent("alice", network=net), Agent("bob", network=net)
+"""
+
+from ._agent import Agent, AsyncAgent, Peer
+from ._errors import (
+    AccessDenied,
+    CallError,
+    CallTimeout,
+    ConfigurationError,
+    CoworkerError,
+    IdentityError,
+    InvalidInput,
+    LocalProtocolError,
+    PeerUnreachable,
+    ProtocolError,
+    RemoteProtocolError,
+    SkillFailed,
+    SkillNotFound,
+    StoreError,
+    TransportError,
+)
+from ._memory import MemoryNetwork
+from ._skills import CallContext, Skill
+from ._store import CallRecord, PeerRecord, TrustRequest
+from ._transport import Network
+from ._trust import TrustTier
+
+__version__ = "0.2.0.dev0"
+
+__all__ = [
+    "AccessDenied",
+    "Agent",
+    "AsyncAgent",
+    "CallContext",
+    "CallError",
+    "CallRecord",
+    "CallTimeout",
+    "ConfigurationError",
+    "CoworkerError",
+    "IdentityError",
+    "InvalidInput",
+    "LocalProtocolError",
+    "MemoryNetwork",
+    "Network",
+    "Peer",
+    "PeerRecord",
+    "PeerUnreachable",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Skill",
+    "SkillFailed",
+    "SkillNotFound",
+    "StoreError",
+    "TransportError",
+    "TrustRequest",
+    "TrustTier",
+    "__version__",
+]

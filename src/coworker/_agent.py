@@ -1,0 +1,689 @@
+"""The public agent API: :class:`AsyncAgent` (the implementation) and :class:`Agent` (its blocking facade)."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from . import _paths
+from ._errors import ConfigurationError, CoworkerError, IdentityError, StoreError, error_from_wire
+from ._identity import KEYSTORE_FILE, Identity, checksum
+from ._portal import Portal
+from ._protocol import ErrorBody, new_id, parse_body
+from ._runtime import Runtime, TrustPolicy
+from ._skills import Skill, SkillFunction, build_skill
+from ._store import CallRecord, PeerRecord, SQLiteStore, TrustRequest
+from ._transport import Network
+from ._trust import TrustTier
+
+log = logging.getLogger("coworker.agent")
+
+F = TypeVar("F", bound=SkillFunction)
+T = TypeVar("T")
+
+NETWORK_NAMES = ("local", "dev", "production")
+CONFIG_FILE = "config.json"
+DB_FILE = "coworker.db"
+LOCK_FILE = "agent.lock"
+_AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def validate_agent_name(name: str) -> str:
+    """Return ``name`` if it can name an agent (and its directory); raise ConfigurationError otherwise."""
+    if not isinstance(name, str) or not _AGENT_NAME.match(name):
+        raise ConfigurationError(f"invalid agent name {name!r}: use 1-64 letters, digits, '_', '.', '-', "
+                                 f"starting with a letter or digit")
+    return name
+
+
+def read_config(data_dir: Path) -> dict[str, Any]:
+    """The agent's ``config.json`` (written by ``coworker init``), or {} when there is none."""
+    path = data_dir / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{path} does not hold a JSON object")
+    return data
+
+
+def write_config(data_dir: Path, config: dict[str, Any]) -> None:
+    """Write the agent's ``config.json``."""
+    path = data_dir / CONFIG_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def network_name(spec: str | Network | None, data_dir: Path) -> tuple[str, str]:
+    """The name of the network an agent is on and where that choice came from."""
+    if isinstance(spec, Network):
+        return spec.name, "argument"
+    if spec is not None:
+        return spec, "argument"
+    env = os.environ.get("COWORKER_NETWORK")
+    if env:
+        return env, "COWORKER_NETWORK"
+    configured = read_config(data_dir).get("network")
+    if isinstance(configured, str) and configured:
+        return configured, CONFIG_FILE
+    return "local", "default"
+
+
+def resolve_network(spec: str | Network | None, data_dir: Path) -> Network:
+    """The network object for ``spec`` (a name, a network object, or None for the configured default)."""
+    if isinstance(spec, Network):
+        return spec
+    name, source = network_name(spec, data_dir)
+    if name not in NETWORK_NAMES:
+        raise ConfigurationError(f"unknown network {name!r} (from {source}): use one of {', '.join(NETWORK_NAMES)} "
+                                 f"or a network object such as coworker.MemoryNetwork()")
+    raise ConfigurationError(f"network {name!r} needs the XMTP transport, which this build of CoWorker does not "
+                             f"include yet; pass network=coworker.MemoryNetwork() to run agents in one process")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A peer's card, as returned by ``connect``. Works as a mapping too: ``peer["skills"]``.
+
+    Attributes:
+        name: the name the peer gives itself.
+        wallet: its checksummed wallet address.
+        skills: the names of the skills it lets us see.
+        skill_cards: full descriptions of those skills (description, JSON schemas, tier, version).
+        trust_tier: the tier *we* hold for this peer.
+        rtt_ms: the round trip of the discovery, in milliseconds.
+    """
+
+    name: str
+    wallet: str
+    skills: list[str]
+    skill_cards: list[dict[str, Any]] = field(repr=False)
+    trust_tier: TrustTier
+    rtt_ms: float = 0.0
+
+    _KEYS = ("name", "wallet", "skills", "skill_cards", "trust_tier", "rtt_ms")
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._KEYS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def keys(self) -> tuple[str, ...]:
+        return self._KEYS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._KEYS)
+
+    def skill(self, name: str) -> dict[str, Any]:
+        """The full card of one of the peer's skills."""
+        for card in self.skill_cards:
+            if card["name"] == name:
+                return card
+        raise KeyError(name)
+
+
+class _AgentLock:
+    """An exclusive lock on the agent's directory: one running process per agent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(f"the agent in {self.path.parent} is already running (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+    @staticmethod
+    def holder(path: Path) -> int | None:
+        """The pid of the process running the agent, or None when it is not running."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        finally:
+            os.close(fd)
+        return None
+
+
+class AsyncAgent:
+    """An agent for asyncio code. :class:`Agent` offers the same methods, blocking.
+
+    Args:
+        name: the agent's name; its files live in ``$COWORKER_HOME/agents/<name>/`` unless ``data_dir`` is given.
+        network: ``"local"``, ``"dev"``, ``"production"``, or a network object such as :class:`MemoryNetwork`.
+            None: ``COWORKER_NETWORK``, else what ``coworker init --network`` chose, else ``"local"``.
+        data_dir: where the wallet, the database and the logs live.
+        auto_accept_trust: grant trust requests automatically, up to ``max_auto_accept_tier``.
+        max_auto_accept_tier: the highest tier granted without approval.
+        passphrase: encrypts a new wallet (V3 keystore) or decrypts an existing one; default
+            ``COWORKER_PASSPHRASE``.
+
+    Example::
+
+        async with AsyncAgent("caller", network=net) as agent:
+            peer = await agent.connect(wallet)
+            result = await agent.call(wallet, "summarize", {"text": "..."})
+    """
+
+    def __init__(self, name: str, *, network: str | Network | None = None, data_dir: str | Path | None = None,
+                 auto_accept_trust: bool = False, max_auto_accept_tier: TrustTier | int = TrustTier.KNOWN,
+                 passphrase: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.name = validate_agent_name(name)
+        self.data_dir = Path(data_dir).expanduser() if data_dir is not None else _paths.agent_dir(name)
+        self._network_spec = network
+        self._passphrase = passphrase if passphrase is not None else os.environ.get("COWORKER_PASSPHRASE")
+        try:
+            max_tier = TrustTier.parse(max_auto_accept_tier)
+        except ValueError as exc:
+            raise ConfigurationError(f"max_auto_accept_tier: {exc}") from None
+        _paths.ensure_private_dir(self.data_dir)
+        self._identity: Identity | None = None
+        if (self.data_dir / KEYSTORE_FILE).exists() and not self._passphrase:
+            self.wallet = self._keystore_address()
+        else:
+            self._identity = Identity.load_or_create(self.data_dir, self._passphrase)
+            self.wallet = self._identity.address
+        self.store = SQLiteStore(self.data_dir / DB_FILE)
+        self._skills: dict[str, Skill] = {}
+        self._policy = TrustPolicy(bool(auto_accept_trust), max_tier)
+        self._clock = clock
+        self._runtime: Runtime | None = None
+        self._lock = _AgentLock(self.data_dir / LOCK_FILE)
+        self._start_lock: asyncio.Lock | None = None
+        self._stopped: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncAgent {self.name} {self.wallet}>"
+
+    def _keystore_address(self) -> str:
+        try:
+            data = json.loads((self.data_dir / KEYSTORE_FILE).read_text())
+            return checksum("0x" + str(data["address"]).removeprefix("0x"))
+        except (OSError, ValueError, KeyError, CoworkerError) as exc:
+            raise IdentityError(f"cannot read the wallet address from {self.data_dir / KEYSTORE_FILE}: "
+                                f"{type(exc).__name__}") from None
+
+    @property
+    def network_name(self) -> str:
+        """The name of the network this agent uses (``"local"``, ``"memory"``, ...)."""
+        return network_name(self._network_spec, self.data_dir)[0]
+
+    @property
+    def running(self) -> bool:
+        return self._runtime is not None
+
+    # ---- skills -------------------------------------------------------------------------------------------
+
+    def skill(self, name: str | None = None, *, description: str | None = None, input_schema: Any = None,
+              output_schema: Any = None, min_trust_tier: TrustTier | int = TrustTier.KNOWN,
+              version: str = "1.0.0") -> Callable[[F], F]:
+        """Register the decorated function as a skill; the function is returned unchanged.
+
+        Example::
+
+            @agent.skill("summarize", description="Summarize text")
+            def summarize(text: str, max_words: int = 50) -> dict: ...
+        """
+        if callable(name):
+            raise TypeError("use @agent.skill() with parentheses (optionally with a name and options)")
+
+        def register(fn: F) -> F:
+            self.add_skill(fn, name=name, description=description, input_schema=input_schema,
+                           output_schema=output_schema, min_trust_tier=min_trust_tier, version=version)
+            return fn
+
+        return register
+
+    def add_skill(self, fn: SkillFunction, *, name: str | None = None, description: str | None = None,
+                  input_schema: Any = None, output_schema: Any = None,
+                  min_trust_tier: TrustTier | int = TrustTier.KNOWN, version: str = "1.0.0") -> Skill:
+        """Register ``fn`` as a skill (see :meth:`skill`) and return its description.
+
+        Raises:
+            ConfigurationError: a bad name, schema or tier, or a name already taken.
+        """
+        skill = build_skill(fn, name=name, description=description, input_schema=input_schema,
+                            output_schema=output_schema, min_trust_tier=min_trust_tier, version=version)
+        if skill.name in self._skills:
+            raise ConfigurationError(f"a skill named {skill.name!r} is already registered")
+        self._skills[skill.name] = skill
+        if self._runtime is not None:
+            self._publish_skills()
+        return skill
+
+    @property
+    def skills(self) -> dict[str, Skill]:
+        """The registered skills, by name."""
+        return dict(self._skills)
+
+    def _publish_skills(self) -> None:
+        self.store.set_setting("skills", json.dumps([s.card() for s in self._skills.values()]))
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join the network and start answering peers. Idempotent."""
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._runtime is not None:
+                return
+            network = resolve_network(self._network_spec, self.data_dir)
+            if self._identity is None:
+                self._identity = Identity.load_or_create(self.data_dir, self._passphrase)
+            self._lock.acquire()
+            runtime = Runtime(identity=self._identity, name=self.name, store=self.store, skills=self._skills,
+                              policy=self._policy, clock=self._clock)
+            try:
+                await runtime.open(network, self.data_dir)
+            except BaseException:
+                self._lock.release()
+                raise
+            self._runtime = runtime
+            self._stopped = asyncio.Event()
+            self.store.set_setting("network", network.name)
+            self._publish_skills()
+            log.info("agent %s (%s) started on %s with %d skills", self.name, self.wallet, network.name,
+                     len(self._skills))
+
+    async def stop(self) -> None:
+        """Stop answering peers and leave the network; running calls get a few seconds to finish."""
+        runtime, self._runtime = self._runtime, None
+        if runtime is None:
+            return
+        try:
+            await runtime.close()
+        finally:
+            self._lock.release()
+            if self._stopped is not None:
+                self._stopped.set()
+            log.info("agent %s stopped", self.name)
+
+    def close(self) -> None:
+        """Close the database. The agent must be stopped."""
+        if self._runtime is not None:
+            raise RuntimeError("stop the agent before closing it")
+        self.store.close()
+
+    async def serve(self) -> None:
+        """Start (if needed) and answer peers until SIGINT or SIGTERM, or until :meth:`stop`."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stopped = self._stopped
+        assert stopped is not None
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stopped.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
+        try:
+            await stopped.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    async def __aenter__(self) -> AsyncAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def _live(self) -> Runtime:
+        await self.start()
+        assert self._runtime is not None
+        return self._runtime
+
+    # ---- talking to peers ---------------------------------------------------------------------------------
+
+    async def ping(self, wallet: str, *, timeout: float = 30) -> float:
+        """Round trip to a peer in milliseconds. Any peer answers, trusted or not."""
+        runtime, peer = await self._live(), checksum(wallet)
+        started = time.perf_counter()
+        reply, _, _ = await runtime.request(peer, "ping", {}, timeout)
+        self._raise_for_error(reply)
+        return (time.perf_counter() - started) * 1000
+
+    async def connect(self, wallet: str, *, timeout: float = 30) -> Peer:
+        """Discover a peer: its name and the skills it lets us see.
+
+        Example::
+
+            peer = await agent.connect("0xB0B...")
+            peer["skills"]  # ["summarize"] once the peer trusts us, [] before
+        """
+        runtime, peer = await self._live(), checksum(wallet)
+        started = time.perf_counter()
+        reply, _, _ = await runtime.request(peer, "discover", {}, timeout)
+        rtt = (time.perf_counter() - started) * 1000
+        self._raise_for_error(reply)
+        body = parse_body(reply)
+        cards = [card.model_dump() for card in body.skills]
+        self.store.touch_peer(peer, self._clock(), name=body.name, card={"skills": cards})
+        return Peer(name=body.name, wallet=peer, skills=[c["name"] for c in cards], skill_cards=cards,
+                    trust_tier=self.store.trust_tier(peer), rtt_ms=rtt)
+
+    async def call(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *,
+                   timeout: float = 30) -> Any:
+        """Run a peer's skill and return its output.
+
+        Raises:
+            AccessDenied: the peer does not trust us enough to take calls.
+            SkillNotFound: no such skill, or one we may not see.
+            InvalidInput: the input breaks the skill's schema (``.path`` names the field).
+            SkillFailed: the skill raised (the peer's message only).
+            CallTimeout: no answer within ``timeout`` seconds.
+            ProtocolError: a message was refused as breaking the protocol.
+        """
+        if input is None:
+            input = {}
+        if not isinstance(input, dict):
+            raise ConfigurationError(f"a skill's input is a JSON object (a dict), got {type(input).__name__}")
+        runtime, peer = await self._live(), checksum(wallet)
+        call_id = new_id()
+        wall, started = self._clock(), time.perf_counter()
+        status, code, sent, received = "failed", None, 0, 0
+        try:
+            try:
+                reply, sent, received = await runtime.request(peer, "call.request", {"skill": skill, "input": input},
+                                                              timeout, message_id=call_id)
+            except ValueError as exc:
+                raise ConfigurationError(f"input cannot be sent as JSON: {exc}") from None
+            self._raise_for_error(reply)
+            status = "completed"
+            return parse_body(reply).output
+        except CoworkerError as exc:
+            code = getattr(exc, "code", type(exc).__name__)
+            status = "timeout" if code == "CallTimeout" else "failed"
+            raise
+        finally:
+            self.store.record_call(CallRecord(call_id, "out", peer, skill, status, code, wall,
+                                              (time.perf_counter() - started) * 1000, sent, received))
+
+    @staticmethod
+    def _raise_for_error(reply: Any) -> None:
+        if reply.type in ("error", "call.error"):
+            body = parse_body(reply)
+            assert isinstance(body, ErrorBody)
+            raise error_from_wire(body.code, body.message, body.path)
+
+    # ---- trust --------------------------------------------------------------------------------------------
+
+    async def request_trust(self, wallet: str, tier: TrustTier | int = TrustTier.KNOWN, reason: str = "", *,
+                            timeout: float = 30) -> str:
+        """Ask a peer to trust us at ``tier``: returns ``"granted"``, ``"pending"`` or ``"denied"``."""
+        try:
+            wanted = TrustTier.parse(tier)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        runtime, peer = await self._live(), checksum(wallet)
+        reply, _, _ = await runtime.request(peer, "trust.request", {"tier": int(wanted), "reason": reason}, timeout)
+        self._raise_for_error(reply)
+        state = {"trust.grant": "granted", "trust.pending": "pending", "trust.deny": "denied"}.get(reply.type)
+        if state is None:
+            raise error_from_wire("PROTOCOL_ERROR", f"unexpected answer {reply.type!r} to a trust request")
+        granted = TrustTier.parse(parse_body(reply).tier) if state == "granted" else wanted
+        self.store.set_standing(peer, state, granted, self._clock())
+        return state
+
+    def trust_requests(self) -> list[TrustRequest]:
+        """Trust requests waiting for approval, oldest first."""
+        return self.store.trust_requests()
+
+    def trust_tier(self, wallet: str) -> TrustTier:
+        """The tier we hold for ``wallet`` (UNTRUSTED when unknown)."""
+        return self.store.trust_tier(checksum(wallet))
+
+    def set_trust(self, wallet: str, tier: TrustTier | int) -> None:
+        """Set the tier we hold for ``wallet``, up or down, and drop any pending request of its."""
+        peer = checksum(wallet)
+        try:
+            new = TrustTier.parse(tier)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        self.store.set_trust(peer, new, self._clock())
+        self.store.pop_trust_request(peer)
+
+    async def approve_trust(self, wallet: str, tier: TrustTier | int | None = None) -> TrustTier:
+        """Grant a pending trust request (at the tier asked for, or ``tier``); tell the peer if we are running.
+
+        A grant never lowers the tier already held. Returns the tier now held.
+
+        Raises:
+            ConfigurationError: no pending request from ``wallet``.
+        """
+        peer = checksum(wallet)
+        request = self.store.pop_trust_request(peer)
+        if request is None:
+            raise ConfigurationError(f"no pending trust request from {peer} (use set_trust to set a tier)")
+        try:
+            wanted = request.tier if tier is None else TrustTier.parse(tier)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        new = max(wanted, self.store.trust_tier(peer))
+        self.store.set_trust(peer, new, self._clock())
+        await self._tell(peer, "trust.grant", {"tier": int(new)}, request.request_id)
+        return new
+
+    async def deny_trust(self, wallet: str) -> None:
+        """Refuse a pending trust request; tell the peer if we are running.
+
+        Raises:
+            ConfigurationError: no pending request from ``wallet``.
+        """
+        peer = checksum(wallet)
+        request = self.store.pop_trust_request(peer)
+        if request is None:
+            raise ConfigurationError(f"no pending trust request from {peer}")
+        await self._tell(peer, "trust.deny", {"tier": int(self.store.trust_tier(peer))}, request.request_id)
+
+    async def _tell(self, peer: str, kind: str, body: dict[str, Any], corr: str) -> None:
+        if self._runtime is None:
+            return  # the peer learns the outcome from its next request
+        try:
+            await self._runtime.notify(peer, kind, body, corr)
+        except CoworkerError as exc:
+            log.warning("could not tell %s about %s: %s", peer, kind, exc)
+
+    # ---- what we remember ---------------------------------------------------------------------------------
+
+    def peers(self) -> list[PeerRecord]:
+        """Peers we have exchanged messages with, most recent first."""
+        return self.store.peers()
+
+    def calls(self, limit: int = 50) -> list[CallRecord]:
+        """The latest calls made and served, newest first."""
+        return self.store.calls(limit)
+
+
+class Agent:
+    """A CoWorker agent for ordinary (blocking) code; every method has an ``AsyncAgent`` twin.
+
+    Network methods start the agent on first use; :meth:`serve` blocks and answers peers until interrupted.
+    Takes the same arguments as :class:`AsyncAgent`.
+
+    Example::
+
+        agent = Agent("my-bot")
+
+        @agent.skill("summarize", description="Summarize text")
+        def summarize(text: str, max_words: int = 50) -> dict:
+            return {"summary": text[:100], "word_count": len(text.split())}
+
+        agent.serve()
+    """
+
+    def __init__(self, name: str, **options: Any) -> None:
+        self._portal = Portal.shared()
+        self._agent = AsyncAgent(name, **options)
+        self._serving = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"<Agent {self.name} {self.wallet}>"
+
+    @property
+    def aio(self) -> AsyncAgent:
+        """The async agent behind this facade (for use on the facade's own loop only)."""
+        return self._agent
+
+    name = property(lambda self: self._agent.name)
+    wallet = property(lambda self: self._agent.wallet)
+    data_dir = property(lambda self: self._agent.data_dir)
+    network_name = property(lambda self: self._agent.network_name)
+    running = property(lambda self: self._agent.running)
+    skills = property(lambda self: self._agent.skills)
+
+    def skill(self, name: str | None = None, **options: Any) -> Callable[[F], F]:
+        """Register the decorated function as a skill; see :meth:`AsyncAgent.skill`."""
+        return self._agent.skill(name, **options)
+
+    def add_skill(self, fn: SkillFunction, **options: Any) -> Skill:
+        """Register ``fn`` as a skill; see :meth:`AsyncAgent.add_skill`."""
+        return self._agent.add_skill(fn, **options)
+
+    def _run(self, fn: Callable[[], Any]) -> Any:
+        async def call() -> Any:
+            result = fn()
+            return await result if asyncio.iscoroutine(result) else result
+
+        return self._portal.run(call())
+
+    def start(self) -> None:
+        """Join the network and answer peers in the background."""
+        self._run(self._agent.start)
+        _started.add(self)
+
+    def stop(self) -> None:
+        """Leave the network (bounded: running calls get a few seconds)."""
+        self._run(self._agent.stop)
+        _started.discard(self)
+        self._serving.set()
+
+    def close(self) -> None:
+        """Stop and close the database."""
+        self.stop()
+        self._run(self._agent.close)
+
+    def serve(self) -> None:
+        """Start and answer peers until SIGINT or SIGTERM (or :meth:`stop` from another thread)."""
+        self.start()
+        self._serving.clear()
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: self._serving.set())
+        try:
+            self._serving.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.stop()
+
+    def __enter__(self) -> Agent:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def ping(self, wallet: str, *, timeout: float = 30) -> float:
+        """See :meth:`AsyncAgent.ping`."""
+        return self._portal.run(self._agent.ping(wallet, timeout=timeout))
+
+    def connect(self, wallet: str, *, timeout: float = 30) -> Peer:
+        """See :meth:`AsyncAgent.connect`."""
+        _started.add(self)
+        return self._portal.run(self._agent.connect(wallet, timeout=timeout))
+
+    def call(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *, timeout: float = 30) -> Any:
+        """See :meth:`AsyncAgent.call`."""
+        _started.add(self)
+        return self._portal.run(self._agent.call(wallet, skill, input, timeout=timeout))
+
+    def request_trust(self, wallet: str, tier: TrustTier | int = TrustTier.KNOWN, reason: str = "", *,
+                      timeout: float = 30) -> str:
+        """See :meth:`AsyncAgent.request_trust`."""
+        _started.add(self)
+        return self._portal.run(self._agent.request_trust(wallet, tier, reason, timeout=timeout))
+
+    def trust_requests(self) -> list[TrustRequest]:
+        """See :meth:`AsyncAgent.trust_requests`."""
+        return self._run(self._agent.trust_requests)  # type: ignore[no-any-return]
+
+    def trust_tier(self, wallet: str) -> TrustTier:
+        """See :meth:`AsyncAgent.trust_tier`."""
+        return self._run(lambda: self._agent.trust_tier(wallet))  # type: ignore[no-any-return]
+
+    def set_trust(self, wallet: str, tier: TrustTier | int) -> None:
+        """See :meth:`AsyncAgent.set_trust`."""
+        self._run(lambda: self._agent.set_trust(wallet, tier))
+
+    def approve_trust(self, wallet: str, tier: TrustTier | int | None = None) -> TrustTier:
+        """See :meth:`AsyncAgent.approve_trust`."""
+        return self._portal.run(self._agent.approve_trust(wallet, tier))
+
+    def deny_trust(self, wallet: str) -> None:
+        """See :meth:`AsyncAgent.deny_trust`."""
+        self._portal.run(self._agent.deny_trust(wallet))
+
+    def peers(self) -> list[PeerRecord]:
+        """See :meth:`AsyncAgent.peers`."""
+        return self._run(self._agent.peers)  # type: ignore[no-any-return]
+
+    def calls(self, limit: int = 50) -> list[CallRecord]:
+        """See :meth:`AsyncAgent.calls`."""
+        return self._run(lambda: self._agent.calls(limit))  # type: ignore[no-any-return]
+
+
+# Blocking agents that may be running; stopped at interpreter exit so that locks and databases close cleanly.
+_started: set[Agent] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for agent in list(_started):
+        with contextlib.suppress(Exception):
+            agent.stop()

@@ -1,0 +1,136 @@
+"""The in-memory network: agents given the same :class:`MemoryNetwork` object reach each other.
+
+It behaves like a store-and-forward relay: a wallet that has joined once keeps a mailbox, and messages sent to
+it while it is away are delivered, in order, when it joins again. Faults can be injected for tests: dropped,
+duplicated, reordered and delayed messages, drawn from a seeded random source so that a failure replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._errors import ConfigurationError, PeerUnreachable, TransportError
+from ._identity import Identity
+from ._transport import Deliver, Incoming, Network, Sender, Transport
+
+
+@dataclass
+class _Mailbox:
+    sender: Sender
+    loop: asyncio.AbstractEventLoop | None = None
+    deliver: Deliver | None = None
+    backlog: deque[Incoming] = field(default_factory=deque)
+
+
+class MemoryNetwork(Network):
+    """A network inside one process, for tests, examples and benchmarks.
+
+    Args:
+        drop: share of messages lost (0..1).
+        duplicate: share of messages delivered twice (0..1).
+        reorder: deliver each message after a random extra delay of up to ``max(delay, 0.001)`` s, so that
+            messages overtake each other.
+        delay: seconds every message takes.
+        seed: seed of the random source for the faults.
+
+    Example::
+
+        net = MemoryNetwork()
+        a, b = Agent("a", network=net), Agent("b", network=net)
+    """
+
+    name = "memory"
+
+    def __init__(self, drop: float = 0.0, duplicate: float = 0.0, reorder: bool = False, delay: float = 0.0,
+                 seed: int | None = None) -> None:
+        for label, rate in (("drop", drop), ("duplicate", duplicate)):
+            if not 0.0 <= rate <= 1.0:
+                raise ConfigurationError(f"{label} must be between 0 and 1, got {rate}")
+        if delay < 0:
+            raise ConfigurationError(f"delay must be >= 0 seconds, got {delay}")
+        self.drop, self.duplicate, self.reorder, self.delay = drop, duplicate, reorder, delay
+        self._random = random.Random(seed)
+        self._mailboxes: dict[str, _Mailbox] = {}
+        self.stats = {"sent": 0, "delivered": 0, "dropped": 0, "duplicated": 0}
+
+    def __repr__(self) -> str:
+        return (f"MemoryNetwork(drop={self.drop}, duplicate={self.duplicate}, reorder={self.reorder}, "
+                f"delay={self.delay}, members={len(self._mailboxes)})")
+
+    async def open(self, identity: Identity, data_dir: Path, deliver: Deliver) -> Transport:
+        key = identity.address.lower()
+        box = self._mailboxes.get(key)
+        if box is None:
+            box = self._mailboxes[key] = _Mailbox(Sender(f"memory:{key}", frozenset({key})))
+        if box.deliver is not None:
+            raise TransportError(f"wallet {identity.address} is already connected to this network")
+        box.loop, box.deliver = asyncio.get_running_loop(), deliver
+        while box.backlog:
+            self._hand_over(box, box.backlog.popleft(), 0.0)
+        return _MemoryTransport(self, box)
+
+    def _send(self, origin: _Mailbox, recipient: str, data: bytes) -> None:
+        box = self._mailboxes.get(recipient.lower())
+        if box is None:
+            raise PeerUnreachable(f"{recipient} has never joined this network")
+        self.stats["sent"] += 1
+        rnd = self._random
+        if self.drop and rnd.random() < self.drop:
+            self.stats["dropped"] += 1
+            return
+        copies = 1
+        if self.duplicate and rnd.random() < self.duplicate:
+            copies = 2
+            self.stats["duplicated"] += 1
+        for _ in range(copies):
+            wait = self.delay + (rnd.random() * max(self.delay, 0.001) if self.reorder else 0.0)
+            self._hand_over(box, Incoming(origin.sender, data), wait)
+
+    def _hand_over(self, box: _Mailbox, message: Incoming, wait: float) -> None:
+        loop, deliver = box.loop, box.deliver
+        if loop is None or deliver is None or loop.is_closed():
+            box.backlog.append(message)
+            return
+
+        def arrive() -> None:
+            if box.deliver is deliver:
+                self.stats["delivered"] += 1
+                deliver(message)
+            else:  # the recipient left (or left and came back) while the message was in flight
+                self._hand_over(box, message, 0.0)
+
+        try:
+            same_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            same_loop = False
+        if same_loop:
+            if wait > 0:
+                loop.call_later(wait, arrive)
+            else:
+                loop.call_soon(arrive)
+        elif wait > 0:
+            loop.call_soon_threadsafe(loop.call_later, wait, arrive)
+        else:
+            loop.call_soon_threadsafe(arrive)
+
+    def _leave(self, box: _Mailbox) -> None:
+        box.loop = box.deliver = None
+
+
+class _MemoryTransport(Transport):
+    def __init__(self, network: MemoryNetwork, box: _Mailbox) -> None:
+        self._network, self._box, self._closed = network, box, False
+
+    async def send(self, recipient: str, data: bytes) -> None:
+        if self._closed:
+            raise TransportError("transport is closed")
+        self._network._send(self._box, recipient, bytes(data))
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._network._leave(self._box)

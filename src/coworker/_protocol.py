@@ -1,0 +1,275 @@
+"""Protocol v2: the wire messages, their encoding and their checks. No I/O, no clock: time is passed in.
+
+Theory of operation. Every message is one JSON object (UTF-8, no insignificant whitespace, fixed key order)::
+
+    {"coworker":2,"id":<32 hex>,"type":<type>,"corr":<32 hex>,"from":<0x address>,"to":<0x address>,
+     "ts":<ms since epoch>,"exp":<ms since epoch>,"body":{...}}
+
+``id`` is a fresh random 128-bit value for every message; a request's ``corr`` is its own id and a reply's
+``corr`` is the id of the request it answers. ``from`` must be one of the addresses the transport
+authenticated for the sender and ``to`` must be the receiver: the runtime refuses anything else, so a message
+can neither claim another wallet nor be replayed to a different agent. ``exp`` bounds how long an id must be
+remembered for replay defence.
+
+Decoding is strict and total: any bytes either become an :class:`Envelope` or raise
+:class:`~coworker.RemoteProtocolError` with a code; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ._errors import RemoteProtocolError
+
+VERSION: Final = 2
+MAX_ENVELOPE_BYTES: Final = 1_000_000  # the XMTP network's limit for one message
+MAX_DEPTH: Final = 64  # nesting of JSON arrays and objects in one message
+MAX_CLOCK_SKEW_MS: Final = 5 * 60_000  # a message may claim a creation time this far in the future
+MAX_TTL_MS: Final = 24 * 3600_000  # exp - ts may not exceed this
+DEFAULT_TTL_MS: Final = 5 * 60_000
+
+# Requests expect exactly one reply; replies resolve the request named by their corr.
+REQUEST_TYPES: Final = frozenset({"ping", "discover", "trust.request", "call.request", "call.cancel"})
+REPLY_TYPES: Final = frozenset(
+    {"pong", "capabilities", "trust.grant", "trust.pending", "trust.deny", "call.result", "call.error", "error"}
+)
+# Reserved for the task layer: recognised, answered UNSUPPORTED until implemented.
+RESERVED_TYPES: Final = frozenset({"call.progress", "task.get", "task.state"})
+
+_HEX32 = r"^[0-9a-f]{32}$"
+_ADDRESS = r"^0x[0-9a-fA-F]{40}$"
+_ADDRESS_RE = re.compile(_ADDRESS)
+
+MessageId = Annotated[str, Field(pattern=_HEX32)]
+Address = Annotated[str, Field(pattern=_ADDRESS)]
+Millis = Annotated[int, Field(ge=0, lt=2**53)]
+
+
+class Envelope(BaseModel):
+    """One protocol v2 message."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    coworker: Literal[2]
+    id: MessageId
+    type: Annotated[str, Field(pattern=r"^[a-z][a-z.]{0,31}$")]
+    corr: MessageId
+    sender: Address = Field(alias="from")
+    recipient: Address = Field(alias="to")
+    ts: Millis
+    exp: Millis
+    body: dict[str, Any]
+
+    @property
+    def is_request(self) -> bool:
+        return self.type in REQUEST_TYPES
+
+    @property
+    def is_reply(self) -> bool:
+        return self.type in REPLY_TYPES
+
+
+def new_id() -> str:
+    """A fresh random 128-bit message id as 32 lower-case hex digits."""
+    return secrets.token_hex(16)
+
+
+def is_address(value: object) -> bool:
+    """Whether ``value`` is a 0x-prefixed 20-byte hex address (any case)."""
+    return isinstance(value, str) and _ADDRESS_RE.match(value) is not None
+
+
+def request(kind: str, body: dict[str, Any], *, sender: str, recipient: str, now_ms: int,
+            ttl_ms: int = DEFAULT_TTL_MS, message_id: str | None = None) -> Envelope:
+    """Build a request; its correlation id is its own id."""
+    mid = message_id or new_id()
+    return Envelope.model_construct(coworker=2, id=mid, type=kind, corr=mid, sender=sender, recipient=recipient,
+                                    ts=now_ms, exp=now_ms + ttl_ms, body=body)
+
+
+def reply(to: Envelope, kind: str, body: dict[str, Any], *, now_ms: int, ttl_ms: int = DEFAULT_TTL_MS) -> Envelope:
+    """Build the reply to ``to``, from its recipient back to its sender."""
+    return Envelope.model_construct(coworker=2, id=new_id(), type=kind, corr=to.id, sender=to.recipient,
+                                    recipient=to.sender, ts=now_ms, exp=now_ms + ttl_ms, body=body)
+
+
+def error_body(code: str, message: str, path: str = "") -> dict[str, Any]:
+    """The body of an ``error`` or ``call.error`` reply."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if path:
+        body["path"] = path
+    return body
+
+
+def encode(env: Envelope) -> bytes:
+    """Serialise to the canonical bytes (fixed key order, compact, UTF-8).
+
+    Raises:
+        ValueError: the body holds something JSON cannot carry (NaN, a non-string key, an object).
+    """
+    obj = {"coworker": VERSION, "id": env.id, "type": env.type, "corr": env.corr, "from": env.sender,
+           "to": env.recipient, "ts": env.ts, "exp": env.exp, "body": env.body}
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except TypeError as exc:
+        raise ValueError(f"not JSON-serialisable: {exc}") from exc
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > limit:
+                return False
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            if depth > limit:
+                return False
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def decode(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
+    """Parse and validate one message.
+
+    Raises:
+        RemoteProtocolError: oversized, not UTF-8 JSON, too deeply nested, or not a v2 envelope.
+    """
+    if len(data) > max_bytes:
+        raise RemoteProtocolError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        obj = json.loads(data)
+    except RecursionError:
+        raise RemoteProtocolError(f"message nested deeper than {MAX_DEPTH} levels") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RemoteProtocolError(f"message is not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("message is not a JSON object")
+    if obj.get("coworker") != VERSION:
+        raise RemoteProtocolError(f"not a CoWorker v{VERSION} message")
+    if not _depth_ok(obj, MAX_DEPTH):
+        raise RemoteProtocolError(f"message nested deeper than {MAX_DEPTH} levels")
+    try:
+        return Envelope.model_validate(obj, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "message"
+        raise RemoteProtocolError(f"invalid envelope: {where}: {first['msg']}") from None
+
+
+def peek_id(data: bytes) -> tuple[str, str] | None:
+    """Best effort (id, type) of a message that failed :func:`decode`, so that it can be answered; else None."""
+    try:
+        obj = json.loads(data)
+    except (RecursionError, ValueError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    mid, kind = obj.get("id"), obj.get("type")
+    if isinstance(mid, str) and re.match(_HEX32, mid) and isinstance(kind, str):
+        return mid, kind
+    return None
+
+
+def check_fresh(env: Envelope, now_ms: int) -> str | None:
+    """Why the message is not fresh (a message for the peer), or None when it is."""
+    if env.exp < env.ts:
+        return "expiry precedes creation time"
+    if env.exp - env.ts > MAX_TTL_MS:
+        return f"time to live over the limit of {MAX_TTL_MS // 1000} s"
+    if env.ts > now_ms + MAX_CLOCK_SKEW_MS:
+        return "creation time is in the future"
+    if env.exp <= now_ms:
+        return "message expired"
+    return None
+
+
+# ---- bodies ------------------------------------------------------------------------------------------------
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class TrustRequestBody(_Body):
+    tier: Annotated[int, Field(ge=0, le=3)]
+    reason: Annotated[str, Field(max_length=2000)] = ""
+
+
+class TrustAnswerBody(_Body):
+    tier: Annotated[int, Field(ge=0, le=3)] = 0
+    reason: Annotated[str, Field(max_length=2000)] = ""
+
+
+class CallRequestBody(_Body):
+    skill: Annotated[str, Field(min_length=1, max_length=200)]
+    input: dict[str, Any]
+    version: Annotated[str, Field(max_length=50)] | None = None
+
+
+class CallResultBody(_Body):
+    output: Any = None
+    duration_ms: Annotated[float, Field(ge=0)] = 0.0
+
+
+class ErrorBody(_Body):
+    code: Annotated[str, Field(max_length=64)]
+    message: Annotated[str, Field(max_length=4000)] = ""
+    path: Annotated[str, Field(max_length=1000)] = ""
+
+
+class SkillCardBody(_Body):
+    name: str
+    description: str = ""
+    input_schema: dict[str, Any] = Field(default_factory=dict)
+    output_schema: dict[str, Any] = Field(default_factory=dict)
+    min_trust_tier: Annotated[int, Field(ge=0, le=3)] = 1
+    version: str = "1.0.0"
+
+
+class CapabilitiesBody(_Body):
+    name: Annotated[str, Field(max_length=200)]
+    wallet: Address
+    skills: list[SkillCardBody] = Field(default_factory=list, max_length=10_000)
+
+
+class PingBody(_Body):
+    message: Annotated[str, Field(max_length=2000)] = ""
+
+
+_BODIES: dict[str, type[_Body]] = {
+    "ping": PingBody,
+    "pong": PingBody,
+    "discover": _Body,
+    "capabilities": CapabilitiesBody,
+    "trust.request": TrustRequestBody,
+    "trust.grant": TrustAnswerBody,
+    "trust.pending": TrustAnswerBody,
+    "trust.deny": TrustAnswerBody,
+    "call.request": CallRequestBody,
+    "call.result": CallResultBody,
+    "call.error": ErrorBody,
+    "error": ErrorBody,
+}
+
+
+def parse_body(env: Envelope) -> Any:
+    """Validate the body against its type's model.
+
+    Raises:
+        RemoteProtocolError: unknown type (code UNSUPPORTED) or an invalid body (code PROTOCOL_ERROR).
+    """
+    model = _BODIES.get(env.type)
+    if model is None:
+        raise RemoteProtocolError(f"unsupported message type {env.type!r}", code="UNSUPPORTED")
+    try:
+        return model.model_validate(env.body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise RemoteProtocolError(f"invalid {env.type} body: {where}: {first['msg']}") from None

@@ -1,0 +1,309 @@
+"""Skills: a function plus its published description, its schemas and the validation around it.
+
+A skill's input is always a JSON object. Its schema comes, in order of preference, from an explicit
+``input_schema`` (a pydantic model class, a JSON Schema, or an informal map such as
+``{"text": "str", "max_words": "int"}``) or from the function's type hints. Whatever the source, the
+published schema is JSON Schema and the input is validated before the function runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import typing
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from ._errors import ConfigurationError, InvalidInput, SkillFailed
+from ._trust import TrustTier
+
+SkillFunction = Callable[..., Any]
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
+_INFORMAL_TYPES: dict[str, Any] = {
+    "str": str, "string": str, "text": str,
+    "int": int, "integer": int,
+    "float": float, "number": float,
+    "bool": bool, "boolean": bool,
+    "list": list[Any], "array": list[Any],
+    "dict": dict[str, Any], "object": dict[str, Any],
+    "any": Any, "json": Any,
+}
+_JSON_SCHEMA_KEYS = frozenset({"$schema", "type", "properties", "required", "$ref", "anyOf", "oneOf", "allOf"})
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a skill may know about the call it serves; injected into a parameter annotated ``CallContext``."""
+
+    caller: str
+    trust_tier: TrustTier
+    call_id: str
+    skill: str
+
+
+def _informal_type(spec: str, skill: str, key: str) -> Any:
+    text = spec.strip().lower()
+    optional = text.endswith("?")
+    text = text.rstrip("?")
+    inner = re.fullmatch(r"(?:list|array)\[(\w+)\]", text)
+    if inner:
+        base: Any = list[_informal_type(inner.group(1), skill, key)]  # type: ignore[misc]
+    elif text in _INFORMAL_TYPES:
+        base = _INFORMAL_TYPES[text]
+    else:
+        known = ", ".join(sorted(_INFORMAL_TYPES))
+        raise ConfigurationError(f"skill {skill!r}: field {key!r} has unknown type {spec!r} (known: {known})")
+    return base | None if optional else base
+
+
+def _is_informal(schema: Mapping[str, Any]) -> bool:
+    return bool(schema) and not (_JSON_SCHEMA_KEYS & schema.keys()) and all(
+        isinstance(v, str) for v in schema.values()
+    )
+
+
+class _Forbid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _path(loc: tuple[int | str, ...] | typing.Sequence[Any]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+class _Validator:
+    """Validates a JSON value; returns the validated (and for models, converted) value."""
+
+    def __init__(self, json_schema: dict[str, Any], check: Callable[[Any], Any]) -> None:
+        self.json_schema = json_schema
+        self.check = check
+
+
+def _model_validator(model: type[BaseModel]) -> _Validator:
+    return _Validator(model.model_json_schema(), model.model_validate)
+
+
+def _adapter_validator(annotation: Any) -> _Validator:
+    adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+    schema = adapter.json_schema() if annotation is not Any else {}
+
+    def check(value: Any) -> Any:
+        return adapter.dump_python(adapter.validate_python(value), mode="json")
+
+    return _Validator(schema, check)
+
+
+def _json_schema_validator(schema: dict[str, Any], skill: str) -> _Validator:
+    try:
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ConfigurationError(f"skill {skill!r}: invalid JSON Schema: {exc.message}") from None
+    validator = cls(schema)
+
+    def check(value: Any) -> Any:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+        if error is not None:
+            raise _SchemaMismatch(error.message, _path(tuple(error.absolute_path)))
+        return value
+
+    return _Validator(dict(schema), check)
+
+
+class _SchemaMismatch(Exception):
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _first_error(exc: ValidationError | _SchemaMismatch) -> tuple[str, str]:
+    if isinstance(exc, _SchemaMismatch):
+        return exc.path, str(exc)
+    first = exc.errors()[0]
+    return _path(first["loc"]), first["msg"]
+
+
+_PATHLIKE = re.compile(r"(?:[A-Za-z]:\\|~/|/)(?:[^\s'\":,;()\[\]]+[/\\])+[^\s'\":,;()\[\]]*")
+
+
+def public_message(exc: BaseException, limit: int = 500) -> str:
+    """The part of an exception a peer may see: its type and message, file paths blanked, bounded in size."""
+    text = str(exc).strip() or type(exc).__name__
+    text = _PATHLIKE.sub("<path>", text)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
+@dataclass(eq=False)
+class Skill:
+    """A registered skill. ``fn`` is the user's function, unchanged."""
+
+    name: str
+    fn: SkillFunction
+    description: str
+    min_trust_tier: TrustTier
+    version: str
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+    _input: _Validator = field(repr=False)
+    _output: _Validator = field(repr=False)
+    _params: tuple[str, ...] = field(repr=False)
+    _model_param: str | None = field(repr=False)
+    _context_param: str | None = field(repr=False)
+    _is_async: bool = field(repr=False)
+
+    def card(self) -> dict[str, Any]:
+        """The skill as published to peers that may see it."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input_schema": self.input_schema,
+            "output_schema": self.output_schema,
+            "min_trust_tier": int(self.min_trust_tier),
+            "version": self.version,
+        }
+
+    def bind(self, data: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        """Validate ``data`` and return the keyword arguments for the function.
+
+        Raises:
+            InvalidInput: with the path of the first offending field.
+        """
+        try:
+            value = self._input.check(data)
+        except (ValidationError, _SchemaMismatch) as exc:
+            path, msg = _first_error(exc)
+            raise InvalidInput(f"{path or 'input'}: {msg}", path=path) from None
+        if self._model_param is not None:
+            kwargs: dict[str, Any] = {self._model_param: value}
+        elif isinstance(value, BaseModel):
+            kwargs = {k: getattr(value, k) for k in type(value).model_fields}
+        else:
+            kwargs = dict(value)
+        if self._context_param is not None:
+            kwargs[self._context_param] = ctx
+        return kwargs
+
+    async def run(self, kwargs: dict[str, Any]) -> Any:
+        """Run the function (sync ones in a worker thread) and check its output.
+
+        Raises:
+            SkillFailed: the function raised, or its output breaks the output schema.
+        """
+        try:
+            if self._is_async:
+                result = await typing.cast(Awaitable[Any], self.fn(**kwargs))
+            else:
+                result = await asyncio.to_thread(self.fn, **kwargs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise SkillFailed(public_message(exc)) from exc
+        try:
+            return self._output.check(result)
+        except (ValidationError, _SchemaMismatch) as exc:
+            path, msg = _first_error(exc)
+            raise SkillFailed(f"output does not match the skill's schema: {path or 'output'}: {msg}") from None
+
+
+def build_skill(fn: SkillFunction, *, name: str | None, description: str | None,
+                input_schema: Any, output_schema: Any, min_trust_tier: TrustTier | int,
+                version: str) -> Skill:
+    """Describe ``fn`` as a skill; raise TypeError or ConfigurationError for what cannot work."""
+    if not callable(fn):
+        raise TypeError(f"a skill must be a function, got {fn!r}")
+    skill_name = name or getattr(fn, "__name__", "")
+    if not isinstance(skill_name, str) or not _NAME_RE.match(skill_name):
+        raise ConfigurationError(f"invalid skill name {skill_name!r}: use letters, digits, '_', '.', '-'")
+    try:
+        tier = TrustTier.parse(min_trust_tier)
+    except ValueError as exc:
+        raise ConfigurationError(f"skill {skill_name!r}: {exc}") from None
+    doc = inspect.getdoc(fn) or ""
+    desc = description if description is not None else doc.strip()
+
+    signature = inspect.signature(fn)
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception as exc:
+        raise ConfigurationError(f"skill {skill_name!r}: cannot read its type hints: {exc}") from None
+
+    context_param: str | None = None
+    params: dict[str, inspect.Parameter] = {}
+    accepts_extra = False
+    for pname, param in signature.parameters.items():
+        if hints.get(pname) is CallContext:
+            context_param = pname
+        elif param.kind is inspect.Parameter.VAR_KEYWORD:
+            accepts_extra = True
+        elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+            raise ConfigurationError(f"skill {skill_name!r}: *{pname} cannot receive named JSON input")
+        elif param.kind is inspect.Parameter.POSITIONAL_ONLY:
+            raise ConfigurationError(f"skill {skill_name!r}: positional-only {pname!r} cannot receive JSON input")
+        else:
+            params[pname] = param
+
+    model_param: str | None = None
+    if isinstance(input_schema, type) and issubclass(input_schema, BaseModel):
+        in_validator = _model_validator(input_schema)
+        if len(params) == 1 and hints.get(next(iter(params))) is input_schema:
+            model_param = next(iter(params))
+    elif isinstance(input_schema, Mapping) and _is_informal(input_schema):
+        fields: dict[str, Any] = {}
+        for key, spec in input_schema.items():
+            if key not in params and not accepts_extra:
+                raise ConfigurationError(f"skill {skill_name!r}: input field {key!r} is not a parameter of "
+                                         f"{getattr(fn, '__name__', 'the function')}")
+            found = params.get(key)
+            default = ... if found is None or found.default is inspect.Parameter.empty else found.default
+            fields[key] = (_informal_type(spec, skill_name, key), default)
+        missing = [p for p, prm in params.items() if p not in fields and prm.default is inspect.Parameter.empty]
+        if missing:
+            raise ConfigurationError(f"skill {skill_name!r}: required parameters {missing} are not in input_schema")
+        in_validator = _model_validator(create_model(f"{skill_name}_input", __base__=_Forbid, **fields))
+    elif isinstance(input_schema, Mapping) and input_schema:
+        in_validator = _json_schema_validator(dict(input_schema), skill_name)
+    elif input_schema is None or (isinstance(input_schema, Mapping) and not input_schema):
+        fields = {
+            p: (hints.get(p, Any), ... if prm.default is inspect.Parameter.empty else prm.default)
+            for p, prm in params.items()
+        }
+        base: type[BaseModel] = BaseModel if accepts_extra else _Forbid
+        try:
+            in_validator = _model_validator(create_model(f"{skill_name}_input", __base__=base, **fields))
+        except Exception as exc:
+            raise ConfigurationError(f"skill {skill_name!r}: cannot build an input schema: {exc}") from None
+    else:
+        raise ConfigurationError(f"skill {skill_name!r}: input_schema must be a pydantic model, a JSON Schema "
+                                 f"or a map of field names to type names")
+
+    if isinstance(output_schema, type) and issubclass(output_schema, BaseModel):
+        out_validator = _adapter_validator(output_schema)
+    elif isinstance(output_schema, Mapping) and _is_informal(output_schema):
+        out_fields: dict[str, Any] = {str(k): (_informal_type(v, skill_name, k), ...) for k, v in output_schema.items()}
+        out_validator = _adapter_validator(create_model(f"{skill_name}_output", __base__=BaseModel, **out_fields))
+    elif isinstance(output_schema, Mapping) and output_schema:
+        out_validator = _json_schema_validator(dict(output_schema), skill_name)
+    elif output_schema is None or (isinstance(output_schema, Mapping) and not output_schema):
+        ret = hints.get("return", Any)
+        try:
+            out_validator = _adapter_validator(Any if ret is inspect.Signature.empty else ret)
+        except Exception as exc:
+            raise ConfigurationError(f"skill {skill_name!r}: cannot build an output schema: {exc}") from None
+    else:
+        raise ConfigurationError(f"skill {skill_name!r}: output_schema must be a pydantic model, a JSON Schema "
+                                 f"or a map of field names to type names")
+
+    return Skill(
+        name=skill_name, fn=fn, description=desc, min_trust_tier=tier, version=str(version),
+        input_schema=in_validator.json_schema, output_schema=out_validator.json_schema,
+        _input=in_validator, _output=out_validator, _params=tuple(params), _model_param=model_param,
+        _context_param=context_param,
+        _is_async=inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__),
+    )
