@@ -22,6 +22,7 @@ import re
 import secrets
 from typing import Annotated, Any, Final, Literal
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._errors import RemoteProtocolError
@@ -120,6 +121,13 @@ def encode(env: Envelope) -> bytes:
         raise ValueError(f"not JSON-serialisable: {exc}") from exc
 
 
+def _parse_json(data: bytes) -> Any:
+    """Parse untrusted JSON. Not ``json.loads``: eth-account's dependency py_ecc raises the interpreter's
+    recursion limit to 100,000 at import, deep enough for a nested message to overflow the C stack in the
+    recursive stdlib parser. pydantic-core's parser stops at a fixed depth (200) with a ValueError."""
+    return pydantic_core.from_json(data, allow_inf_nan=False)
+
+
 def _depth_ok(value: Any, limit: int) -> bool:
     stack = [(value, 1)]
     while stack:
@@ -144,10 +152,8 @@ def decode(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
     if len(data) > max_bytes:
         raise RemoteProtocolError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        obj = json.loads(data)
-    except RecursionError:
-        raise RemoteProtocolError(f"message nested deeper than {MAX_DEPTH} levels") from None
-    except (UnicodeDecodeError, ValueError) as exc:
+        obj = _parse_json(data)
+    except ValueError as exc:
         raise RemoteProtocolError(f"message is not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError("message is not a JSON object")
@@ -166,8 +172,8 @@ def decode(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
 def peek_id(data: bytes) -> tuple[str, str] | None:
     """Best effort (id, type) of a message that failed :func:`decode`, so that it can be answered; else None."""
     try:
-        obj = json.loads(data)
-    except (RecursionError, ValueError):
+        obj = _parse_json(data)
+    except ValueError:
         return None
     if not isinstance(obj, dict):
         return None
