@@ -140,6 +140,10 @@ def _age(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
@@ -249,7 +253,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"data dir:  {status['data_dir']}")
     print(f"key:       {status['key']['path']} ({key_kind})")
     print(f"running:   {running}")
-    print(f"trust:     {status['trusted_peers']} trusted peers, {status['pending_trust_requests']} pending requests")
+    print(f"trust:     {_count(status['trusted_peers'], 'trusted peer')}, "
+          f"{_count(status['pending_trust_requests'], 'pending request')}")
     print(f"calls:     {calls['made']} made{breakdown(calls['made_by_status'])}, "
           f"{calls['served']} served{breakdown(calls['served_by_status'])}")
     if skills is None:
