@@ -24,6 +24,7 @@ class _Mailbox:
     loop: asyncio.AbstractEventLoop | None = None
     deliver: Deliver | None = None
     backlog: deque[Incoming] = field(default_factory=deque)
+    shuffle: list[Incoming] = field(default_factory=list)
 
 
 class MemoryNetwork(Network):
@@ -32,8 +33,7 @@ class MemoryNetwork(Network):
     Args:
         drop: share of messages lost (0..1).
         duplicate: share of messages delivered twice (0..1).
-        reorder: deliver each message after a random extra delay of up to ``max(delay, 0.001)`` s, so that
-            messages overtake each other.
+        reorder: hold messages to each recipient for ``max(delay, 0.001)`` s and deliver the batch shuffled.
         delay: seconds every message takes.
         seed: seed of the random source for the faults.
 
@@ -86,9 +86,20 @@ class MemoryNetwork(Network):
         if self.duplicate and rnd.random() < self.duplicate:
             copies = 2
             self.stats["duplicated"] += 1
+        message = Incoming(origin.sender, data)
+        if self.reorder:
+            if not box.shuffle:
+                asyncio.get_running_loop().call_later(max(self.delay, 0.001), self._release, box)
+            box.shuffle.extend([message] * copies)
+            return
         for _ in range(copies):
-            wait = self.delay + (rnd.random() * max(self.delay, 0.001) if self.reorder else 0.0)
-            self._hand_over(box, Incoming(origin.sender, data), wait)
+            self._hand_over(box, message, self.delay)
+
+    def _release(self, box: _Mailbox) -> None:
+        batch, box.shuffle = box.shuffle, []
+        self._random.shuffle(batch)
+        for message in batch:
+            self._hand_over(box, message, 0.0)
 
     def _hand_over(self, box: _Mailbox, message: Incoming, wait: float) -> None:
         loop, deliver = box.loop, box.deliver

@@ -219,6 +219,8 @@ def build_skill(fn: SkillFunction, *, name: str | None, description: str | None,
     if not callable(fn):
         raise TypeError(f"a skill must be a function, got {fn!r}")
     skill_name = name or getattr(fn, "__name__", "")
+    if skill_name == "<lambda>" and name is None:
+        raise ConfigurationError("a lambda has no name to publish: pass name=")
     if not isinstance(skill_name, str) or not _NAME_RE.match(skill_name):
         raise ConfigurationError(f"invalid skill name {skill_name!r}: use letters, digits, '_', '.', '-'")
     try:
@@ -232,7 +234,8 @@ def build_skill(fn: SkillFunction, *, name: str | None, description: str | None,
     try:
         hints = typing.get_type_hints(fn, include_extras=True)
     except Exception as exc:
-        raise ConfigurationError(f"skill {skill_name!r}: cannot read its type hints: {exc}") from None
+        raise ConfigurationError(f"skill {skill_name!r}: cannot read its type hints: {exc} (types named in a "
+                                 f"skill's annotations must be defined at module level)") from None
 
     context_param: str | None = None
     params: dict[str, inspect.Parameter] = {}

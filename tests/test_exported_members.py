@@ -1,0 +1,25 @@
+"""The public surface is deliberate: this list changes only on purpose."""
+
+from __future__ import annotations
+
+import coworker
+
+PUBLIC = {
+    "AccessDenied", "Agent", "AsyncAgent", "CallContext", "CallError", "CallRecord", "CallTimeout",
+    "ConfigurationError", "CoworkerError", "IdentityError", "InvalidInput", "LocalProtocolError", "MemoryNetwork",
+    "Network", "Peer", "PeerRecord", "PeerUnreachable", "ProtocolError", "RemoteProtocolError", "Skill",
+    "SkillFailed", "SkillNotFound", "StoreError", "TransportError", "TrustRequest", "TrustTier", "__version__",
+}
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    assert set(coworker.__all__) == PUBLIC
+    for name in coworker.__all__:
+        assert getattr(coworker, name) is not None
+
+
+def test_every_error_derives_from_the_one_root() -> None:
+    errors = [getattr(coworker, n) for n in PUBLIC if isinstance(getattr(coworker, n), type)
+              and issubclass(getattr(coworker, n), BaseException)]
+    assert len(errors) >= 14
+    assert all(issubclass(e, coworker.CoworkerError) for e in errors)

@@ -1,0 +1,99 @@
+"""Store contract: what the runtime relies on, checked on the SQLite implementation (file and in-memory)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coworker import StoreError, TrustTier
+from coworker._store import MIGRATIONS, CallRecord, SQLiteStore, Store, TrustRequest
+
+A = "0xAbCdEf0123456789aBcDeF0123456789AbCdEf01"
+
+
+@pytest.fixture(params=["file", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s = SQLiteStore(tmp_path / "s.db" if request.param == "file" else ":memory:")
+    yield s
+    s.close()
+
+
+def test_trust_defaults_to_untrusted_and_is_keyed_case_insensitively(store: Store) -> None:
+    assert store.trust_tier(A) == TrustTier.UNTRUSTED
+    store.set_trust(A.lower(), TrustTier.INTERNAL, 1.0)
+    assert store.trust_tier(A.upper().replace("0X", "0x")) == TrustTier.INTERNAL
+    store.set_trust(A, TrustTier.KNOWN, 2.0)
+    assert store.trusted_peers() == [(A.lower(), TrustTier.KNOWN)]
+
+
+def test_trust_requests_are_kept_once_per_wallet_and_popped(store: Store) -> None:
+    store.add_trust_request(TrustRequest(A, TrustTier.KNOWN, "first", "1" * 32, 1.0))
+    store.add_trust_request(TrustRequest(A, TrustTier.INTERNAL, "second", "2" * 32, 2.0))
+    (only,) = store.trust_requests()
+    assert (only.tier, only.reason) == (TrustTier.INTERNAL, "second")
+    assert store.pop_trust_request(A.lower()) == only
+    assert store.pop_trust_request(A) is None
+    assert store.trust_requests() == []
+
+
+def test_message_ids_are_remembered_once(store: Store) -> None:
+    assert store.remember("a" * 32, 10_000, 0)
+    assert not store.remember("a" * 32, 10_000, 0)
+    assert store.remember("b" * 32, 10_000, 0)
+
+
+def test_calls_peers_standing_and_settings_round_trip(store: Store) -> None:
+    call = CallRecord("c" * 32, "in", A, "echo", "completed", None, 5.0, 1.5, 100, 200)
+    store.record_call(call)
+    assert store.calls() == [call]
+    assert store.call_counts() == {"in:completed": 1}
+    store.touch_peer(A, 1.0)
+    store.touch_peer(A, 2.0, name="alice", card={"skills": []})
+    store.touch_peer(A, 3.0)
+    peer = store.peer(A.lower())
+    assert peer is not None and (peer.name, peer.card, peer.first_seen, peer.last_seen) == (
+        "alice", {"skills": []}, 1.0, 3.0)
+    store.set_standing(A, "granted", TrustTier.KNOWN, 1.0)
+    assert store.standing(A) == ("granted", TrustTier.KNOWN)
+    store.set_setting("k", "v")
+    assert store.get_setting("k") == "v" and store.get_setting("none") is None
+
+
+async def test_writes_inside_a_loop_share_one_commit_on_the_next_turn(tmp_path: Path) -> None:
+    writer, reader = SQLiteStore(tmp_path / "s.db"), SQLiteStore(tmp_path / "s.db")
+    writer.set_trust(A, TrustTier.KNOWN, 1.0)
+    writer.set_setting("x", "1")
+    assert reader.trust_tier(A) == TrustTier.UNTRUSTED  # not committed yet
+    await asyncio.sleep(0)  # one loop turn: the scheduled commit runs
+    assert reader.trust_tier(A) == TrustTier.KNOWN and reader.get_setting("x") == "1"
+    writer.close()
+    reader.close()
+
+
+def test_state_survives_reopening_and_migrations_are_recorded(tmp_path: Path) -> None:
+    first = SQLiteStore(tmp_path / "s.db")
+    first.set_trust(A, TrustTier.PRIVILEGED, 1.0)
+    first.close()
+    again = SQLiteStore(tmp_path / "s.db")
+    assert again.trust_tier(A) == TrustTier.PRIVILEGED
+    again.close()
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "s.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer CoWorker"):
+        SQLiteStore(tmp_path / "s.db")
+
+
+def test_a_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open"):
+        SQLiteStore(path)
