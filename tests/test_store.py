@@ -27,6 +27,18 @@ def test_trust_defaults_to_untrusted_and_is_keyed_case_insensitively(store: Stor
     assert store.trust_tier(A.upper().replace("0X", "0x")) == TrustTier.INTERNAL
     store.set_trust(A, TrustTier.KNOWN, 2.0)
     assert store.trusted_peers() == [(A.lower(), TrustTier.KNOWN)]
+    store.set_trust(A, TrustTier.UNTRUSTED, 3.0)
+    assert store.trusted_peers() == []
+
+
+async def test_closing_inside_a_loop_commits_and_a_scheduled_commit_finds_nothing_to_do(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    store.set_trust(A, TrustTier.KNOWN, 1.0)  # schedules a commit for the next loop turn
+    store.close()
+    await asyncio.sleep(0)  # the scheduled commit runs against the closed store: no error
+    reopened = SQLiteStore(tmp_path / "s.db")
+    assert reopened.trust_tier(A) == TrustTier.KNOWN
+    reopened.close()
 
 
 def test_trust_requests_are_kept_once_per_wallet_and_popped(store: Store) -> None:

@@ -169,6 +169,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from None
         self._commit_scheduled = False
+        self._closed = False
         self._inserts_since_prune = 0
 
     # ---- plumbing -----------------------------------------------------------------------------------------
@@ -205,15 +206,18 @@ class SQLiteStore:
         return self._db.execute(sql, params)
 
     def flush(self) -> None:
-        """Commit pending writes now."""
+        """Commit pending writes now. A commit scheduled before :meth:`close` finds nothing left to do."""
         self._commit_scheduled = False
-        if self._db.in_transaction:
+        if not self._closed and self._db.in_transaction:
             self._db.execute("COMMIT")
 
     def close(self) -> None:
         """Commit and close."""
+        if self._closed:
+            return
         with contextlib.suppress(sqlite3.Error):
             self.flush()
+        self._closed = True
         self._db.close()
 
 
@@ -229,9 +233,10 @@ class SQLiteStore:
                     (_key(wallet), int(tier), now))
 
     def trusted_peers(self) -> list[tuple[str, TrustTier]]:
+        """Peers we hold above UNTRUSTED, highest tier first."""
         rows = self._db.execute(
             "SELECT COALESCE(p.address, t.wallet), t.tier FROM trust t LEFT JOIN peers p USING (wallet) "
-            "ORDER BY t.tier DESC, t.wallet").fetchall()
+            "WHERE t.tier > 0 ORDER BY t.tier DESC, t.wallet").fetchall()
         return [(r[0], TrustTier(r[1])) for r in rows]
 
     def add_trust_request(self, req: TrustRequest) -> None:
