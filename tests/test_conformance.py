@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -169,11 +170,11 @@ async def test_reply_from_a_third_party_is_ignored(pair: tuple[AsyncAgent, Async
     assert req["type"] == "call.request"
     now = int(time.time() * 1000)
     fake = request("call.result", {"output": "fake"}, sender=impostor.wallet, recipient=bob.wallet, now_ms=now)
-    await impostor.send(bob.wallet, encode(fake.model_copy(update={"corr": req["id"]})))
+    await impostor.send(bob.wallet, encode(replace(fake, corr=req["id"])))
     await ping_through(impostor, bob)  # bob has handled the fake reply by now
     assert not call.done()
     real = request("call.result", {"output": "real"}, sender=callee.wallet, recipient=bob.wallet, now_ms=now)
-    await callee.send(bob.wallet, encode(real.model_copy(update={"corr": req["id"]})))
+    await callee.send(bob.wallet, encode(replace(real, corr=req["id"])))
     assert await call == "real"
 
 

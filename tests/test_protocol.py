@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from coworker import RemoteProtocolError
@@ -123,15 +125,15 @@ def test_freshness_is_judged_against_the_given_time() -> None:
     assert check_fresh(env, env.ts) is None
     assert check_fresh(env, env.exp) == "message expired"
     assert check_fresh(env, env.ts - MAX_CLOCK_SKEW_MS - 1) == "creation time is in the future"
-    long_lived = env.model_copy(update={"exp": env.ts + MAX_TTL_MS + 1})
+    long_lived = replace(env, exp=env.ts + MAX_TTL_MS + 1)
     assert "time to live" in (check_fresh(long_lived, env.ts) or "")
-    backwards = env.model_copy(update={"exp": env.ts - 1})
+    backwards = replace(env, exp=env.ts - 1)
     assert check_fresh(backwards, env.ts - 2) == "expiry precedes creation time"
 
 
 def test_encoding_refuses_values_json_cannot_carry() -> None:
-    env = decode(GOLDEN[0][0]).model_copy(update={"body": {"x": float("nan")}})
+    env = replace(decode(GOLDEN[0][0]), body={"x": float("nan")})
     with pytest.raises(ValueError):
         encode(env)
     with pytest.raises(ValueError):
-        encode(env.model_copy(update={"body": {"x": object()}}))
+        encode(replace(env, body={"x": object()}))

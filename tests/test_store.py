@@ -32,7 +32,7 @@ def test_trust_defaults_to_untrusted_and_is_keyed_case_insensitively(store: Stor
 
 
 async def test_closing_inside_a_loop_commits_and_a_scheduled_commit_finds_nothing_to_do(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "s.db")
+    store = SQLiteStore(tmp_path / "s.db", commit_delay=0)
     store.set_trust(A, TrustTier.KNOWN, 1.0)  # schedules a commit for the next loop turn
     store.close()
     await asyncio.sleep(0)  # the scheduled commit runs against the closed store: no error
@@ -75,12 +75,23 @@ def test_calls_peers_standing_and_settings_round_trip(store: Store) -> None:
 
 
 async def test_writes_inside_a_loop_share_one_commit_on_the_next_turn(tmp_path: Path) -> None:
-    writer, reader = SQLiteStore(tmp_path / "s.db"), SQLiteStore(tmp_path / "s.db")
+    writer, reader = SQLiteStore(tmp_path / "s.db", commit_delay=0), SQLiteStore(tmp_path / "s.db")
     writer.set_trust(A, TrustTier.KNOWN, 1.0)
     writer.set_setting("x", "1")
     assert reader.trust_tier(A) == TrustTier.UNTRUSTED  # not committed yet
     await asyncio.sleep(0)  # one loop turn: the scheduled commit runs
     assert reader.trust_tier(A) == TrustTier.KNOWN and reader.get_setting("x") == "1"
+    writer.close()
+    reader.close()
+
+
+async def test_writes_within_the_commit_window_are_committed_together(tmp_path: Path) -> None:
+    writer, reader = SQLiteStore(tmp_path / "s.db", commit_delay=60), SQLiteStore(tmp_path / "s.db")
+    writer.set_trust(A, TrustTier.KNOWN, 1.0)
+    await asyncio.sleep(0)
+    assert reader.trust_tier(A) == TrustTier.UNTRUSTED  # still inside the window
+    writer.flush()
+    assert reader.trust_tier(A) == TrustTier.KNOWN
     writer.close()
     reader.close()
 

@@ -6,6 +6,7 @@ Without a passphrase the key is a hex file ``wallet.key``; with one it is a stan
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -27,12 +28,13 @@ KEY_FILE = "wallet.key"
 KEYSTORE_FILE = "keystore.json"
 
 
+@functools.lru_cache(maxsize=4096)
 def checksum(address: str) -> str:
     """The EIP-55 checksummed form of ``address``.
 
     Raises:
         ConfigurationError: not a 0x-prefixed 20-byte hex address.
-    """
+    """  # cached: the keccak hash behind EIP-55 costs ~80 us, and the same peers come back on every message
     if not is_address(address):
         raise ConfigurationError(f"not a wallet address: {address!r} (expected 0x and 40 hex digits)")
     return str(to_checksum_address(address))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
 import pydantic_core
@@ -51,8 +52,30 @@ Address = Annotated[str, Field(pattern=_ADDRESS)]
 Millis = Annotated[int, Field(ge=0, lt=2**53)]
 
 
-class Envelope(BaseModel):
-    """One protocol v2 message."""
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One protocol v2 message. Built by :func:`request`, :func:`reply` and :func:`decode`."""
+
+    id: str
+    type: str
+    corr: str
+    sender: str
+    recipient: str
+    ts: int
+    exp: int
+    body: dict[str, Any]
+
+    @property
+    def is_request(self) -> bool:
+        return self.type in REQUEST_TYPES
+
+    @property
+    def is_reply(self) -> bool:
+        return self.type in REPLY_TYPES
+
+
+class _EnvelopeSchema(BaseModel):
+    """What :func:`decode` checks; the result becomes an :class:`Envelope`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -65,14 +88,6 @@ class Envelope(BaseModel):
     ts: Millis
     exp: Millis
     body: dict[str, Any]
-
-    @property
-    def is_request(self) -> bool:
-        return self.type in REQUEST_TYPES
-
-    @property
-    def is_reply(self) -> bool:
-        return self.type in REPLY_TYPES
 
 
 def new_id() -> str:
@@ -89,14 +104,12 @@ def request(kind: str, body: dict[str, Any], *, sender: str, recipient: str, now
             ttl_ms: int = DEFAULT_TTL_MS, message_id: str | None = None) -> Envelope:
     """Build a request; its correlation id is its own id."""
     mid = message_id or new_id()
-    return Envelope.model_construct(coworker=2, id=mid, type=kind, corr=mid, sender=sender, recipient=recipient,
-                                    ts=now_ms, exp=now_ms + ttl_ms, body=body)
+    return Envelope(mid, kind, mid, sender, recipient, now_ms, now_ms + ttl_ms, body)
 
 
 def reply(to: Envelope, kind: str, body: dict[str, Any], *, now_ms: int, ttl_ms: int = DEFAULT_TTL_MS) -> Envelope:
     """Build the reply to ``to``, from its recipient back to its sender."""
-    return Envelope.model_construct(coworker=2, id=new_id(), type=kind, corr=to.id, sender=to.recipient,
-                                    recipient=to.sender, ts=now_ms, exp=now_ms + ttl_ms, body=body)
+    return Envelope(new_id(), kind, to.id, to.recipient, to.sender, now_ms, now_ms + ttl_ms, body)
 
 
 def error_body(code: str, message: str, path: str = "") -> dict[str, Any]:
@@ -159,14 +172,16 @@ def decode(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
         raise RemoteProtocolError("message is not a JSON object")
     if obj.get("coworker") != VERSION:
         raise RemoteProtocolError(f"not a CoWorker v{VERSION} message")
-    if not _depth_ok(obj, MAX_DEPTH):
+    # Depth can only exceed the limit if there are more brackets than the limit: skip the walk otherwise.
+    if data.count(b"{") + data.count(b"[") > MAX_DEPTH and not _depth_ok(obj, MAX_DEPTH):
         raise RemoteProtocolError(f"message nested deeper than {MAX_DEPTH} levels")
     try:
-        return Envelope.model_validate(obj, strict=True)
+        v = _EnvelopeSchema.model_validate(obj, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "message"
         raise RemoteProtocolError(f"invalid envelope: {where}: {first['msg']}") from None
+    return Envelope(v.id, v.type, v.corr, v.sender, v.recipient, v.ts, v.exp, v.body)
 
 
 def peek_id(data: bytes) -> tuple[str, str] | None:

@@ -17,6 +17,7 @@ runtime's task set and are cancelled and awaited (with a bound) by :meth:`Runtim
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -147,8 +148,9 @@ class Runtime:
         future: asyncio.Future[tuple[proto.Envelope, int]] = asyncio.get_running_loop().create_future()
         self._pending[env.id] = _Pending(peer.lower(), future)
         try:
-            sent = await self._send(env)
-            reply, received = await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                sent = await self._send(env)
+                reply, received = await future
         except TimeoutError:
             raise CallTimeout(f"{peer} did not answer {kind} within {timeout:g} s") from None
         finally:
@@ -158,8 +160,7 @@ class Runtime:
     async def notify(self, peer: str, kind: str, body: dict[str, Any], corr: str) -> None:
         """Send a one-way message that answers an earlier request ``corr`` (e.g. a later trust grant)."""
         now = self._now_ms()
-        env = proto.Envelope.model_construct(coworker=2, id=proto.new_id(), type=kind, corr=corr, sender=self.wallet,
-                                             recipient=peer, ts=now, exp=now + proto.DEFAULT_TTL_MS, body=body)
+        env = proto.Envelope(proto.new_id(), kind, corr, self.wallet, peer, now, now + proto.DEFAULT_TTL_MS, body)
         await self._send(env)
 
     # ---- receiving ----------------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ class Runtime:
             log.warning("refused %s %s: body claims %s but the transport authenticated %s",
                         env.type, env.id, env.sender, sorted(addresses))
             if env.is_request:
-                forged = env.model_copy(update={"sender": checksum(min(addresses))})
+                forged = dataclasses.replace(env, sender=checksum(min(addresses)))
                 await self._refuse(forged, "SENDER_MISMATCH", "the sender in the message is not the sender "
                                    "the network authenticated")
             return
@@ -213,14 +214,17 @@ class Runtime:
             if env.is_request:
                 await self._refuse(env, "EXPIRED", stale)
             return
+        peer = checksum(env.sender)
+        if env.is_reply:
+            # Not remembered: a reply counts only while its request waits for it, and only once (_resolve), so
+            # a replayed reply finds nothing to resolve.
+            self._touch(peer)
+            self._resolve(env, peer, len(incoming.data))
+            return
         if not self.store.remember(env.id, env.exp, now_ms):
             log.info("ignored %s %s from %s: already seen", env.type, env.id, env.sender)
             return
-        peer = checksum(env.sender)
         self._touch(peer)
-        if env.is_reply:
-            self._resolve(env, peer, len(incoming.data))
-            return
         await self._serve_request(env, peer, len(incoming.data))
 
     async def _refuse_undecodable(self, incoming: Incoming, reason: str) -> None:
@@ -230,8 +234,7 @@ class Runtime:
         mid, kind = peeked
         (address,) = incoming.sender.addresses
         now = self._now_ms()
-        stub = proto.Envelope.model_construct(coworker=2, id=mid, type=kind, corr=mid, sender=checksum(address),
-                                              recipient=self.wallet, ts=now, exp=now, body={})
+        stub = proto.Envelope(mid, kind, mid, checksum(address), self.wallet, now, now, {})
         await self._refuse(stub, "PROTOCOL_ERROR", reason[:500])
 
     def _touch(self, peer: str) -> None:
@@ -255,8 +258,10 @@ class Runtime:
         if pending.peer != peer.lower():
             log.warning("ignored %s from %s: the request went to %s", env.type, peer, pending.peer)
             return
-        if not pending.future.done():
-            pending.future.set_result((env, size))
+        if pending.future.done():
+            log.info("ignored %s %s from %s: its request was already answered", env.type, env.id, peer)
+            return
+        pending.future.set_result((env, size))
 
     # ---- requests -----------------------------------------------------------------------------------------
 
