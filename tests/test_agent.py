@@ -39,7 +39,9 @@ async def test_approval_and_denial_reach_the_requester(tmp_path: Path) -> None:
             AsyncAgent("c", network=net, data_dir=tmp_path / "c") as c:
         assert await b.request_trust(a.wallet) == "pending"
         assert await c.request_trust(a.wallet) == "pending"
-        assert {r.wallet for r in a.trust_requests()} == {b.wallet, c.wallet}
+        with pytest.raises(coworker.ConfigurationError, match="not a trust tier"):
+            await a.approve_trust(b.wallet, "admin")
+        assert {r.wallet for r in a.trust_requests()} == {b.wallet, c.wallet}  # a bad tier loses no request
         await a.deny_trust(c.wallet)
         assert await a.approve_trust(b.wallet, TrustTier.INTERNAL) == TrustTier.INTERNAL
         await b.ping(a.wallet)  # the notices travelled before this round trip

@@ -50,6 +50,14 @@ def validate_agent_name(name: str) -> str:
     return name
 
 
+def parse_tier(value: TrustTier | int | str, what: str = "tier") -> TrustTier:
+    """A trust tier from a tier, number or name; ConfigurationError otherwise."""
+    try:
+        return TrustTier.parse(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"{what}: {exc}") from None
+
+
 def read_config(data_dir: Path) -> dict[str, Any]:
     """The agent's ``config.json`` (written by ``coworker init``), or {} when there is none."""
     path = data_dir / CONFIG_FILE
@@ -210,10 +218,7 @@ class AsyncAgent:
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else _paths.agent_dir(name)
         self._network_spec = network
         self._passphrase = passphrase if passphrase is not None else os.environ.get("COWORKER_PASSPHRASE")
-        try:
-            max_tier = TrustTier.parse(max_auto_accept_tier)
-        except ValueError as exc:
-            raise ConfigurationError(f"max_auto_accept_tier: {exc}") from None
+        max_tier = parse_tier(max_auto_accept_tier, "max_auto_accept_tier")
         _paths.ensure_private_dir(self.data_dir)
         self._identity: Identity | None = None
         if (self.data_dir / KEYSTORE_FILE).exists() and not self._passphrase:
@@ -454,10 +459,7 @@ class AsyncAgent:
     async def request_trust(self, wallet: str, tier: TrustTier | int = TrustTier.KNOWN, reason: str = "", *,
                             timeout: float = 30) -> str:
         """Ask a peer to trust us at ``tier``: returns ``"granted"``, ``"pending"`` or ``"denied"``."""
-        try:
-            wanted = TrustTier.parse(tier)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from None
+        wanted = parse_tier(tier)
         runtime, peer = await self._live(), checksum(wallet)
         reply, _, _ = await runtime.request(peer, "trust.request", {"tier": int(wanted), "reason": reason}, timeout)
         self._raise_for_error(reply)
@@ -478,11 +480,7 @@ class AsyncAgent:
 
     def set_trust(self, wallet: str, tier: TrustTier | int) -> None:
         """Set the tier we hold for ``wallet``, up or down, and drop any pending request of its."""
-        peer = checksum(wallet)
-        try:
-            new = TrustTier.parse(tier)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from None
+        peer, new = checksum(wallet), parse_tier(tier)
         self.store.set_trust(peer, new, self._clock())
         self.store.pop_trust_request(peer)
 
@@ -495,14 +493,11 @@ class AsyncAgent:
             ConfigurationError: no pending request from ``wallet``.
         """
         peer = checksum(wallet)
+        chosen = None if tier is None else parse_tier(tier)  # before the request is taken off the list
         request = self.store.pop_trust_request(peer)
         if request is None:
             raise ConfigurationError(f"no pending trust request from {peer} (use set_trust to set a tier)")
-        try:
-            wanted = request.tier if tier is None else TrustTier.parse(tier)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from None
-        new = max(wanted, self.store.trust_tier(peer))
+        new = max(chosen or request.tier, self.store.trust_tier(peer))
         self.store.set_trust(peer, new, self._clock())
         await self._tell(peer, "trust.grant", {"tier": int(new)}, request.request_id)
         return new
