@@ -1,0 +1,42 @@
+"""coworker devnet: a local XMTP-compatible node that the official XMTP clients talk to.
+
+It serves the part of XMTP's v3 node API that ``@xmtp/node-sdk`` uses (``env: "local"`` dials
+``localhost:5556``), stores everything in SQLite (or in memory) and enforces the hosted network's
+1 MB per-message limit. Start one from Python::
+
+    from coworker.devnet import running_devnet
+
+    async with running_devnet() as devnet:
+        ...
+        assert not devnet.unimplemented_calls
+
+or from the shell: ``coworker devnet start`` / ``python -m coworker.devnet run``.
+"""
+
+from __future__ import annotations
+
+from coworker.devnet._server import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_PORT,
+    IMPLEMENTED_METHODS,
+    DevnetConfig,
+    DevnetError,
+    DevnetServer,
+    DevnetStatus,
+    PortInUseError,
+    running_devnet,
+)
+from coworker.devnet._store import StoreCounts
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_PORT",
+    "IMPLEMENTED_METHODS",
+    "DevnetConfig",
+    "DevnetError",
+    "DevnetServer",
+    "DevnetStatus",
+    "PortInUseError",
+    "StoreCounts",
+    "running_devnet",
+]
