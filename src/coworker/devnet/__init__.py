@@ -15,6 +15,7 @@ or from the shell: ``coworker devnet start`` / ``python -m coworker.devnet run``
 
 from __future__ import annotations
 
+from coworker.devnet._node import NodeDriver, NodeDriverError, default_node_dir, node_sdk_available
 from coworker.devnet._server import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_PORT,
@@ -24,6 +25,7 @@ from coworker.devnet._server import (
     DevnetServer,
     DevnetStatus,
     PortInUseError,
+    Refusal,
     running_devnet,
 )
 from coworker.devnet._store import StoreCounts
@@ -36,7 +38,12 @@ __all__ = [
     "DevnetError",
     "DevnetServer",
     "DevnetStatus",
+    "NodeDriver",
+    "NodeDriverError",
     "PortInUseError",
+    "Refusal",
     "StoreCounts",
+    "default_node_dir",
+    "node_sdk_available",
     "running_devnet",
 ]

@@ -168,9 +168,7 @@ class NodeDriver:
         except TimeoutError:
             raise TimeoutError(f"{self.name}: no matching event within {timeout:g} s") from None
 
-    async def wait_message(
-        self, predicate: Callable[[Event], bool] | None = None, timeout: float = 30.0
-    ) -> Event:
+    async def wait_message(self, predicate: Callable[[Event], bool] | None = None, timeout: float = 30.0) -> Event:
         """Wait for an application message from someone else (and matching ``predicate``)."""
 
         def match(event: Event) -> bool:
@@ -215,7 +213,9 @@ class NodeDriver:
                 future.set_exception(NodeDriverError(f"{self.name}: the driver has exited ({self._describe_exit()})"))
         self._pending.clear()
         if not self._ready.done():
-            self._ready.set_exception(NodeDriverError(f"{self.name}: the driver did not start ({self._describe_exit()})"))
+            self._ready.set_exception(
+                NodeDriverError(f"{self.name}: the driver did not start ({self._describe_exit()})")
+            )
 
     async def _read_stdout(self) -> None:
         assert self._process.stdout is not None

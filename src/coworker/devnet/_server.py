@@ -12,8 +12,10 @@ the integration tests assert that list stays empty, which is the contract check 
 a new SDK version starts to use a method the devnet lacks.
 
 The two server streams first send their response headers (a client waits for them before it
-considers the stream open), register with the in-process broker, replay stored messages after the
-filter's cursor and then forward live ones, skipping ids already sent. A subscriber that falls
+considers the stream open), register with the in-process broker, replay every stored message after
+the filter's cursor (0 included: a client that just joined a group subscribes with cursor 0 and
+relies on this replay for messages sent while it was subscribing, as on the hosted node) and then
+forward live ones, skipping ids already sent. A subscriber that falls
 ``_QUEUE_SIZE`` messages behind is closed with UNAVAILABLE; clients reconnect and sync.
 
 Nothing here is signed or validated beyond the MLS framing the store needs to index: clients verify
@@ -24,6 +26,7 @@ identity updates and key packages); the devnet is deliberately permissive there.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import socket
@@ -108,6 +111,15 @@ class DevnetConfig:
     data_dir: Path | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     rate_limit: float | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A call the devnet answered with an error status."""
+
+    method: str
+    code: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -205,6 +217,8 @@ class DevnetServer:
         self._stopping = asyncio.Event()
         self.unimplemented_calls: list[str] = []
         """Full names of the methods clients called that the devnet does not implement."""
+        self.refusals: collections.deque[Refusal] = collections.deque(maxlen=1000)
+        """The latest calls answered with an error status (the SDK often hides the server's message)."""
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -462,14 +476,18 @@ class DevnetServer:
     ) -> AsyncIterator[mls_pb2.GroupMessage]:
         await context.send_initial_metadata(())
         keys = [f.group_id for f in request.filters]
+        log.debug(
+            "group subscription from %s: %s",
+            context.peer(),
+            ", ".join(f"{f.group_id.hex()[:8]}>{f.id_cursor}" for f in request.filters) or "no groups",
+        )
         subscriber = self._groups.subscribe(keys)
         try:
             last_sent: dict[bytes, int] = {}
             backlog: list[StoredGroupMessage] = []
             for f in request.filters:
                 last_sent[f.group_id] = max(last_sent.get(f.group_id, 0), f.id_cursor)
-                if f.id_cursor > 0:
-                    backlog.extend(self.store.group_messages_after([f.group_id], f.id_cursor))
+                backlog.extend(self.store.group_messages_after([f.group_id], f.id_cursor))
             for stored in sorted(backlog, key=lambda m: m.id):
                 if stored.id > last_sent.get(stored.group_id, 0):
                     last_sent[stored.group_id] = stored.id
@@ -524,14 +542,18 @@ class DevnetServer:
     ) -> AsyncIterator[mls_pb2.WelcomeMessage]:
         await context.send_initial_metadata(())
         keys = [f.installation_key for f in request.filters]
+        log.debug(
+            "welcome subscription from %s: %s",
+            context.peer(),
+            ", ".join(f"{f.installation_key.hex()[:8]}>{f.id_cursor}" for f in request.filters),
+        )
         subscriber = self._welcomes.subscribe(keys)
         try:
             last_sent: dict[bytes, int] = {}
             backlog: list[StoredWelcome] = []
             for f in request.filters:
                 last_sent[f.installation_key] = max(last_sent.get(f.installation_key, 0), f.id_cursor)
-                if f.id_cursor > 0:
-                    backlog.extend(self.store.welcomes_after([f.installation_key], f.id_cursor))
+                backlog.extend(self.store.welcomes_after([f.installation_key], f.id_cursor))
             for stored in sorted(backlog, key=lambda w: w.id):
                 if stored.id > last_sent.get(stored.installation_key, 0):
                     last_sent[stored.installation_key] = stored.id
@@ -758,6 +780,7 @@ class _Router(grpc.GenericRpcHandler):  # type: ignore[misc]
                 return await impl(server, request, context)
             except RpcError as exc:
                 log.info("%s refused: %s %s", method, exc.code.name, exc.message)
+                server.refusals.append(Refusal(method, exc.code.name, exc.message))
                 await context.abort(exc.code, exc.message)
                 raise AssertionError("unreachable") from exc
             except Exception as exc:
@@ -782,6 +805,7 @@ class _Router(grpc.GenericRpcHandler):  # type: ignore[misc]
                     yield item
             except RpcError as exc:
                 log.info("%s ended: %s %s", method, exc.code.name, exc.message)
+                server.refusals.append(Refusal(method, exc.code.name, exc.message))
                 await context.abort(exc.code, exc.message)
             except asyncio.CancelledError:
                 # The client went away or the server is stopping: the stream simply ends. Not
