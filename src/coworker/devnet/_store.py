@@ -195,6 +195,19 @@ class Store:
                 if sidecar.exists():
                     os.chmod(sidecar, 0o600)
 
+    @staticmethod
+    def read_counts(path: Path) -> StoreCounts | None:
+        """Counts of a database file, opened read-only (for ``status``); None if there is none."""
+        if not path.exists():
+            return None
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return _counts(db)
+        except sqlite3.OperationalError:
+            return None  # not migrated yet
+        finally:
+            db.close()
+
     @classmethod
     def in_dir(cls, data_dir: Path) -> Store:
         """Open (or create) the database file inside ``data_dir``."""
@@ -449,20 +462,23 @@ class Store:
 
     def counts(self) -> StoreCounts:
         """How many inboxes, installations, conversations, messages and welcomes are stored."""
-
-        def one(sql: str) -> int:
-            return int(self._db.execute(sql).fetchone()[0])
-
-        return StoreCounts(
-            inboxes=one("SELECT COUNT(DISTINCT inbox_id) FROM identity_updates"),
-            installations=one("SELECT COUNT(*) FROM key_packages"),
-            conversations=one("SELECT COUNT(DISTINCT group_id) FROM group_messages"),
-            messages=one("SELECT COUNT(*) FROM group_messages"),
-            welcomes=one("SELECT COUNT(*) FROM welcomes"),
-        )
+        return _counts(self._db)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+def _counts(db: sqlite3.Connection) -> StoreCounts:
+    def one(sql: str) -> int:
+        return int(db.execute(sql).fetchone()[0])
+
+    return StoreCounts(
+        inboxes=one("SELECT COUNT(DISTINCT inbox_id) FROM identity_updates"),
+        installations=one("SELECT COUNT(*) FROM key_packages"),
+        conversations=one("SELECT COUNT(DISTINCT group_id) FROM group_messages"),
+        messages=one("SELECT COUNT(*) FROM group_messages"),
+        welcomes=one("SELECT COUNT(*) FROM welcomes"),
+    )
 
 
 class _Transaction:
