@@ -11,6 +11,11 @@ It serves the part of XMTP's v3 node API that ``@xmtp/node-sdk`` uses (``env: "l
         assert not devnet.unimplemented_calls
 
 or from the shell: ``coworker devnet start`` / ``python -m coworker.devnet run``.
+
+The wire definitions are the project's own minimal ``proto/*.proto`` (same field numbers as XMTP's
+public API); ``_gen/`` is generated from them by ``python scripts/gen_proto.py`` and committed.
+:class:`NodeDriver` runs ``node/driver.mjs``, one Node SDK client driven by JSON lines, for tests
+and benchmarks.
 """
 
 from __future__ import annotations

@@ -171,9 +171,6 @@ class _Topics(Generic[T]):
             except asyncio.QueueFull:
                 subscriber.overflowed = True
 
-    def count(self) -> int:
-        return len({s for subs in self._subscribers.values() for s in subs})
-
     def close_all(self) -> None:
         for subscriber in {s for subs in self._subscribers.values() for s in subs}:
             try:
@@ -214,7 +211,6 @@ class DevnetServer:
         self._groups: _Topics[StoredGroupMessage] = _Topics()
         self._welcomes: _Topics[StoredWelcome] = _Topics()
         self._limiter = RateLimiter(self.config.rate_limit) if self.config.rate_limit else None
-        self._stopping = asyncio.Event()
         self.unimplemented_calls: list[str] = []
         """Full names of the methods clients called that the devnet does not implement."""
         self.refusals: collections.deque[Refusal] = collections.deque(maxlen=1000)
@@ -266,7 +262,6 @@ class DevnetServer:
             self._server = None
             raise
         self._started_at = self._monotonic()
-        self._stopping.clear()
         where = data_dir if data_dir is not None else "memory"
         log.info("devnet listening on port %d (%s), data in %s", self._port, ", ".join(self.config.hosts), where)
 
@@ -292,7 +287,6 @@ class DevnetServer:
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop serving (open streams end) and close the store; a no-op when not running."""
-        self._stopping.set()
         if self._server is not None:
             # End the open streams with UNAVAILABLE (clients retry) rather than cancelling them.
             self._groups.close_all()
