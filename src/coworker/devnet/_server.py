@@ -34,7 +34,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
@@ -135,6 +135,14 @@ class DevnetStatus:
 
 K = TypeVar("K")
 T = TypeVar("T")
+
+
+class _Stored(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+S = TypeVar("S", bound=_Stored)
 
 
 @dataclass(eq=False)
@@ -477,19 +485,10 @@ class DevnetServer:
         )
         subscriber = self._groups.subscribe(keys)
         try:
-            last_sent: dict[bytes, int] = {}
-            backlog: list[StoredGroupMessage] = []
-            for f in request.filters:
-                last_sent[f.group_id] = max(last_sent.get(f.group_id, 0), f.id_cursor)
-                backlog.extend(self.store.group_messages_after([f.group_id], f.id_cursor))
-            for stored in sorted(backlog, key=lambda m: m.id):
-                if stored.id > last_sent.get(stored.group_id, 0):
-                    last_sent[stored.group_id] = stored.id
-                    yield _group_message(stored)
-            async for stored in self._live(subscriber):
-                if stored.id > last_sent.get(stored.group_id, 0):
-                    last_sent[stored.group_id] = stored.id
-                    yield _group_message(stored)
+            cursors = [(f.group_id, f.id_cursor) for f in request.filters]
+            async for stored in self._replay_then_live(subscriber, cursors, self.store.group_messages_after,
+                                                       lambda m: m.group_id):
+                yield _group_message(stored)
         finally:
             self._groups.unsubscribe(keys, subscriber)
 
@@ -543,21 +542,32 @@ class DevnetServer:
         )
         subscriber = self._welcomes.subscribe(keys)
         try:
-            last_sent: dict[bytes, int] = {}
-            backlog: list[StoredWelcome] = []
-            for f in request.filters:
-                last_sent[f.installation_key] = max(last_sent.get(f.installation_key, 0), f.id_cursor)
-                backlog.extend(self.store.welcomes_after([f.installation_key], f.id_cursor))
-            for stored in sorted(backlog, key=lambda w: w.id):
-                if stored.id > last_sent.get(stored.installation_key, 0):
-                    last_sent[stored.installation_key] = stored.id
-                    yield _welcome(stored)
-            async for stored in self._live(subscriber):
-                if stored.id > last_sent.get(stored.installation_key, 0):
-                    last_sent[stored.installation_key] = stored.id
-                    yield _welcome(stored)
+            cursors = [(f.installation_key, f.id_cursor) for f in request.filters]
+            async for stored in self._replay_then_live(subscriber, cursors, self.store.welcomes_after,
+                                                       lambda w: w.installation_key):
+                yield _welcome(stored)
         finally:
             self._welcomes.unsubscribe(keys, subscriber)
+
+    async def _replay_then_live(self, subscriber: _Subscriber[S], cursors: list[tuple[bytes, int]],
+                                fetch_after: Callable[[list[bytes], int], list[S]],
+                                key_of: Callable[[S], bytes]) -> AsyncIterator[S]:
+        """Stored items after each key's cursor, by id, then live ones: each item once, ids rising per key.
+
+        The subscriber is registered before the backlog is read, so nothing falls between the two."""
+        last_sent: dict[bytes, int] = {}
+        backlog: list[S] = []
+        for key, cursor in cursors:
+            last_sent[key] = max(last_sent.get(key, 0), cursor)
+            backlog.extend(fetch_after([key], cursor))
+        for stored in sorted(backlog, key=lambda item: item.id):
+            if stored.id > last_sent.get(key_of(stored), 0):
+                last_sent[key_of(stored)] = stored.id
+                yield stored
+        async for stored in self._live(subscriber):
+            if stored.id > last_sent.get(key_of(stored), 0):
+                last_sent[key_of(stored)] = stored.id
+                yield stored
 
     async def _live(self, subscriber: _Subscriber[T]) -> AsyncIterator[T]:
         while True:
