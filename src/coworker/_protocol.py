@@ -40,8 +40,7 @@ REQUEST_TYPES: Final = frozenset({"ping", "discover", "trust.request", "call.req
 REPLY_TYPES: Final = frozenset(
     {"pong", "capabilities", "trust.grant", "trust.pending", "trust.deny", "call.result", "call.error", "error"}
 )
-# Reserved for the task layer: recognised, answered UNSUPPORTED until implemented.
-RESERVED_TYPES: Final = frozenset({"call.progress", "task.get", "task.state"})
+# Other types (reserved: call.progress, call.cancel, task.*) are answered UNSUPPORTED until implemented.
 
 _HEX32 = r"^[0-9a-f]{32}$"
 _ADDRESS = r"^0x[0-9a-fA-F]{40}$"

@@ -99,7 +99,6 @@ class Runtime:
         self._tasks = TaskSet()
         self._touched: dict[str, float] = {}
         self._skill_slots = asyncio.Semaphore(MAX_CONCURRENT_SKILLS)
-        self.on_trust_request: Callable[[TrustRequest], None] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -308,8 +307,6 @@ class Runtime:
         self.store.add_trust_request(request)
         log.info("trust request from %s for %s: %r (pending approval)", peer, requested.name, body.reason)
         await self._answer(env, "trust.pending", {"tier": int(requested)})
-        if self.on_trust_request is not None:
-            self.on_trust_request(request)
 
     async def _call(self, env: proto.Envelope, body: proto.CallRequestBody, peer: str, tier: TrustTier,
                     size: int) -> None:

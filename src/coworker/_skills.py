@@ -153,7 +153,6 @@ class Skill:
     output_schema: dict[str, Any]
     _input: _Validator = field(repr=False)
     _output: _Validator = field(repr=False)
-    _params: tuple[str, ...] = field(repr=False)
     _model_param: str | None = field(repr=False)
     _context_param: str | None = field(repr=False)
     _is_async: bool = field(repr=False)
@@ -306,7 +305,7 @@ def build_skill(fn: SkillFunction, *, name: str | None, description: str | None,
     return Skill(
         name=skill_name, fn=fn, description=desc, min_trust_tier=tier, version=str(version),
         input_schema=in_validator.json_schema, output_schema=out_validator.json_schema,
-        _input=in_validator, _output=out_validator, _params=tuple(params), _model_param=model_param,
+        _input=in_validator, _output=out_validator, _model_param=model_param,
         _context_param=context_param,
         _is_async=inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__),
     )
