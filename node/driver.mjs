@@ -33,13 +33,10 @@
 // must never reach XMTP's hosted networks.
 
 import { createInterface } from "node:readline";
-import { randomBytes } from "node:crypto";
-import { secp256k1 } from "@noble/curves/secp256k1.js";
-import { keccak_256 } from "@noble/hashes/sha3.js";
 import { Client } from "@xmtp/node-sdk";
+import { IDENTIFIER_KIND_ETHEREUM, hexToBytes, wallet } from "./wallet.mjs";
 
 const SDK_VERSION = "5.5.0";
-const IDENTIFIER_KIND_ETHEREUM = 0; // IdentifierKind.Ethereum (a const enum in the bindings)
 const KIND_NAMES = ["application", "membership_change"];
 
 let client = null;
@@ -48,40 +45,6 @@ const seen = new Set();
 
 function emit(object) {
   process.stdout.write(JSON.stringify(object) + "\n");
-}
-
-function hexToBytes(hex) {
-  const clean = hex.startsWith("0x") ? hex.slice(2) : hex;
-  if (clean.length % 2 !== 0 || /[^0-9a-fA-F]/.test(clean)) throw new Error(`not hex: ${hex}`);
-  return Uint8Array.from(Buffer.from(clean, "hex"));
-}
-
-function bytesToHex(bytes) {
-  return "0x" + Buffer.from(bytes).toString("hex");
-}
-
-// An Ethereum externally-owned account: address = last 20 bytes of keccak256(public key),
-// signatures are EIP-191 personal_sign (r || s || v, v = 27 + recovery id).
-function wallet(privateKeyHex) {
-  const secret = privateKeyHex ? hexToBytes(privateKeyHex) : secp256k1.utils.randomSecretKey();
-  const publicKey = secp256k1.getPublicKey(secret, false).slice(1);
-  const address = bytesToHex(keccak_256(publicKey).slice(-20));
-  const signer = {
-    type: "EOA",
-    getIdentifier: () => ({ identifier: address, identifierKind: IDENTIFIER_KIND_ETHEREUM }),
-    signMessage: (message) => {
-      const body = Buffer.from(message, "utf8");
-      const prefix = Buffer.from(`\x19Ethereum Signed Message:\n${body.length}`, "utf8");
-      const digest = keccak_256(Buffer.concat([prefix, body]));
-      const recovered = secp256k1.sign(digest, secret, { prehash: false, format: "recovered" });
-      // noble puts the recovery byte first; Ethereum wants it last, plus 27.
-      const signature = new Uint8Array(65);
-      signature.set(recovered.slice(1, 65), 0);
-      signature[64] = recovered[0] + 27;
-      return signature;
-    },
-  };
-  return { address, privateKey: bytesToHex(secret), signer };
 }
 
 function requireClient() {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,8 @@ import pytest
 from coworker import AsyncAgent, MemoryNetwork, Network, TrustTier
 from coworker._identity import Identity
 from coworker._transport import Incoming, Transport
+from coworker._xmtp import XmtpNetwork, node_available
+from coworker.devnet import DevnetServer, PortInUseError, running_devnet
 
 
 @pytest.fixture(autouse=True)
@@ -21,15 +25,87 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("COWORKER_NETWORK", raising=False)
     monkeypatch.delenv("COWORKER_PASSPHRASE", raising=False)
     monkeypatch.delenv("COWORKER_AGENT", raising=False)
+    monkeypatch.setenv("COWORKER_LOCAL_ONLY", "1")  # no XMTP client in a test may reach a hosted network
+    monkeypatch.setenv("COWORKER_DEVNET_AUTOSTART", "0")  # nor start a devnet that outlives it
     return tmp_path / "home"
 
 
-# The transports the conformance tests run on. The XMTP transport adds itself here.
-NETWORKS: dict[str, Callable[[], Network]] = {"memory": MemoryNetwork}
+def require_node_sdk() -> None:
+    """Skip (locally) or fail (in CI) when Node or the pinned Node SDK is not installed."""
+    if node_available():
+        return
+    message = "Node or @xmtp/node-sdk is missing: run `npm ci` in node/ (make setup does it)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+class DevnetThread:
+    """An in-memory devnet on port 5556 served from its own thread and event loop.
+
+    Agents under test run on the tests' event loops and reach it over loopback, as they would reach a devnet
+    started with ``coworker devnet start``; the server object stays inspectable (``unimplemented_calls``).
+    """
+
+    def __init__(self) -> None:
+        self.server: DevnetServer | None = None
+        self.error: BaseException | None = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="devnet", daemon=True)
+
+    async def _main(self) -> None:
+        try:
+            async with running_devnet() as server:
+                self.server, self._loop, self._stop = server, asyncio.get_running_loop(), asyncio.Event()
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as exc:  # reported by start()
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    def start(self) -> DevnetServer:
+        self._thread.start()
+        self._ready.wait(30)
+        if self.error is not None or self.server is None:
+            raise RuntimeError(f"the devnet did not start: {self.error!r}")
+        return self.server
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15)
+
+
+@pytest.fixture(scope="module")
+def xmtp_node() -> Iterator[DevnetServer]:
+    """A devnet on port 5556 for one test module (XMTP clients of env "local" dial it)."""
+    require_node_sdk()
+    node = DevnetThread()
+    try:
+        server = node.start()
+    except RuntimeError as exc:
+        if isinstance(node.error, PortInUseError):
+            pytest.fail(f"{node.error}. Tests over XMTP need port 5556 (stop a running `coworker devnet`).")
+        raise exc
+    yield server
+    node.stop()
+    assert not server.unimplemented_calls, f"clients called RPCs the devnet lacks: {server.unimplemented_calls}"
+
+
+# The transports the conformance tests run on; "xmtp" is the real XMTP SDK, through a devnet.
+NETWORKS: dict[str, Callable[[], Network]] = {
+    "memory": MemoryNetwork,
+    "xmtp": lambda: XmtpNetwork("local"),
+}
 
 
 @pytest.fixture(params=sorted(NETWORKS))
 def network(request: pytest.FixtureRequest) -> Network:
+    if request.param == "xmtp":
+        request.getfixturevalue("xmtp_node")
     return NETWORKS[request.param]()
 
 

@@ -124,7 +124,11 @@ async def test_named_networks_say_what_is_missing_and_unknown_names_are_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     agent = AsyncAgent("a", data_dir=tmp_path / "a")
     assert agent.network_name == "local"
-    with pytest.raises(coworker.ConfigurationError, match="XMTP transport"):
+    with pytest.raises(coworker.TransportError, match="local XMTP node is not running"):
+        await agent.start()  # this test runs no devnet, and tests never start one in the background
+    assert not agent.running
+    monkeypatch.setenv("COWORKER_NETWORK", "dev")
+    with pytest.raises(coworker.ConfigurationError, match="COWORKER_LOCAL_ONLY"):
         await agent.start()
     monkeypatch.setenv("COWORKER_NETWORK", "mainnet")
     with pytest.raises(coworker.ConfigurationError, match="unknown network 'mainnet'"):

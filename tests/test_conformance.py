@@ -151,7 +151,11 @@ async def test_hostile_envelopes_are_answered_or_dropped_and_the_agent_keeps_ser
     elif data == "unknown type":
         data = envelope(raw, to, "teleport", {})
     assert isinstance(data, bytes)
-    await raw.send(to, data)
+    try:
+        await raw.send(to, data)
+    except coworker.TransportError as exc:  # XMTP refuses a message over its 1 MB limit before it leaves
+        assert label == "oversized" and "limit" in str(exc), exc
+        answered = False
     if answered:
         reply = await raw.receive()
         assert reply["body"]["code"] in ("PROTOCOL_ERROR", "UNSUPPORTED"), reply

@@ -29,13 +29,14 @@ from ._skills import Skill, SkillFunction, build_skill
 from ._store import CallRecord, PeerRecord, SQLiteStore, TrustRequest
 from ._transport import Network
 from ._trust import TrustTier
+from ._xmtp import XMTP_NETWORKS, XmtpNetwork
 
 log = logging.getLogger("coworker.agent")
 
 F = TypeVar("F", bound=SkillFunction)
 T = TypeVar("T")
 
-NETWORK_NAMES = ("local", "dev", "production")
+NETWORK_NAMES = XMTP_NETWORKS
 CONFIG_FILE = "config.json"
 DB_FILE = "coworker.db"
 LOCK_FILE = "agent.lock"
@@ -103,8 +104,7 @@ def resolve_network(spec: str | Network | None, data_dir: Path) -> Network:
     if name not in NETWORK_NAMES:
         raise ConfigurationError(f"unknown network {name!r} (from {source}): use one of {', '.join(NETWORK_NAMES)} "
                                  f"or a network object such as coworker.MemoryNetwork()")
-    raise ConfigurationError(f"network {name!r} needs the XMTP transport, which this build of CoWorker does not "
-                             f"include yet; pass network=coworker.MemoryNetwork() to run agents in one process")
+    return XmtpNetwork(name)
 
 
 @dataclass(frozen=True)

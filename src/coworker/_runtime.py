@@ -125,14 +125,17 @@ class Runtime:
     # ---- sending ------------------------------------------------------------------------------------------
 
     async def _send(self, env: proto.Envelope) -> int:
-        if self._transport is None:
-            raise TransportError("agent is not started")
         data = proto.encode(env)
         if len(data) > proto.MAX_ENVELOPE_BYTES:
             raise LocalProtocolError(f"message of {len(data)} bytes exceeds the network limit of "
                                      f"{proto.MAX_ENVELOPE_BYTES} bytes")
-        await self._transport.send(env.recipient, data)
+        await self._send_data(env.recipient, data)
         return len(data)
+
+    async def _send_data(self, recipient: str, data: bytes) -> None:
+        if self._transport is None:
+            raise TransportError("agent is not started")
+        await self._transport.send(recipient, data)
 
     async def request(self, peer: str, kind: str, body: dict[str, Any], timeout: float,
                       message_id: str | None = None) -> tuple[proto.Envelope, int, int]:
@@ -167,13 +170,26 @@ class Runtime:
     def _deliver(self, incoming: Incoming) -> None:
         self._tasks.spawn(self._handle(incoming), "coworker-message")
 
-    async def _answer(self, to: proto.Envelope, kind: str, body: dict[str, Any]) -> int:
+    def _encode_reply(self, to: proto.Envelope, kind: str, body: dict[str, Any]) -> tuple[str, bytes]:
+        """The reply's type and bytes; a body JSON cannot carry, or one over the size limit, becomes an error."""
+        now = self._now_ms()
         try:
-            return await self._send(proto.reply(to, kind, body, now_ms=self._now_ms()))
-        except ValueError as exc:  # a body JSON cannot carry
+            data = proto.encode(proto.reply(to, kind, body, now_ms=now))
+        except ValueError as exc:
             log.warning("cannot encode %s reply: %s", kind, exc)
-            return await self._send(proto.reply(to, "error", proto.error_body("SKILL_FAILED", str(exc)),
-                                                now_ms=self._now_ms()))
+            problem = f"the result cannot be sent as JSON: {exc}"
+        else:
+            if len(data) <= proto.MAX_ENVELOPE_BYTES:
+                return kind, data
+            problem = f"the result of {len(data)} bytes is over the {proto.MAX_ENVELOPE_BYTES}-byte message limit"
+        error_kind = "call.error" if to.type == "call.request" else "error"
+        return error_kind, proto.encode(proto.reply(to, error_kind, proto.error_body("SKILL_FAILED", problem),
+                                                    now_ms=now))
+
+    async def _answer(self, to: proto.Envelope, kind: str, body: dict[str, Any]) -> int:
+        _, data = self._encode_reply(to, kind, body)
+        await self._send_data(to.sender, data)
+        return len(data)
 
     async def _refuse(self, to: proto.Envelope, code: str, message: str) -> int:
         kind = "call.error" if to.type == "call.request" else "error"
@@ -323,12 +339,14 @@ class Runtime:
                 log.warning("skill %s failed for %s", skill.name, peer, exc_info=exc.__cause__)
             duration = (time.perf_counter() - started) * 1000
             code = getattr(exc, "code", "SKILL_FAILED")
-            sent = await self._answer(env, "call.error", proto.error_body(code, str(exc), getattr(exc, "path", "")))
-            self._record_in(env, peer, skill.name, "failed", code, duration, size, sent, wall)
-            return
-        duration = (time.perf_counter() - started) * 1000
-        sent = await self._answer(env, "call.result", {"output": output, "duration_ms": round(duration, 3)})
-        self._record_in(env, peer, skill.name, "completed", None, duration, size, sent, wall)
+            _, data = self._encode_reply(env, "call.error", proto.error_body(code, str(exc), getattr(exc, "path", "")))
+            self._record_in(env, peer, skill.name, "failed", code, duration, size, len(data), wall)
+        else:
+            duration = (time.perf_counter() - started) * 1000
+            kind, data = self._encode_reply(env, "call.result", {"output": output, "duration_ms": round(duration, 3)})
+            status, code = ("completed", None) if kind == "call.result" else ("failed", "SKILL_FAILED")
+            self._record_in(env, peer, skill.name, status, code, duration, size, len(data), wall)
+        await self._send_data(env.sender, data)  # recorded first: the caller may look as soon as it has the reply
 
     def _record_in(self, env: proto.Envelope, peer: str, skill: str, status: str, code: str | None,
                    duration: float, size_in: int, size_out: int, started: float | None = None) -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -208,38 +210,41 @@ def start_command(args: argparse.Namespace) -> int:
     if other is not None:
         print(f"a devnet is already running (pid {other.pid}, port {other.port})", file=sys.stderr)
         return 1
+    try:
+        pid, port = start_background(data_dir, port=args.port, memory=args.memory,
+                                     max_message_bytes=args.max_message_bytes, rate_limit=args.rate_limit,
+                                     log_level=args.log_level)
+    except DevnetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    where = "memory" if args.memory else str(data_dir / DB_FILENAME)
+    print(f"devnet started: pid {pid}, port {port} on 127.0.0.1 and ::1, data in {where}, "
+          f"log {data_dir / LOG_FILENAME}")
+    return 0
+
+
+def start_background(data_dir: Path, *, port: int = DEFAULT_PORT, memory: bool = False,
+                     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, rate_limit: float | None = None,
+                     log_level: str = "INFO") -> tuple[int, int]:
+    """Run ``python -m coworker.devnet run`` as a detached child; return (pid, port) once it listens.
+
+    Raises:
+        DevnetError: the child did not report that it listens (the error quotes the end of its log).
+    """
+    data_dir = _paths.ensure_private_dir(data_dir)
     log_path = data_dir / LOG_FILENAME
     read_end, write_end = os.pipe()
-    command = [
-        sys.executable,
-        "-m",
-        "coworker.devnet",
-        "run",
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        str(args.port),
-        "--max-message-bytes",
-        str(args.max_message_bytes),
-        "--log-level",
-        args.log_level,
-        "--ready-fd",
-        str(write_end),
-    ]
-    if args.memory:
+    command = [sys.executable, "-m", "coworker.devnet", "run", "--data-dir", str(data_dir), "--port", str(port),
+               "--max-message-bytes", str(max_message_bytes), "--log-level", log_level,
+               "--ready-fd", str(write_end)]
+    if memory:
         command.append("--memory")
-    if args.rate_limit is not None:
-        command += ["--rate-limit", str(args.rate_limit)]
+    if rate_limit is not None:
+        command += ["--rate-limit", str(rate_limit)]
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        child = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=log_fd,
-            pass_fds=(write_end,),
-            start_new_session=True,
-        )
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                                 pass_fds=(write_end,), start_new_session=True)
     finally:
         os.close(log_fd)
         os.close(write_end)
@@ -250,13 +255,44 @@ def start_command(args: argparse.Namespace) -> int:
     if not line.startswith("ready"):
         if child.poll() is None:
             child.terminate()
-        print(f"error: the devnet did not start; see {log_path}:", file=sys.stderr)
-        print(_tail(log_path), file=sys.stderr)
-        return 1
-    port = line.split()[1]
-    where = "memory" if args.memory else str(data_dir / DB_FILENAME)
-    print(f"devnet started: pid {child.pid}, port {port} on 127.0.0.1 and ::1, data in {where}, log {log_path}")
-    return 0
+        raise DevnetError(f"the devnet did not start; the end of {log_path}:\n{_tail(log_path)}")
+    return child.pid, int(line.split()[1])
+
+
+def listening(port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_running(data_dir: Path | None = None, port: int = DEFAULT_PORT) -> int | None:
+    """Make sure a local node listens on ``port``: start one in the background (SQLite in ``data_dir``) if not.
+
+    Returns the pid of the devnet started, or None when one was listening already. Safe to call from several
+    processes at once: one of them starts it, the others wait for it.
+
+    Raises:
+        DevnetError: it could not be started.
+    """
+    if listening(port):
+        return None
+    directory = _paths.ensure_private_dir(data_dir if data_dir is not None else _paths.devnet_dir())
+    fd = os.open(directory / "start.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes
+        if listening(port):
+            return None
+        info = _running(directory)
+        if info is not None:
+            raise DevnetError(f"a devnet (pid {info.pid}) runs from {directory} but does not answer on port {port}; "
+                              f"stop it with `coworker devnet stop`")
+        pid, _ = start_background(directory, port=port)
+        return pid
+    finally:
+        os.close(fd)
 
 
 def _read_line(fd: int, timeout: float) -> str:

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from coworker import _paths
+
 _LINE_LIMIT = 64 * 1024 * 1024
 
 Event = dict[str, Any]
@@ -34,10 +36,7 @@ class NodeDriverError(Exception):
 
 def default_node_dir() -> Path:
     """The Node package holding ``driver.mjs``: ``$COWORKER_NODE_DIR`` or the repository's ``node/``."""
-    value = os.environ.get("COWORKER_NODE_DIR")
-    if value:
-        return Path(value)
-    return Path(__file__).resolve().parents[3] / "node"
+    return _paths.node_dir()
 
 
 def node_sdk_available(node_dir: Path | None = None) -> bool:

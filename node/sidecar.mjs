@@ -1,0 +1,350 @@
+// CoWorker's XMTP sidecar: one agent's XMTP client (@xmtp/node-sdk), driven by its agent over stdin/stdout.
+//
+// There is no port: only the process that started the sidecar can speak as its wallet. The private key arrives
+// in the `start` command on stdin, never in argv or the environment. The sidecar exits when stdin closes, so it
+// never outlives its agent.
+//
+// Protocol (one JSON object per line, UTF-8):
+//   stdin, commands:  {"id": <int>, "cmd": "<name>", ...arguments}
+//   stdout, replies:  {"id": <same>, "ok": true, "result": {...}}
+//                     {"id": <same>, "ok": false, "error": {"name": "...", "message": "..."}}
+//   stdout, events:   {"event": "<name>", ...}
+// Diagnostics go to stderr (the agent writes them to its log file).
+//
+// Commands:
+//   start  {privateKey, env: "local"|"dev"|"production", dbPath, dbEncryptionKey, syncFromNs?: "<ns>",
+//           syncIntervalMs?: 30000, maxBytes?: 1000000}
+//          -> {address, inboxId, installationId}. Opens (or creates) the client, starts the live stream,
+//             then syncs every DM from syncFromNs minus a minute (messages that arrived while the agent was away).
+//   send   {to: "0x..", text}   -> {messageId}; errors: PeerUnreachable (no inbox on this network), TooLarge
+//   sync   {}                  -> {newMessages}
+//   status {}                  -> {address, inboxId, installationId, env, streaming, lastSyncMs, reported}
+//   close  {}                  -> {} then the process exits 0
+// Events:
+//   ready    {pid, sdk}                                    once, at start
+//   message  {id, conversationId, senderInboxId, addresses, sentAtNs, text}
+//            a text message from another inbox in a DM, once per message id; `addresses` are the Ethereum
+//            addresses associated with the sender's inbox (from its inbox state on the network)
+//   dropped  {id, senderInboxId, reason}                   a message not passed on (too large, not text)
+//   stream   {state: "up"|"error"|"restart"|"down", message?}
+//   sync_error {message}
+
+import { createInterface } from "node:readline";
+import { chmodSync } from "node:fs";
+import { Client } from "@xmtp/node-sdk";
+import { ethereumIdentifier, hexToBytes, wallet } from "./wallet.mjs";
+
+const SDK_VERSION = "5.5.0";
+const ENVS = new Set(["local", "dev", "production"]);
+const CONVERSATION_TYPE_DM = 0; // ConversationType.Dm
+const CONSENT_UNKNOWN = 0;
+const CONSENT_ALLOWED = 1;
+const KIND_APPLICATION = 0; // GroupMessageKind.Application
+const SLACK_NS = 60_000_000_000n; // re-read this much history on sync: stream and sync may deliver out of order
+const INBOX_TTL_MS = 60_000; // how long a sender's address list is trusted before it is fetched again
+const BACKOFF_MS = [500, 1000, 2000, 5000, 10000, 30000];
+
+process.umask(0o077); // the SDK's database files are the agent's alone
+
+let client = null;
+let env = null;
+let myAddress = null;
+let maxBytes = 1_000_000;
+let stream = null;
+let streaming = false;
+let closing = false;
+let highNs = 0n; // the newest sentAtNs reported
+let lastSyncMs = null;
+let syncTimer = null;
+let syncInFlight = null;
+let syncAgain = false;
+let reported = 0;
+let inbound = Promise.resolve(); // messages are handled one after another, in arrival order
+const seen = new Map(); // message id -> sentAtNs
+const dms = new Map(); // lower-case address -> Promise<Dm>
+const reachable = new Set(); // lower-case addresses known to have an inbox
+const inboxes = new Map(); // inbox id -> {addresses, at}
+
+function emit(object) {
+  process.stdout.write(JSON.stringify(object) + "\n");
+}
+
+function log(text) {
+  process.stderr.write(`${new Date().toISOString()} ${text}\n`);
+}
+
+function fail(name, message) {
+  const error = new Error(message);
+  error.name = name;
+  return error;
+}
+
+function requireClient() {
+  if (!client) throw fail("NotStarted", "send a start command first");
+  return client;
+}
+
+async function addressesOf(inboxId) {
+  const cached = inboxes.get(inboxId);
+  if (cached && Date.now() - cached.at < INBOX_TTL_MS) return cached.addresses;
+  let states;
+  try {
+    states = await client.preferences.fetchInboxStates([inboxId]);
+  } catch (error) {
+    log(`fetching the inbox state of ${inboxId} failed (${error?.message ?? error}); using the local copy`);
+    states = await client.preferences.getInboxStates([inboxId]);
+  }
+  const state = states.find((s) => s.inboxId === inboxId);
+  if (!state) throw new Error(`no inbox state for ${inboxId}`);
+  const addresses = state.identifiers
+    .filter((id) => id.identifierKind === 0)
+    .map((id) => id.identifier.toLowerCase());
+  inboxes.set(inboxId, { addresses, at: Date.now() });
+  return addresses;
+}
+
+async function handle(message) {
+  if (seen.has(message.id) || message.senderInboxId === client.inboxId) return;
+  if (message.kind !== KIND_APPLICATION) return;
+  seen.set(message.id, message.sentAtNs);
+  if (typeof message.content !== "string") {
+    emit({ event: "dropped", id: message.id, senderInboxId: message.senderInboxId, reason: "not a text message" });
+    return;
+  }
+  if (Buffer.byteLength(message.content, "utf8") > maxBytes) {
+    emit({ event: "dropped", id: message.id, senderInboxId: message.senderInboxId,
+      reason: `larger than ${maxBytes} bytes` });
+    return;
+  }
+  let addresses;
+  try {
+    addresses = await addressesOf(message.senderInboxId);
+  } catch (error) {
+    seen.delete(message.id); // not reported: the next sync tries again
+    log(`message ${message.id} held back: ${error?.message ?? error}`);
+    return;
+  }
+  if (message.sentAtNs > highNs) highNs = message.sentAtNs;
+  reported += 1;
+  emit({
+    event: "message",
+    id: message.id,
+    conversationId: message.conversationId,
+    senderInboxId: message.senderInboxId,
+    addresses,
+    sentAtNs: String(message.sentAtNs),
+    text: message.content,
+  });
+}
+
+function enqueue(message) {
+  inbound = inbound.then(() => handle(message)).catch((error) => log(`handling a message: ${error?.stack ?? error}`));
+  return inbound;
+}
+
+function prune() {
+  const horizon = highNs - 2n * SLACK_NS;
+  for (const [id, sentAtNs] of seen) if (sentAtNs < horizon) seen.delete(id);
+}
+
+// One sync at a time; a request during a sync runs one more after it.
+function syncNow(reason) {
+  if (syncInFlight) {
+    syncAgain = true;
+    return syncInFlight;
+  }
+  syncInFlight = (async () => {
+    let total = 0;
+    do {
+      syncAgain = false;
+      const before = reported;
+      try {
+        const c = requireClient();
+        await c.conversations.syncAll([CONSENT_ALLOWED, CONSENT_UNKNOWN]);
+        const from = highNs > SLACK_NS ? highNs - SLACK_NS : 0n;
+        for (const dm of c.conversations.listDms()) {
+          for (const message of await dm.messages({ sentAfterNs: from })) enqueue(message);
+        }
+        await inbound;
+        lastSyncMs = Date.now();
+        prune();
+      } catch (error) {
+        emit({ event: "sync_error", message: String(error?.message ?? error) });
+        log(`sync (${reason}) failed: ${error?.stack ?? error}`);
+      }
+      total += reported - before;
+    } while (syncAgain && !closing);
+    return total;
+  })().finally(() => {
+    syncInFlight = null;
+  });
+  return syncInFlight;
+}
+
+async function runStream(attempt = 0) {
+  if (closing) return;
+  try {
+    stream = await client.conversations.streamAllMessages({
+      conversationType: CONVERSATION_TYPE_DM,
+      consentStates: [CONSENT_ALLOWED, CONSENT_UNKNOWN],
+      retryAttempts: 6,
+      retryDelay: 500,
+      onError: (error) => {
+        emit({ event: "stream", state: "error", message: String(error?.message ?? error) });
+        syncNow("stream error");
+      },
+      onRestart: () => {
+        emit({ event: "stream", state: "restart" });
+        syncNow("stream restart");
+      },
+    });
+    streaming = true;
+    emit({ event: "stream", state: "up" });
+    attempt = 0;
+    for await (const message of stream) {
+      if (message) enqueue(message);
+    }
+  } catch (error) {
+    emit({ event: "stream", state: "error", message: String(error?.message ?? error) });
+    log(`stream failed: ${error?.stack ?? error}`);
+  }
+  streaming = false;
+  if (closing) return;
+  const delay = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)];
+  emit({ event: "stream", state: "down", message: `restarting in ${delay} ms` });
+  setTimeout(() => {
+    syncNow("stream down");
+    runStream(attempt + 1);
+  }, delay);
+}
+
+function dmWith(address) {
+  let dm = dms.get(address);
+  if (!dm) {
+    dm = (async () => {
+      const c = requireClient();
+      if (!reachable.has(address)) {
+        const answer = await c.canMessage([ethereumIdentifier(address)]);
+        if (![...answer.values()].some(Boolean)) {
+          throw fail("PeerUnreachable", `${address} has no XMTP inbox on the ${env} network`);
+        }
+        reachable.add(address);
+      }
+      return c.conversations.createDmWithIdentifier(ethereumIdentifier(address));
+    })();
+    dms.set(address, dm);
+    dm.catch(() => dms.delete(address));
+  }
+  return dm;
+}
+
+function chmodDatabase(dbPath) {
+  for (const suffix of ["", "-wal", "-shm"]) {
+    try {
+      chmodSync(dbPath + suffix, 0o600);
+    } catch {
+      // not created (yet)
+    }
+  }
+}
+
+const commands = {
+  async start(args) {
+    if (client) throw fail("AlreadyStarted", "this sidecar already has a client");
+    if (!ENVS.has(args.env)) throw fail("BadRequest", `unknown XMTP network ${args.env}`);
+    if (typeof args.dbPath !== "string" || !args.dbEncryptionKey) {
+      throw fail("BadRequest", "start needs dbPath and dbEncryptionKey");
+    }
+    env = args.env;
+    maxBytes = args.maxBytes ?? maxBytes;
+    highNs = BigInt(args.syncFromNs ?? "0");
+    const { address, signer } = wallet(args.privateKey);
+    myAddress = address;
+    client = await Client.create(signer, {
+      env,
+      dbPath: args.dbPath,
+      dbEncryptionKey: hexToBytes(args.dbEncryptionKey),
+      disableDeviceSync: true,
+      loggingLevel: "Off",
+    });
+    chmodDatabase(args.dbPath);
+    runStream();
+    await syncNow("start");
+    const interval = args.syncIntervalMs ?? 30_000;
+    if (interval > 0) syncTimer = setInterval(() => syncNow("periodic"), interval);
+    return { address, inboxId: client.inboxId, installationId: client.installationId };
+  },
+
+  async send(args) {
+    if (typeof args.text !== "string" || typeof args.to !== "string") throw fail("BadRequest", "send needs to and text");
+    const size = Buffer.byteLength(args.text, "utf8");
+    if (size > maxBytes) throw fail("TooLarge", `message of ${size} bytes is over the ${maxBytes}-byte limit`);
+    const dm = await dmWith(args.to.toLowerCase());
+    return { messageId: await dm.sendText(args.text) };
+  },
+
+  async sync() {
+    requireClient();
+    return { newMessages: await syncNow("asked") };
+  },
+
+  async status() {
+    const c = requireClient();
+    return {
+      address: myAddress,
+      inboxId: c.inboxId,
+      installationId: c.installationId,
+      env,
+      streaming,
+      lastSyncMs,
+      reported,
+      pid: process.pid,
+    };
+  },
+
+  async close() {
+    setImmediate(shutdown);
+    return {};
+  },
+};
+
+async function dispatch(line) {
+  let request;
+  try {
+    request = JSON.parse(line);
+  } catch {
+    emit({ id: null, ok: false, error: { name: "BadRequest", message: "not JSON" } });
+    return;
+  }
+  const { id = null, cmd, ...args } = request;
+  const command = Object.hasOwn(commands, cmd) ? commands[cmd] : undefined;
+  if (!command) {
+    emit({ id, ok: false, error: { name: "UnknownCommand", message: `unknown command ${cmd}` } });
+    return;
+  }
+  try {
+    emit({ id, ok: true, result: await command(args) });
+  } catch (error) {
+    emit({ id, ok: false, error: { name: error?.name ?? "Error", message: String(error?.message ?? error) } });
+  }
+}
+
+async function shutdown() {
+  if (closing) return;
+  closing = true;
+  if (syncTimer) clearInterval(syncTimer);
+  try {
+    if (stream) await stream.return();
+  } catch (error) {
+    log(`closing the stream: ${error}`);
+  }
+  process.exit(0);
+}
+
+process.on("unhandledRejection", (error) => log(`unhandled rejection: ${error?.stack ?? error}`));
+const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
+lines.on("line", (line) => {
+  if (line.trim()) dispatch(line);
+});
+lines.on("close", shutdown);
+emit({ event: "ready", pid: process.pid, sdk: SDK_VERSION });
