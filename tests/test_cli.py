@@ -348,23 +348,7 @@ def test_a_bad_wallet_address_is_a_clear_error(capsys: Capture) -> None:
     assert err.startswith("coworker: error: not a wallet address: '0xnope'")
 
 
-# ---- demo and the rest ----------------------------------------------------------------------------------------
-
-
-def test_demo_runs_the_first_contact_flow(home: Path, capsys: Capture) -> None:
-    code, out, err = run(capsys, "demo")
-    assert code == 0, err
-    assert "in-memory network" in out and "XMTP transport" in out
-    lines = out.splitlines()
-    assert "bob sees 0 skills" in out
-    assert "alice answers 'pending'" in out
-    assert "bob now holds tier known (1) at alice" in out
-    assert "bob sees 2 skills: summarize, translate" in out
-    assert '"word_count": 19' in out
-    assert lines[-1] == "first contact flow: OK"
-    steps = [line for line in lines if line[:2] in {f"{n}." for n in range(1, 8)}]
-    assert len(steps) == 7 and all(line.endswith(" ms") for line in steps)
-    assert not (home / "agents").exists()  # the demo never touches the user's agents
+# ---- the rest ----------------------------------------------------------------------------------------
 
 
 def test_version_prints_the_package_version(capsys: Capture) -> None:

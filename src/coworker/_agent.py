@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _paths
+from ._control import ControlServer
 from ._errors import ConfigurationError, CoworkerError, IdentityError, StoreError, error_from_wire
 from ._identity import KEYSTORE_FILE, Identity, checksum
 from ._portal import Portal
@@ -27,7 +28,7 @@ from ._protocol import ErrorBody, new_id, parse_body
 from ._runtime import Runtime, TrustPolicy
 from ._skills import Skill, SkillFunction, build_skill
 from ._store import CallRecord, PeerRecord, SQLiteStore, TrustRequest
-from ._transport import Network
+from ._transport import Network, Transport
 from ._trust import TrustTier
 from ._xmtp import XMTP_NETWORKS, XmtpNetwork
 
@@ -234,6 +235,8 @@ class AsyncAgent:
         self._lock = _AgentLock(self.data_dir / LOCK_FILE)
         self._start_lock: asyncio.Lock | None = None
         self._stopped: asyncio.Event | None = None
+        self._control: ControlServer | None = None
+        self._stopping: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<AsyncAgent {self.name} {self.wallet}>"
@@ -254,6 +257,11 @@ class AsyncAgent:
     @property
     def running(self) -> bool:
         return self._runtime is not None
+
+    @property
+    def transport(self) -> Transport | None:
+        """The open transport while the agent runs (an ``XmtpTransport`` on XMTP networks)."""
+        return self._runtime.transport if self._runtime is not None else None
 
     # ---- skills -------------------------------------------------------------------------------------------
 
@@ -322,7 +330,14 @@ class AsyncAgent:
             except BaseException:
                 self._lock.release()
                 raise
-            self._runtime = runtime
+            control = ControlServer(self, on_stop=self._stop_soon)
+            try:
+                await control.start()
+            except BaseException:
+                await runtime.close()
+                self._lock.release()
+                raise
+            self._runtime, self._control = runtime, control
             self._stopped = asyncio.Event()
             self.store.set_setting("network", network.name)
             self._publish_skills()
@@ -334,13 +349,21 @@ class AsyncAgent:
         runtime, self._runtime = self._runtime, None
         if runtime is None:
             return
+        control, self._control = self._control, None
         try:
+            if control is not None:
+                await control.close()
             await runtime.close()
         finally:
             self._lock.release()
             if self._stopped is not None:
                 self._stopped.set()
             log.info("agent %s stopped", self.name)
+
+    def _stop_soon(self) -> None:
+        """Stop from a callback (the control endpoint's ``stop``); serve() returns."""
+        if self._stopping is None or self._stopping.done():
+            self._stopping = asyncio.get_running_loop().create_task(self.stop(), name="coworker-stop")
 
     def close(self) -> None:
         """Close the database. The agent must be stopped."""

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -40,18 +39,16 @@ from ._agent import (
     validate_agent_name,
     write_config,
 )
+from ._cli_net import CliError
+from ._cli_net import register as register_network_commands
+from ._control import ControlClient
 from ._errors import ConfigurationError, CoworkerError
 from ._identity import KEY_FILE, KEYSTORE_FILE, Identity, checksum
-from ._memory import MemoryNetwork
 from ._trust import TrustTier
 
 log = logging.getLogger("coworker.cli")
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class CliError(CoworkerError):
-    """An error of the command line itself (no such agent, passphrases that differ, ...)."""
 
 
 # ---- agents on disk -------------------------------------------------------------------------------------------
@@ -313,6 +310,12 @@ def _note_running(agent: AsyncAgent) -> None:
 
 def _cmd_trust_approve(args: argparse.Namespace) -> int:
     tier = _parse_tier(args.tier) if args.tier is not None else None
+    running = ControlClient.find(_paths.agent_dir(_choose_agent(args)))
+    if running is not None:  # the running agent records it and tells the peer at once
+        granted = running.request("approve", 30, wallet=checksum(args.wallet), tier=None if tier is None else int(tier))
+        print(f"approved {checksum(args.wallet)} at tier {_tier_text(TrustTier.parse(granted))}; "
+              f"the running agent (pid {running.pid}) told the peer")
+        return 0
     with _open_agent(args) as agent:
         granted = asyncio.run(agent.approve_trust(args.wallet, tier))
         print(f"approved {checksum(args.wallet)} at tier {_tier_text(granted)}")
@@ -321,6 +324,12 @@ def _cmd_trust_approve(args: argparse.Namespace) -> int:
 
 
 def _cmd_trust_deny(args: argparse.Namespace) -> int:
+    running = ControlClient.find(_paths.agent_dir(_choose_agent(args)))
+    if running is not None:
+        running.request("deny", 30, wallet=checksum(args.wallet))
+        print(f"denied the trust request from {checksum(args.wallet)}; the running agent (pid {running.pid}) "
+              f"told the peer")
+        return 0
     with _open_agent(args) as agent:
         asyncio.run(agent.deny_trust(args.wallet))
         print(f"denied the trust request from {checksum(args.wallet)}")
@@ -366,114 +375,13 @@ def _cmd_skills(args: argparse.Namespace) -> int:
 
 # ---- demo -----------------------------------------------------------------------------------------------------
 
-_WORDS_FR = {"hello": "bonjour", "world": "monde", "agents": "agents", "from": "de", "the": "le", "and": "et",
-             "talk": "parlent", "to": "à", "each": "chacun", "other": "autre"}
-
-
-def summarize(text: str, max_words: int = 12) -> dict[str, Any]:
-    """Summarize text: its first max_words words."""
-    words = text.split()
-    summary = " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
-    return {"summary": summary, "word_count": len(words)}
-
-
-def translate(text: str, to: str = "fr") -> dict[str, Any]:
-    """Translate text word by word (a toy dictionary, English to French)."""
-    if to != "fr":
-        raise ValueError(f"this demo only translates to 'fr', not {to!r}")
-    return {"translation": " ".join(_WORDS_FR.get(w.lower(), w) for w in text.split()), "to": to}
-
-
-def research(topic: str) -> dict[str, Any]:
-    """Research a topic (canned findings)."""
-    return {"findings": [f"{topic}: agents are identified by wallets",
-                         f"{topic}: peers see only the skills their trust tier allows"]}
-
-
-def write(topic: str, findings: list[str]) -> dict[str, Any]:
-    """Write a short report from findings."""
-    return {"report": f"Report on {topic}\n" + "\n".join(f"- {f}" for f in findings)}
-
-
-class _Steps:
-    def __init__(self) -> None:
-        self.total_ms = 0.0
-
-    @contextlib.contextmanager
-    def step(self, label: str) -> Iterator[list[str]]:
-        lines: list[str] = []
-        started = time.perf_counter()
-        yield lines
-        ms = (time.perf_counter() - started) * 1000
-        self.total_ms += ms
-        print(f"{label:<44} {ms:8.1f} ms")
-        for line in lines:
-            print(f"    {line}")
-
-
-_DEMO_TEXT = ("Hello world from the coworker demo: two agents find each other, agree on trust and call each "
-              "other's skills.")
-
-
-async def _demo(alice: AsyncAgent, bob: AsyncAgent) -> bool:
-    """The first-contact flow, step by step with timings; True when every step went as it should."""
-    steps = _Steps()
-    try:
-        with steps.step("1. start demo-alice and demo-bob") as out:
-            await alice.start()
-            await bob.start()
-            out.append(f"demo-alice {alice.wallet}  skills: {', '.join(alice.skills)}")
-            out.append(f"demo-bob   {bob.wallet}  skills: {', '.join(bob.skills)}")
-        with steps.step("2. bob discovers alice (first contact)") as out:
-            first = await bob.connect(alice.wallet)
-            out.append(f"bob sees {len(first.skills)} skills: alice does not trust bob yet")
-        with steps.step("3. bob asks alice for trust (known)") as out:
-            state = await bob.request_trust(alice.wallet, TrustTier.KNOWN, "the coworker demo")
-            pending = [f"{r.wallet} asks for {_tier_text(r.tier)}" for r in alice.trust_requests()]
-            out.append(f"alice answers {state!r}; alice's pending requests: {'; '.join(pending) or 'none'}")
-        with steps.step("4. alice approves bob") as out:
-            granted = await alice.approve_trust(bob.wallet)
-            out.append(f"bob now holds tier {_tier_text(granted)} at alice")
-        with steps.step("5. bob discovers alice again") as out:
-            second = await bob.connect(alice.wallet)
-            out.append(f"bob sees {len(second.skills)} skills: {', '.join(second.skills)}")
-        with steps.step("6. bob calls alice's summarize") as out:
-            result = await bob.call(alice.wallet, "summarize", {"text": _DEMO_TEXT, "max_words": 8})
-            out.append(f"result: {json.dumps(result)}")
-        with steps.step("7. alice discovers bob") as out:
-            reverse = await alice.connect(bob.wallet)
-            out.append(f"alice sees {len(reverse.skills)} of bob's skills: trust goes one way, bob must approve alice")
-        print(f"{'total':<44} {steps.total_ms:8.1f} ms")
-    finally:
-        await bob.stop()
-        await alice.stop()
-    return (state == "pending" and not first.skills and sorted(second.skills) == ["summarize", "translate"]
-            and isinstance(result, dict) and result.get("word_count") == len(_DEMO_TEXT.split())
-            and not reverse.skills)
-
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    print("CoWorker demo: two agents on the in-memory network, in this one process.")
-    print("(The demo over XMTP with a local node comes with the XMTP transport, which is not built yet.)")
-    print()
-    with tempfile.TemporaryDirectory(prefix="coworker-demo-") as tmp:
-        net, root = MemoryNetwork(), Path(tmp)
-        # passphrase="": the demo's throwaway wallets are never encrypted, whatever COWORKER_PASSPHRASE says.
-        alice = AsyncAgent("demo-alice", network=net, data_dir=root / "demo-alice", passphrase="")
-        bob = AsyncAgent("demo-bob", network=net, data_dir=root / "demo-bob", passphrase="")
-        alice.add_skill(summarize)
-        alice.add_skill(translate)
-        bob.add_skill(research)
-        bob.add_skill(write)
-        try:
-            ok = asyncio.run(_demo(alice, bob))
-        finally:
-            # Closed once the loop is gone: a store closed inside it leaves a scheduled commit behind.
-            bob.close()
-            alice.close()
-    if not ok:
+    from ._demo import run_demo
+
+    if not run_demo():
         raise CliError("the demo did not go as expected (see above)")
-    print("first contact flow: OK")
+    print("first contact flow over XMTP: OK")
     return 0
 
 
@@ -534,8 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     skills.add_argument("--json", action="store_true", help="machine-readable output")
     skills.set_defaults(func=_cmd_skills)
 
-    demo = commands.add_parser("demo", parents=[common], help="the first-contact flow between two agents")
+    demo = commands.add_parser("demo", parents=[common], help="two agents in two processes meet over XMTP "
+                                                              "through the local node")
     demo.set_defaults(func=_cmd_demo)
+
+    register_network_commands(commands, common, _choose_agent, trust_commands)
 
     register_devnet = _devnet_register()
     if register_devnet is not None:

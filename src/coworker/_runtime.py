@@ -106,6 +106,10 @@ class Runtime:
     def running(self) -> bool:
         return self._transport is not None
 
+    @property
+    def transport(self) -> Transport | None:
+        return self._transport
+
     async def open(self, network: Network, data_dir: Path) -> None:
         self._transport = await network.open(self.identity, data_dir, self._deliver)
 

@@ -1,0 +1,458 @@
+"""The ``coworker`` commands that talk to the network: serve, bridge, connect, call, invite, trust request.
+
+A command that needs the agent on the network uses the agent's running process when there is one (through its
+control endpoint, see :mod:`coworker._control`); otherwise it starts the agent in this process for the length of
+the command (its XMTP sidecar included) and stops it afterwards.
+
+Example::
+
+    coworker serve skills.py              # a file that defines `agent = Agent("my-bot")` and its skills
+    coworker bridge start skills.py       # the same, in the background
+    coworker invite                       # a code holding wallet, name and network, to give a peer
+    coworker connect cwi1.eyJ3YWxsZXQiOi...
+    coworker call 0xB0B... summarize --input '{"text": "hello"}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import importlib.util
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from . import _paths
+from ._agent import LOCK_FILE, Agent, AsyncAgent, _AgentLock, network_name
+from ._control import ControlClient
+from ._errors import ConfigurationError, CoworkerError
+from ._identity import Identity, checksum, recover_signer
+from ._trust import TrustTier
+
+log = logging.getLogger("coworker.cli")
+
+INVITE_PREFIX = "cwi1."
+_NOT_RUNNING = 3
+_START_TIMEOUT = 90.0
+_STOP_TIMEOUT = 15.0
+
+
+class CliError(CoworkerError):
+    """An error of the command line itself."""
+
+
+# ---- invites --------------------------------------------------------------------------------------------------
+
+
+def _invite_text(wallet: str, name: str, network: str) -> str:
+    return f"CoWorker invite\nwallet: {wallet}\nname: {name}\nnetwork: {network}"
+
+
+def make_invite(identity: Identity, name: str, network: str) -> str:
+    """An invite code: the wallet, name and network, signed by the wallet (EIP-191)."""
+    body = {"wallet": identity.address, "name": name, "network": network,
+            "sig": identity.sign_text(_invite_text(identity.address, name, network))}
+    encoded = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
+    return INVITE_PREFIX + encoded
+
+
+def read_invite(code: str) -> dict[str, str]:
+    """The wallet, name and network of an invite code, after checking its signature.
+
+    Raises:
+        ConfigurationError: not an invite, damaged, or not signed by the wallet it names.
+    """
+    if not code.startswith(INVITE_PREFIX):
+        raise ConfigurationError(f"not an invite code (they start with {INVITE_PREFIX})")
+    payload = code[len(INVITE_PREFIX):].strip()
+    try:
+        body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        wallet, name, network, sig = (str(body[k]) for k in ("wallet", "name", "network", "sig"))
+        signer = recover_signer(_invite_text(wallet, name, network), sig)
+    except (ValueError, KeyError, TypeError, CoworkerError):
+        raise ConfigurationError("the invite code is damaged (copy it whole)") from None
+    if signer.lower() != wallet.lower():
+        raise ConfigurationError("the invite code is not signed by the wallet it names: it was altered")
+    return {"wallet": checksum(wallet), "name": name, "network": network}
+
+
+def _peer_wallet(target: str, my_network: str) -> tuple[str, str | None]:
+    """A wallet from a wallet address or an invite code (and the invite's name)."""
+    if target.startswith(INVITE_PREFIX):
+        invite = read_invite(target)
+        if invite["network"] != my_network:
+            raise CliError(f"the invite is for the {invite['network']!r} network but this agent is on "
+                           f"{my_network!r}: choose it with `coworker init --name NAME --network {invite['network']}`")
+        return invite["wallet"], invite["name"]
+    return checksum(target), None
+
+
+# ---- running an agent for one command -------------------------------------------------------------------------
+
+
+def _run_with_agent(name: str, remote: Callable[[ControlClient], Any],
+                    local: Callable[[AsyncAgent], Awaitable[Any]]) -> Any:
+    """``remote(control)`` when the agent runs in another process, else ``local(agent)`` in this one."""
+    data_dir = _paths.agent_dir(name)
+    client = ControlClient.find(data_dir)
+    if client is not None:
+        return remote(client)
+    agent = AsyncAgent(name)
+
+    async def run() -> Any:
+        try:
+            await agent.start()
+            return await local(agent)
+        finally:
+            await agent.stop()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        agent.close()
+
+
+def _peer_dict(peer: Any) -> dict[str, Any]:
+    if isinstance(peer, dict):
+        return peer
+    return {"name": peer.name, "wallet": peer.wallet, "skills": peer.skills, "skill_cards": peer.skill_cards,
+            "trust_tier": peer.trust_tier.name.lower(), "rtt_ms": peer.rtt_ms}
+
+
+def _cmd_connect(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
+    name = choose(args)
+    wallet, invited_as = _peer_wallet(args.target, network_name(None, _paths.agent_dir(name))[0])
+    timeout = args.timeout
+    peer = _peer_dict(_run_with_agent(
+        name, lambda c: c.request("connect", timeout + 10, wallet=wallet, timeout=timeout),
+        lambda a: a.connect(wallet, timeout=timeout)))
+    if args.json:
+        print(json.dumps(peer, indent=2))
+        return 0
+    label = f"{peer['name']}" + (f" (invited as {invited_as!r})" if invited_as and invited_as != peer["name"] else "")
+    print(f"peer:       {label}")
+    print(f"wallet:     {peer['wallet']}")
+    print(f"round trip: {peer['rtt_ms']:.1f} ms")
+    print(f"our tier for it: {peer['trust_tier']}")
+    cards = peer["skill_cards"]
+    if not cards:
+        print("skills:     none visible to us: the peer does not trust us yet.")
+        print(f"            ask it with `coworker trust request {peer['wallet']}`")
+        return 0
+    print(f"skills:     {len(cards)} visible to us")
+    width = max(len(c["name"]) for c in cards)
+    for card in cards:
+        first_line = (card.get("description") or "").splitlines()[0] if card.get("description") else ""
+        print(f"  {card['name']:<{width}}  {first_line}")
+    return 0
+
+
+def _parse_input(text: str) -> dict[str, Any]:
+    source = "--input"
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        source = str(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"{source} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CliError(f"{source} must be a JSON object, like '{{\"text\": \"hello\"}}'")
+    return value
+
+
+def _cmd_call(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
+    name = choose(args)
+    wallet, _ = _peer_wallet(args.target, network_name(None, _paths.agent_dir(name))[0])
+    payload, timeout = _parse_input(args.input), args.timeout
+    output = _run_with_agent(
+        name, lambda c: c.request("call", timeout + 10, wallet=wallet, skill=args.skill, input=payload,
+                                  timeout=timeout),
+        lambda a: a.call(wallet, args.skill, payload, timeout=timeout))
+    print(json.dumps(output, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _cmd_trust_request(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
+    name = choose(args)
+    wallet, _ = _peer_wallet(args.target, network_name(None, _paths.agent_dir(name))[0])
+    tier = TrustTier.parse(args.tier)
+    state = _run_with_agent(
+        name, lambda c: c.request("request_trust", 40, wallet=wallet, tier=int(tier), reason=args.reason),
+        lambda a: a.request_trust(wallet, tier, args.reason))
+    explain = {"granted": "the peer trusts us now", "pending": "the peer's owner must approve it",
+               "denied": "the peer refused"}[state]
+    print(f"trust request to {wallet} for {tier.name.lower()}: {state} ({explain})")
+    return 0
+
+
+def _cmd_invite(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
+    name = choose(args)
+    data_dir = _paths.agent_dir(name)
+    identity = Identity.load_or_create(data_dir, os.environ.get("COWORKER_PASSPHRASE"))
+    network = network_name(None, data_dir)[0]
+    code = make_invite(identity, name, network)
+    if args.json:
+        print(json.dumps({"invite": code, "wallet": identity.address, "name": name, "network": network}))
+        return 0
+    print(code)
+    print(f"(agent {name}, wallet {identity.address}, network {network}; a peer runs `coworker connect <code>`)",
+          file=sys.stderr)
+    return 0
+
+
+# ---- serve and bridge -----------------------------------------------------------------------------------------
+
+
+def load_app(path: Path, name: str | None) -> Agent | AsyncAgent:
+    """The agent a Python file defines (module-level ``Agent`` or ``AsyncAgent``; ``name`` picks among several)."""
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    spec = importlib.util.spec_from_file_location("coworker_app", path)
+    if spec is None or spec.loader is None:
+        raise CliError(f"{path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        spec.loader.exec_module(module)
+    except CoworkerError:
+        raise
+    except Exception as exc:
+        traceback.print_exc()
+        raise CliError(f"{path} failed to load: {type(exc).__name__}: {exc}") from None
+    agents = [v for v in vars(module).values() if isinstance(v, (Agent, AsyncAgent))]
+    if name is not None:
+        agents = [a for a in agents if a.name == name]
+    if len(agents) == 1:
+        return agents[0]
+    found = ", ".join(sorted(a.name for a in agents))
+    if not agents:
+        wanted = f"an agent named {name!r}" if name else "an Agent"
+        raise CliError(f"{path} defines no {wanted} at module level (like `agent = Agent(\"my-bot\")`)")
+    raise CliError(f"{path} defines several agents ({found}): choose one with --agent NAME")
+
+
+def _log_to_file(data_dir: Path) -> Path:
+    logs = _paths.ensure_private_dir(data_dir / "logs")
+    path = logs / "agent.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.close(fd)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+        for other in root.handlers:
+            if other is not handler and isinstance(other, logging.StreamHandler) and other.level == logging.NOTSET:
+                other.setLevel(logging.WARNING)  # the terminal keeps showing warnings only
+    return path
+
+
+def _cmd_serve(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
+    if args.file is not None:
+        agent: Agent | AsyncAgent = load_app(Path(args.file), getattr(args, "agent", None))
+    else:
+        agent = Agent(choose(args))
+    log_path = _log_to_file(agent.data_dir)
+    blocking = agent if isinstance(agent, Agent) else None
+    if blocking is not None:
+        blocking.start()
+    else:
+        assert isinstance(agent, AsyncAgent)
+        return asyncio.run(_serve_async(agent, args, log_path))
+    _announce(agent.name, agent.wallet, agent.network_name, sorted(agent.skills), blocking.aio, args, log_path)
+    blocking.serve()
+    return 0
+
+
+async def _serve_async(agent: AsyncAgent, args: argparse.Namespace, log_path: Path) -> int:
+    await agent.start()
+    _announce(agent.name, agent.wallet, agent.network_name, sorted(agent.skills), agent, args, log_path)
+    await agent.serve()
+    return 0
+
+
+def _announce(name: str, wallet: str, network: str, skills: list[str], agent: AsyncAgent,
+              args: argparse.Namespace, log_path: Path) -> None:
+    info = getattr(agent.transport, "info", None)
+    where = f", inbox {info.inbox_id[:16]}..., sidecar pid {info.pid}" if info is not None else ""
+    print(f"serving {name} ({wallet}) on {network}{where}", flush=True)
+    print(f"skills: {', '.join(skills) or 'none'}; log: {log_path}; Ctrl-C or `coworker bridge stop` stops it",
+          flush=True)
+    if args.ready_fd is not None:
+        with os.fdopen(args.ready_fd, "w") as ready:
+            ready.write(f"ready {os.getpid()}\n")
+
+
+def _cmd_bridge_start(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
+    from .devnet._cli import _read_line, _tail
+
+    name = choose(args)
+    data_dir = _paths.agent_dir(name)
+    pid = _AgentLock.holder(data_dir / LOCK_FILE)
+    if pid is not None:
+        print(f"agent {name} is already running (pid {pid})", file=sys.stderr)
+        return 1
+    log_path = _paths.ensure_private_dir(data_dir / "logs") / "agent.log"
+    read_end, write_end = os.pipe()
+    command = [sys.executable, "-m", "coworker", "serve", "--agent", name, "--ready-fd", str(write_end)]
+    if args.file is not None:
+        command.insert(3, str(Path(args.file).resolve()))
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                                 pass_fds=(write_end,), start_new_session=True)
+    finally:
+        os.close(log_fd)
+        os.close(write_end)
+    try:
+        line = _read_line(read_end, _START_TIMEOUT)
+    finally:
+        os.close(read_end)
+    if not line.startswith("ready"):
+        if child.poll() is None:
+            child.terminate()
+        raise CliError(f"agent {name} did not start; the end of {log_path}:\n{_tail(log_path)}")
+    print(f"agent {name} serves in the background: pid {child.pid}, log {log_path}")
+    return _print_bridge(name)
+
+
+def _cmd_bridge_stop(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
+    from .devnet._cli import _wait_exit
+
+    name = choose(args)
+    data_dir = _paths.agent_dir(name)
+    pid = _AgentLock.holder(data_dir / LOCK_FILE)
+    if pid is None:
+        print(f"agent {name} is not running")
+        return 0
+    client = ControlClient.find(data_dir)
+    try:
+        if client is None:
+            raise CoworkerError("no control endpoint")
+        client.request("stop", 10)
+    except CoworkerError:
+        if pid > 0:
+            os.kill(pid, signal.SIGTERM)
+    if pid > 0 and not _wait_exit(pid, _STOP_TIMEOUT):
+        print(f"agent {name} (pid {pid}) did not stop within {_STOP_TIMEOUT:g} s; killing it", file=sys.stderr)
+        os.kill(pid, signal.SIGKILL)
+        _wait_exit(pid, _STOP_TIMEOUT)
+    print(f"agent {name} stopped (pid {pid})")
+    return 0
+
+
+def bridge_status(name: str) -> dict[str, Any] | None:
+    """What the running agent reports of itself (wallet, network, XMTP inbox and sidecar), or None."""
+    client = ControlClient.find(_paths.agent_dir(name))
+    if client is None:
+        return None
+    try:
+        result: dict[str, Any] = client.request("status", 15)
+    except CoworkerError as exc:
+        return {"error": str(exc), "pid": client.pid}
+    return result
+
+
+def _print_bridge(name: str) -> int:
+    status = bridge_status(name)
+    if status is None:
+        print(f"agent {name}: not running")
+        return _NOT_RUNNING
+    if "error" in status and "wallet" not in status:
+        print(f"agent {name}: running (pid {status['pid']}) but not answering: {status['error']}")
+        return 1
+    print(f"agent {name}: running, pid {status['pid']}, network {status['network']}")
+    print(f"  wallet:       {status['wallet']}")
+    print(f"  skills:       {', '.join(status['skills']) or 'none'}")
+    xmtp = status.get("xmtp")
+    if isinstance(xmtp, dict) and "error" not in xmtp:
+        last = xmtp.get("lastSyncMs")
+        print(f"  XMTP inbox:   {xmtp.get('inboxId')}")
+        print(f"  installation: {xmtp.get('installationId')}")
+        print(f"  sidecar:      pid {xmtp.get('pid')}, stream {'up' if xmtp.get('streaming') else 'down'}, "
+              f"{xmtp.get('reported')} messages received, last sync "
+              f"{'never' if last is None else f'{max(0.0, (time.time() * 1000 - last) / 1000):.0f} s ago'}")
+    elif isinstance(xmtp, dict):
+        print(f"  sidecar:      {xmtp['error']}")
+    return 0
+
+
+def _cmd_bridge_status(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
+    name = choose(args)
+    if args.json:
+        status = bridge_status(name)
+        print(json.dumps({"name": name, "running": status is not None, **(status or {})}, indent=2))
+        return 0 if status is not None else _NOT_RUNNING
+    return _print_bridge(name)
+
+
+# ---- the parser -----------------------------------------------------------------------------------------------
+
+
+def register(commands: Any, common: argparse.ArgumentParser, choose: Callable[[argparse.Namespace], str],
+             trust_commands: Any) -> None:
+    """Add serve, bridge, connect, call, invite and ``trust request`` to the ``coworker`` parser."""
+
+    def bind(handler: Callable[[argparse.Namespace, Callable[[argparse.Namespace], str]], int]) -> Any:
+        return lambda args: handler(args, choose)
+
+    serve = commands.add_parser("serve", parents=[common], help="run an agent and answer peers until Ctrl-C",
+                                description="Serve the agent a Python file defines (a module-level "
+                                            "`agent = Agent(...)` with its skills), or the chosen agent with "
+                                            "no skills when no file is given.")
+    serve.add_argument("file", nargs="?", default=None, help="a Python file that defines an Agent")
+    serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.set_defaults(func=bind(_cmd_serve))
+
+    bridge = commands.add_parser("bridge", parents=[common], help="run an agent (and its XMTP sidecar) in the "
+                                                                  "background: start, stop, status")
+    actions = bridge.add_subparsers(dest="bridge_command", metavar="ACTION")
+    start = actions.add_parser("start", parents=[common], help="serve the agent in the background")
+    start.add_argument("file", nargs="?", default=None, help="a Python file that defines the agent and its skills")
+    start.set_defaults(func=bind(_cmd_bridge_start))
+    stop = actions.add_parser("stop", parents=[common], help="stop the agent serving in the background")
+    stop.set_defaults(func=bind(_cmd_bridge_stop))
+    status = actions.add_parser("status", parents=[common], help="is the agent running; its XMTP inbox and sidecar")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=bind(_cmd_bridge_status))
+    bridge.set_defaults(func=bind(_cmd_bridge_status), json=False)
+
+    connect = commands.add_parser("connect", parents=[common], help="discover a peer: its name and the skills it "
+                                                                    "lets us see")
+    connect.add_argument("target", metavar="WALLET|INVITE", help="the peer's wallet address or invite code")
+    connect.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)")
+    connect.add_argument("--json", action="store_true", help="machine-readable output")
+    connect.set_defaults(func=bind(_cmd_connect))
+
+    call = commands.add_parser("call", parents=[common], help="run a peer's skill and print its output as JSON")
+    call.add_argument("target", metavar="WALLET|INVITE", help="the peer's wallet address or invite code")
+    call.add_argument("skill", help="the skill's name")
+    call.add_argument("--input", default="{}", help="the input, a JSON object, or @FILE to read it from a file")
+    call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the result (default 30)")
+    call.set_defaults(func=bind(_cmd_call))
+
+    invite = commands.add_parser("invite", parents=[common], help="print an invite code (wallet, name, network, "
+                                                                  "signed) for `coworker connect`")
+    invite.add_argument("--json", action="store_true", help="machine-readable output")
+    invite.set_defaults(func=bind(_cmd_invite))
+
+    request = trust_commands.add_parser("request", parents=[common], help="ask a peer to trust us")
+    request.add_argument("target", metavar="WALLET|INVITE", help="the peer's wallet address or invite code")
+    request.add_argument("--tier", default="known", help="the tier to ask for (default: known)")
+    request.add_argument("--reason", default="", help="a note for the peer's owner")
+    request.set_defaults(func=bind(_cmd_trust_request))

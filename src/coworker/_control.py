@@ -1,0 +1,212 @@
+"""A running agent's local control endpoint: how the CLI and the demo drive an agent that another process runs.
+
+A started agent listens on a random loopback TCP port and writes the port, a random token and its pid to
+``<agent dir>/control.json`` (mode 0600, in a 0700 directory): only a process that can read the agent's directory
+can drive it, and every request must carry the token. The protocol is one JSON object per line:
+
+    request:  {"token": "...", "cmd": "call", "args": {"wallet": "0x..", "skill": "echo", "input": {...}}}
+    reply:    {"ok": true, "result": ...}
+              {"ok": false, "error": {"type": "SkillNotFound", "message": "...", "code": "...", "path": "..."}}
+
+Commands: status, ping, connect, call, request_trust, trust_requests, approve, deny, set_trust, stop.
+:class:`ControlClient` raises the same :class:`CoworkerError` subclasses the agent raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import _errors
+from ._errors import CoworkerError, InvalidInput, RemoteProtocolError, TransportError
+from ._identity import write_private
+
+if TYPE_CHECKING:
+    from ._agent import AsyncAgent
+
+log = logging.getLogger("coworker.control")
+
+CONTROL_FILE = "control.json"
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+
+class ControlServer:
+    """Serves one agent's control endpoint while the agent runs."""
+
+    def __init__(self, agent: AsyncAgent, on_stop: Callable[[], None]) -> None:
+        self._agent = agent
+        self._on_stop = on_stop
+        self._token = secrets.token_urlsafe(32)
+        self._server: asyncio.Server | None = None
+        self._path = agent.data_dir / CONTROL_FILE
+        self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "status": self._status,
+            "ping": lambda a: agent.ping(a["wallet"], timeout=float(a.get("timeout", 30))),
+            "connect": self._connect,
+            "call": lambda a: agent.call(a["wallet"], a["skill"], a.get("input") or {},
+                                         timeout=float(a.get("timeout", 30))),
+            "request_trust": lambda a: agent.request_trust(a["wallet"], a.get("tier", 1), a.get("reason", ""),
+                                                           timeout=float(a.get("timeout", 30))),
+            "trust_requests": self._trust_requests,
+            "approve": self._approve,
+            "deny": self._deny,
+            "set_trust": self._set_trust,
+            "stop": self._stop,
+        }
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=MAX_REQUEST_BYTES)
+        port = self._server.sockets[0].getsockname()[1]
+        tmp = self._path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        write_private(tmp, json.dumps({"port": port, "token": self._token, "pid": os.getpid()}).encode())
+        tmp.replace(self._path)
+
+    async def close(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if json.loads(self._path.read_text()).get("token") == self._token:
+                self._path.unlink()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                writer.write(json.dumps(await self._handle(line)).encode() + b"\n")
+                await writer.drain()
+        except (ValueError, ConnectionError) as exc:  # a line over the limit, or the client went away
+            log.info("control connection closed: %s", exc)
+        finally:
+            writer.close()
+
+    async def _handle(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            token, cmd, args = request["token"], request["cmd"], request.get("args") or {}
+        except (ValueError, KeyError, TypeError):
+            return _failure(CoworkerError("a control request is a JSON object with token, cmd and args"))
+        if not isinstance(token, str) or not hmac.compare_digest(token, self._token):
+            return _failure(CoworkerError("wrong control token"))
+        command = self._commands.get(cmd) if isinstance(cmd, str) else None
+        if command is None or not isinstance(args, dict):
+            return _failure(CoworkerError(f"unknown control command {cmd!r}"))
+        try:
+            return {"ok": True, "result": await command(args)}
+        except CoworkerError as exc:
+            return _failure(exc)
+        except (KeyError, TypeError, ValueError) as exc:
+            return _failure(CoworkerError(f"bad arguments to {cmd}: {exc!r}"))
+
+    async def _status(self, _: dict[str, Any]) -> dict[str, Any]:
+        agent = self._agent
+        status: dict[str, Any] = {"name": agent.name, "wallet": agent.wallet, "network": agent.network_name,
+                                  "pid": os.getpid(), "skills": sorted(agent.skills)}
+        transport = agent.transport
+        if transport is not None and hasattr(transport, "status"):
+            try:
+                status["xmtp"] = await asyncio.wait_for(transport.status(), 10)
+            except (CoworkerError, TimeoutError, Exception) as exc:  # the sidecar may be restarting
+                status["xmtp"] = {"error": str(exc) or type(exc).__name__}
+        return status
+
+    async def _connect(self, args: dict[str, Any]) -> dict[str, Any]:
+        peer = await self._agent.connect(args["wallet"], timeout=float(args.get("timeout", 30)))
+        return {"name": peer.name, "wallet": peer.wallet, "skills": peer.skills, "skill_cards": peer.skill_cards,
+                "trust_tier": peer.trust_tier.name.lower(), "rtt_ms": peer.rtt_ms}
+
+    async def _trust_requests(self, _: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{**asdict(r), "tier": r.tier.name.lower()} for r in self._agent.trust_requests()]
+
+    async def _approve(self, args: dict[str, Any]) -> str:
+        return (await self._agent.approve_trust(args["wallet"], args.get("tier"))).name.lower()
+
+    async def _deny(self, args: dict[str, Any]) -> None:
+        await self._agent.deny_trust(args["wallet"])
+
+    async def _set_trust(self, args: dict[str, Any]) -> None:
+        self._agent.set_trust(args["wallet"], args["tier"])
+
+    async def _stop(self, _: dict[str, Any]) -> None:
+        asyncio.get_running_loop().call_soon(self._on_stop)
+
+
+def _failure(exc: CoworkerError) -> dict[str, Any]:
+    return {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc),
+                                   "code": getattr(exc, "code", None), "path": getattr(exc, "path", "")}}
+
+
+def _rebuild(error: dict[str, Any]) -> CoworkerError:
+    """The exception the agent raised, from its description."""
+    name, message = str(error.get("type")), str(error.get("message"))
+    cls = getattr(_errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, CoworkerError)):
+        cls = CoworkerError
+    if cls is InvalidInput:
+        return InvalidInput(message, path=str(error.get("path") or ""))
+    if cls is RemoteProtocolError:
+        return RemoteProtocolError(message, code=str(error.get("code") or "PROTOCOL_ERROR"))
+    return cls(message)
+
+
+class ControlClient:
+    """Drives a running agent through its control endpoint (blocking).
+
+    Example::
+
+        client = ControlClient.find(agent_dir)   # None when the agent is not running
+        client.request("call", wallet="0x...", skill="echo", input={"text": "hi"})
+    """
+
+    def __init__(self, port: int, token: str, pid: int) -> None:
+        self.port, self.pid = port, pid
+        self._token = token
+
+    @classmethod
+    def find(cls, data_dir: Path) -> ControlClient | None:
+        """The control endpoint of the agent in ``data_dir``, or None when it is not running."""
+        try:
+            info = json.loads((data_dir / CONTROL_FILE).read_text())
+            client = cls(int(info["port"]), str(info["token"]), int(info["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        try:
+            os.kill(client.pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return client
+
+    def request(self, cmd: str, wait: float = 60.0, **args: Any) -> Any:
+        """Run one command in the agent (waiting ``wait`` seconds at most) and return its result.
+
+        Raises what the agent raised, and:
+            TransportError: the agent cannot be reached (it stopped?).
+        """
+        line = json.dumps({"token": self._token, "cmd": cmd, "args": args}).encode() + b"\n"
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=wait) as sock:
+                sock.sendall(line)
+                with sock.makefile("rb") as stream:
+                    answer = stream.readline(MAX_REQUEST_BYTES * 2)
+        except OSError as exc:
+            raise TransportError(f"cannot reach the running agent (pid {self.pid}) on its control port: "
+                                 f"{exc}") from None
+        if not answer:
+            raise TransportError(f"the running agent (pid {self.pid}) closed the control connection")
+        reply = json.loads(answer)
+        if reply.get("ok"):
+            return reply.get("result")
+        raise _rebuild(reply.get("error") or {})

@@ -1,0 +1,245 @@
+"""``coworker demo``: two agents, in two processes, meet over XMTP through the local node.
+
+The demo makes sure the local XMTP node runs (``coworker devnet``, started in the background if needed), then
+starts two agent processes (``python -m coworker._demo ROLE DIR``), each with a fresh wallet under
+``$COWORKER_HOME/demo``: *assistant* (summarize, translate) and *researcher* (research, write). It drives them
+through their control endpoints, as ``coworker connect`` and ``coworker call`` would, and prints each step of
+first contact with its timing: 0 visible skills, the trust request, its approval, discovery, a call and its
+result. Every message between the two goes through the node as MLS-encrypted XMTP, via each agent's sidecar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _paths
+from ._agent import AsyncAgent
+from ._control import ControlClient
+from ._errors import CoworkerError
+
+_START_TIMEOUT = 60.0
+_STOP_TIMEOUT = 10.0
+
+_WORDS_FR = {"hello": "bonjour", "world": "monde", "agents": "agents", "from": "de", "the": "le", "and": "et",
+             "talk": "parlent", "to": "à", "each": "chacun", "other": "autre"}
+
+
+def summarize(text: str, max_words: int = 12) -> dict[str, Any]:
+    """Summarize text: its first max_words words."""
+    words = text.split()
+    summary = " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
+    return {"summary": summary, "word_count": len(words)}
+
+
+def translate(text: str, to: str = "fr") -> dict[str, Any]:
+    """Translate text word by word (a toy dictionary, English to French)."""
+    if to != "fr":
+        raise ValueError(f"this demo only translates to 'fr', not {to!r}")
+    return {"translation": " ".join(_WORDS_FR.get(w.lower(), w) for w in text.split()), "to": to}
+
+
+def research(topic: str) -> dict[str, Any]:
+    """Research a topic (canned findings)."""
+    return {"findings": [f"{topic}: agents are identified by wallets",
+                         f"{topic}: peers see only the skills their trust tier allows"]}
+
+
+def write(topic: str, findings: list[str]) -> dict[str, Any]:
+    """Write a short report from findings."""
+    return {"report": f"Report on {topic}\n" + "\n".join(f"- {f}" for f in findings)}
+
+
+ROLES: dict[str, tuple[Callable[..., Any], ...]] = {"assistant": (summarize, translate),
+                                                   "researcher": (research, write)}
+
+DEMO_TEXT = ("Hello world from the coworker demo: two agents find each other, agree on trust and call each "
+             "other's skills.")
+
+
+# ---- one agent process ----------------------------------------------------------------------------------------
+
+
+async def _serve(role: str, data_dir: Path) -> None:
+    """Run one demo agent: report on stdout once it is on the network, then serve until stopped."""
+    agent = AsyncAgent(role, network="local", data_dir=data_dir, passphrase="")
+    for skill in ROLES[role]:
+        agent.add_skill(skill)
+    await agent.start()
+    info = getattr(agent.transport, "info", None)
+    print(json.dumps({"wallet": agent.wallet, "pid": os.getpid(), "inbox": getattr(info, "inbox_id", None),
+                      "installation": getattr(info, "installation_id", None),
+                      "sidecar": getattr(info, "pid", None)}), flush=True)
+    await agent.serve()
+    agent.close()
+
+
+# ---- the orchestrator -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Process:
+    role: str
+    data_dir: Path
+    popen: subprocess.Popen[bytes]
+    info: dict[str, Any] | None = None
+    control: ControlClient | None = None
+
+    def ask(self, cmd: str, timeout: float = 40.0, **args: Any) -> Any:
+        assert self.control is not None
+        return self.control.request(cmd, timeout, **args)
+
+
+class _Steps:
+    def __init__(self) -> None:
+        self.total_ms = 0.0
+
+    @contextlib.contextmanager
+    def step(self, label: str) -> Iterator[list[str]]:
+        lines: list[str] = []
+        started = time.perf_counter()
+        yield lines
+        ms = (time.perf_counter() - started) * 1000
+        self.total_ms += ms
+        print(f"{label:<48} {ms:8.1f} ms", flush=True)
+        for line in lines:
+            print(f"    {line}", flush=True)
+
+
+def _spawn(role: str, root: Path) -> _Process:
+    data_dir = _paths.ensure_private_dir(root / role)
+    log_path = _paths.ensure_private_dir(data_dir / "logs") / "agent.log"
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        popen = subprocess.Popen([sys.executable, "-m", "coworker._demo", role, str(data_dir)],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_fd)
+    finally:
+        os.close(log_fd)
+    return _Process(role, data_dir, popen)
+
+
+def _await_ready(processes: list[_Process], timeout: float) -> None:
+    """Read each process's ready line (bounded); raise with the end of its log if one fails."""
+    deadline = time.monotonic() + timeout
+    waiting = {p.popen.stdout.fileno(): p for p in processes if p.popen.stdout is not None}
+    buffers: dict[int, bytes] = dict.fromkeys(waiting, b"")
+    while waiting:
+        remaining = deadline - time.monotonic()
+        readable = select.select(list(waiting), [], [], max(remaining, 0))[0] if remaining > 0 else []
+        if not readable:
+            raise CoworkerError(f"{', '.join(p.role for p in waiting.values())} did not start within {timeout:g} s"
+                                f"{_log_tail(next(iter(waiting.values())))}")
+        for fd in readable:
+            chunk = os.read(fd, 65536)
+            process = waiting[fd]
+            if not chunk:
+                raise CoworkerError(f"the {process.role} process exited before it was ready{_log_tail(process)}")
+            buffers[fd] += chunk
+            if b"\n" in buffers[fd]:
+                process.info = json.loads(buffers[fd].split(b"\n", 1)[0])
+                process.control = ControlClient.find(process.data_dir)
+                if process.control is None:
+                    raise CoworkerError(f"the {process.role} process has no control endpoint")
+                del waiting[fd]
+
+
+def _log_tail(process: _Process, lines: int = 15) -> str:
+    try:
+        text = (process.data_dir / "logs" / "agent.log").read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "; the end of its log:\n" + "\n".join(text)
+
+
+def _stop(processes: list[_Process]) -> None:
+    for process in processes:
+        if process.popen.poll() is None:
+            try:
+                process.ask("stop", 10)
+            except CoworkerError:
+                process.popen.terminate()
+    for process in processes:
+        try:
+            process.popen.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.popen.kill()
+            process.popen.wait()
+        if process.popen.stdout is not None:
+            process.popen.stdout.close()
+
+
+def run_demo() -> bool:
+    """The demo, printed step by step; True when every step went as it should."""
+    from ._xmtp import ensure_local_node, node_available
+
+    if not node_available():
+        raise CoworkerError("the demo needs Node.js and the XMTP SDK: run `make setup` (or `npm ci` in node/)")
+    print("CoWorker demo: two agents in two processes, over XMTP (MLS, end-to-end encrypted) through the local "
+          "node.", flush=True)
+    print(flush=True)
+    steps = _Steps()
+    root = _paths.home() / "demo"
+    shutil.rmtree(root, ignore_errors=True)  # fresh wallets: every run is a first contact
+    _paths.ensure_private_dir(root)
+    processes: list[_Process] = []
+    try:
+        with steps.step("1. the local XMTP node (port 5556)") as out:
+            pid = ensure_local_node()
+            out.append("already running" if pid is None else
+                       f"started in the background (pid {pid}); `coworker devnet stop` stops it")
+        with steps.step("2. start assistant and researcher (2 processes)") as out:
+            processes = [_spawn("assistant", root), _spawn("researcher", root)]
+            _await_ready(processes, _START_TIMEOUT)
+            for process in processes:
+                info = process.info or {}
+                skills = ", ".join(f.__name__ for f in ROLES[process.role])
+                out.append(f"{process.role:<10} {info.get('wallet')}  pid {info.get('pid')}  skills: {skills}")
+                out.append(f"{'':<10} XMTP inbox {str(info.get('inbox'))[:16]}..., sidecar pid {info.get('sidecar')}")
+        assistant, researcher = processes
+        target = (assistant.info or {})["wallet"]
+        me = (researcher.info or {})["wallet"]
+        with steps.step("3. researcher discovers assistant (first contact)") as out:
+            first = researcher.ask("connect", wallet=target)
+            out.append(f"researcher sees {len(first['skills'])} skills: assistant does not trust it yet")
+        with steps.step("4. researcher asks assistant for trust (known)") as out:
+            state = researcher.ask("request_trust", wallet=target, tier=1, reason="the coworker demo")
+            pending = assistant.ask("trust_requests")
+            listed = "; ".join(f"{r['wallet']} asks for {r['tier']}" for r in pending) or "none"
+            out.append(f"assistant answers {state!r}; its pending requests: {listed}")
+        with steps.step("5. assistant's owner approves researcher") as out:
+            granted = assistant.ask("approve", wallet=me)
+            out.append(f"researcher now holds tier {granted} at assistant (the grant is sent to it)")
+        with steps.step("6. researcher discovers assistant again") as out:
+            second = researcher.ask("connect", wallet=target)
+            out.append(f"researcher sees {len(second['skills'])} skills: {', '.join(second['skills'])}")
+        with steps.step("7. researcher calls assistant's summarize") as out:
+            result = researcher.ask("call", wallet=target, skill="summarize",
+                                    input={"text": DEMO_TEXT, "max_words": 8})
+            out.append(f"result: {json.dumps(result)}")
+        with steps.step("8. researcher calls assistant's translate") as out:
+            translated = researcher.ask("call", wallet=target, skill="translate", input={"text": "hello world"})
+            out.append(f"result: {json.dumps(translated, ensure_ascii=False)}")
+        print(f"{'total':<48} {steps.total_ms:8.1f} ms", flush=True)
+    finally:
+        _stop(processes)
+    return (state == "pending" and not first["skills"] and sorted(second["skills"]) == ["summarize", "translate"]
+            and isinstance(result, dict) and result.get("word_count") == len(DEMO_TEXT.split())
+            and translated == {"translation": "bonjour monde", "to": "fr"})
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    asyncio.run(_serve(sys.argv[1], Path(sys.argv[2])))
