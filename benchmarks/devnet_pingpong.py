@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import platform
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from coworker.devnet import NodeDriver, node_sdk_available, running_devnet
+from coworker.devnet import DevnetServer, NodeDriver, node_sdk_available, running_devnet
 
 _TIMEOUT_S = 30.0
 
@@ -42,8 +44,23 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-async def run_async(seq: int = 200, total: int = 300, in_flight: int = 16, warmup: int = 10) -> dict[str, Any]:
-    """Run the benchmark; return its figures (milliseconds and messages per second)."""
+@contextlib.asynccontextmanager
+async def _devnet(given: DevnetServer | None) -> AsyncIterator[DevnetServer]:
+    """The devnet given, or a fresh in-memory one on port 5556 for the duration of the block."""
+    if given is not None:
+        yield given
+        return
+    async with running_devnet() as devnet:
+        yield devnet
+
+
+async def run_async(seq: int = 200, total: int = 300, in_flight: int = 16, warmup: int = 10,
+                    devnet: DevnetServer | None = None) -> dict[str, Any]:
+    """Run the benchmark; return its figures (milliseconds and messages per second).
+
+    ``devnet``: a running devnet on port 5556 to use (another benchmark's, so that both measure through the same
+    node in one run); by default one is started in memory for the run and stopped after it.
+    """
     if not node_sdk_available():
         return {"skipped": "Node or @xmtp/node-sdk is missing: run `npm ci` in node/"}
     figures: dict[str, Any] = {
@@ -53,7 +70,7 @@ async def run_async(seq: int = 200, total: int = 300, in_flight: int = 16, warmu
         "python": platform.python_version(),
     }
     with tempfile.TemporaryDirectory(prefix="coworker-bench-") as tmp:
-        async with running_devnet() as devnet:
+        async with _devnet(devnet) as devnet:
             alice = await NodeDriver.start("alice")
             bob = await NodeDriver.start("bob")
             try:
