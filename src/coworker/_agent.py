@@ -237,6 +237,7 @@ class AsyncAgent:
         self._stopped: asyncio.Event | None = None
         self._control: ControlServer | None = None
         self._stopping: asyncio.Task[None] | None = None
+        self._on_stop: list[Callable[[], None]] = []  # called whenever the agent stops (the facade's serve)
 
     def __repr__(self) -> str:
         return f"<AsyncAgent {self.name} {self.wallet}>"
@@ -358,6 +359,8 @@ class AsyncAgent:
             self._lock.release()
             if self._stopped is not None:
                 self._stopped.set()
+            for listener in self._on_stop:
+                listener()
             log.info("agent %s stopped", self.name)
 
     def _stop_soon(self) -> None:
@@ -506,6 +509,7 @@ class AsyncAgent:
         peer, new = checksum(wallet), parse_tier(tier)
         self.store.set_trust(peer, new, self._clock())
         self.store.pop_trust_request(peer)
+        self.store.flush()  # durable when this returns, like every decision an owner makes
 
     async def approve_trust(self, wallet: str, tier: TrustTier | int | None = None) -> TrustTier:
         """Grant a pending trust request (at the tier asked for, or ``tier``); tell the peer if we are running.
@@ -522,6 +526,7 @@ class AsyncAgent:
             raise ConfigurationError(f"no pending trust request from {peer} (use set_trust to set a tier)")
         new = max(chosen or request.tier, self.store.trust_tier(peer))
         self.store.set_trust(peer, new, self._clock())
+        self.store.flush()
         await self._tell(peer, "trust.grant", {"tier": int(new)}, request.request_id)
         return new
 
@@ -535,6 +540,7 @@ class AsyncAgent:
         request = self.store.pop_trust_request(peer)
         if request is None:
             raise ConfigurationError(f"no pending trust request from {peer}")
+        self.store.flush()
         await self._tell(peer, "trust.deny", {"tier": int(self.store.trust_tier(peer))}, request.request_id)
 
     async def _tell(self, peer: str, kind: str, body: dict[str, Any], corr: str) -> None:
@@ -577,6 +583,7 @@ class Agent:
         self._portal = Portal.shared()
         self._agent = AsyncAgent(name, **options)
         self._serving = threading.Event()
+        self._agent._on_stop.append(self._serving.set)  # stopped from inside (the control endpoint's stop)
 
     def __repr__(self) -> str:
         return f"<Agent {self.name} {self.wallet}>"

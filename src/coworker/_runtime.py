@@ -99,6 +99,7 @@ class Runtime:
         self._tasks = TaskSet()
         self._touched: dict[str, float] = {}
         self._skill_slots = asyncio.Semaphore(MAX_CONCURRENT_SKILLS)
+        self._early: list[Incoming] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -111,7 +112,14 @@ class Runtime:
         return self._transport
 
     async def open(self, network: Network, data_dir: Path) -> None:
-        self._transport = await network.open(self.identity, data_dir, self._deliver)
+        early: list[Incoming] = []  # messages a transport delivers while it opens (XMTP syncs on start)
+        self._early = early
+        try:
+            self._transport = await network.open(self.identity, data_dir, self._deliver)
+        finally:
+            self._early = None
+        for incoming in early:
+            self._deliver(incoming)
 
     async def close(self) -> None:
         transport, self._transport = self._transport, None
@@ -172,6 +180,9 @@ class Runtime:
     # ---- receiving ----------------------------------------------------------------------------------------
 
     def _deliver(self, incoming: Incoming) -> None:
+        if self._early is not None:
+            self._early.append(incoming)
+            return
         self._tasks.spawn(self._handle(incoming), "coworker-message")
 
     def _encode_reply(self, to: proto.Envelope, kind: str, body: dict[str, Any]) -> tuple[str, bytes]:
