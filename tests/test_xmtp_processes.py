@@ -167,6 +167,11 @@ async def test_first_contact_trust_and_calls_across_processes_and_a_restart_keep
     assert alice.ran() == 2
     await alice.stop()
 
+    state = alice.data_dir / "xmtp"
+    modes = {f.name: f.stat().st_mode & 0o777 for f in state.iterdir()}
+    assert "local.db3" in modes and "db.key" in modes and "local.cursor" in modes
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes  # database, key, cursor: the agent's alone
+    assert (state.stat().st_mode & 0o777) == 0o700
     stopped = AsyncAgent("alice", passphrase="")
     try:
         assert stopped.trust_tier(bob.wallet) == TrustTier.KNOWN
