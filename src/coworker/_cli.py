@@ -39,7 +39,7 @@ from ._agent import (
     validate_agent_name,
     write_config,
 )
-from ._cli_net import CliError
+from ._cli_net import CliError, bridge_status
 from ._cli_net import register as register_network_commands
 from ._control import ControlClient
 from ._errors import ConfigurationError, CoworkerError
@@ -225,6 +225,7 @@ def _status(agent: AsyncAgent) -> dict[str, Any]:
         "calls": {"made": sum(made.values()), "served": sum(served.values()),
                   "made_by_status": made, "served_by_status": served},
         "skills": _published_skills(agent),
+        "xmtp": (bridge_status(agent.name) or {}).get("xmtp") if pid is not None else None,
     }
 
 
@@ -250,6 +251,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"data dir:  {status['data_dir']}")
     print(f"key:       {status['key']['path']} ({key_kind})")
     print(f"running:   {running}")
+    xmtp = status["xmtp"]
+    if isinstance(xmtp, dict) and "inboxId" in xmtp:
+        print(f"XMTP:      inbox {xmtp['inboxId']}, installation {xmtp['installationId']}, sidecar pid {xmtp['pid']}")
     print(f"trust:     {_count(status['trusted_peers'], 'trusted peer')}, "
           f"{_count(status['pending_trust_requests'], 'pending request')}")
     print(f"calls:     {calls['made']} made{breakdown(calls['made_by_status'])}, "
