@@ -8,7 +8,8 @@ PUBLIC = {
     "AccessDenied", "Agent", "AsyncAgent", "CallContext", "CallError", "CallRecord", "CallTimeout",
     "ConfigurationError", "CoworkerError", "IdentityError", "InvalidInput", "LocalProtocolError", "MemoryNetwork",
     "Network", "Peer", "PeerRecord", "PeerUnreachable", "ProtocolError", "RemoteProtocolError", "Skill",
-    "SkillFailed", "SkillNotFound", "StoreError", "TransportError", "TrustRequest", "TrustTier", "__version__",
+    "SkillFailed", "SkillNotFound", "StoreError", "TransportError", "TrustRequest", "TrustTier", "XmtpNetwork",
+    "__version__",
 }
 
 

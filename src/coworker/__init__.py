@@ -2,10 +2,10 @@
 
 Example::
 
-    from coworker import Agent, MemoryNetwork
+    from coworker import Agent
 
-    net = MemoryNetwork()
-    alice, bob = Agent("alice", network=net), Agent("bob", network=net)
+    alice = Agent("alice")      # on the local XMTP node by default; network="production" for XMTP's own
+    bob = Agent("bob")
 """
 
 from ._agent import Agent, AsyncAgent, Peer
@@ -31,6 +31,7 @@ from ._skills import CallContext, Skill
 from ._store import CallRecord, PeerRecord, TrustRequest
 from ._transport import Network
 from ._trust import TrustTier
+from ._xmtp import XmtpNetwork
 
 __version__ = "0.2.0.dev0"
 
@@ -61,5 +62,6 @@ __all__ = [
     "TransportError",
     "TrustRequest",
     "TrustTier",
+    "XmtpNetwork",
     "__version__",
 ]
