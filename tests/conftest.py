@@ -47,7 +47,8 @@ class DevnetThread:
     started with ``coworker devnet start``; the server object stays inspectable (``unimplemented_calls``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self.data_dir = data_dir
         self.server: DevnetServer | None = None
         self.error: BaseException | None = None
         self._ready = threading.Event()
@@ -57,7 +58,7 @@ class DevnetThread:
 
     async def _main(self) -> None:
         try:
-            async with running_devnet() as server:
+            async with running_devnet(data_dir=self.data_dir) as server:
                 self.server, self._loop, self._stop = server, asyncio.get_running_loop(), asyncio.Event()
                 self._ready.set()
                 await self._stop.wait()
