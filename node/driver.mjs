@@ -32,8 +32,8 @@
 // Only the `local` environment is allowed unless COWORKER_ALLOW_REMOTE_XMTP=1: tests and the devnet
 // must never reach XMTP's hosted networks.
 
-import { createInterface } from "node:readline";
 import { Client } from "@xmtp/node-sdk";
+import { emit, serve } from "./jsonlines.mjs";
 import { IDENTIFIER_KIND_ETHEREUM, hexToBytes, wallet } from "./wallet.mjs";
 
 const SDK_VERSION = "5.5.0";
@@ -42,10 +42,6 @@ const KIND_NAMES = ["application", "membership_change"];
 let client = null;
 let stream = null;
 const seen = new Set();
-
-function emit(object) {
-  process.stdout.write(JSON.stringify(object) + "\n");
-}
 
 function requireClient() {
   if (!client) throw new Error("no client: send a create command first");
@@ -183,28 +179,6 @@ const commands = {
   },
 };
 
-async function handle(line) {
-  let request;
-  try {
-    request = JSON.parse(line);
-  } catch (error) {
-    emit({ id: null, ok: false, error: { name: "BadRequest", message: `not JSON: ${error.message}` } });
-    return;
-  }
-  const { id = null, cmd, ...args } = request;
-  const command = Object.hasOwn(commands, cmd) ? commands[cmd] : undefined;
-  if (!command) {
-    emit({ id, ok: false, error: { name: "UnknownCommand", message: `unknown command ${cmd}` } });
-    return;
-  }
-  try {
-    const result = await command(args);
-    emit({ id, ok: true, result });
-  } catch (error) {
-    emit({ id, ok: false, error: { name: error?.name ?? "Error", message: String(error?.message ?? error) } });
-  }
-}
-
 async function shutdown() {
   try {
     if (stream) await stream.return();
@@ -214,9 +188,5 @@ async function shutdown() {
   process.exit(0);
 }
 
-const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
-lines.on("line", (line) => {
-  if (line.trim()) handle(line);
-});
-lines.on("close", shutdown);
+serve(commands, shutdown);
 emit({ event: "ready", pid: process.pid, sdk: SDK_VERSION });

@@ -29,9 +29,9 @@
 //   stream   {state: "up"|"error"|"restart"|"down", message?}
 //   sync_error {message}
 
-import { createInterface } from "node:readline";
 import { chmodSync } from "node:fs";
 import { Client } from "@xmtp/node-sdk";
+import { emit, serve } from "./jsonlines.mjs";
 import { ethereumIdentifier, hexToBytes, wallet } from "./wallet.mjs";
 
 const SDK_VERSION = "5.5.0";
@@ -64,10 +64,6 @@ const seen = new Map(); // message id -> sentAtNs
 const dms = new Map(); // lower-case address -> Promise<Dm>
 const reachable = new Set(); // lower-case addresses known to have an inbox
 const inboxes = new Map(); // inbox id -> {addresses, at}
-
-function emit(object) {
-  process.stdout.write(JSON.stringify(object) + "\n");
-}
 
 function log(text) {
   process.stderr.write(`${new Date().toISOString()} ${text}\n`);
@@ -308,27 +304,6 @@ const commands = {
   },
 };
 
-async function dispatch(line) {
-  let request;
-  try {
-    request = JSON.parse(line);
-  } catch {
-    emit({ id: null, ok: false, error: { name: "BadRequest", message: "not JSON" } });
-    return;
-  }
-  const { id = null, cmd, ...args } = request;
-  const command = Object.hasOwn(commands, cmd) ? commands[cmd] : undefined;
-  if (!command) {
-    emit({ id, ok: false, error: { name: "UnknownCommand", message: `unknown command ${cmd}` } });
-    return;
-  }
-  try {
-    emit({ id, ok: true, result: await command(args) });
-  } catch (error) {
-    emit({ id, ok: false, error: { name: error?.name ?? "Error", message: String(error?.message ?? error) } });
-  }
-}
-
 async function shutdown() {
   if (closing) return;
   closing = true;
@@ -342,9 +317,5 @@ async function shutdown() {
 }
 
 process.on("unhandledRejection", (error) => log(`unhandled rejection: ${error?.stack ?? error}`));
-const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
-lines.on("line", (line) => {
-  if (line.trim()) dispatch(line);
-});
-lines.on("close", shutdown);
+serve(commands, shutdown);
 emit({ event: "ready", pid: process.pid, sdk: SDK_VERSION });

@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,19 @@ class SidecarInfo:
     inbox_id: str
     installation_id: str
     pid: int
+
+
+def settle_reply(pending: dict[int, asyncio.Future[dict[str, Any]]], reply: dict[str, Any],
+                 error: Callable[[str, str], Exception]) -> None:
+    """Resolve the future of the command a JSON-lines reply answers (``error(name, message)`` when it failed)."""
+    future = pending.pop(reply.get("id"), None)  # type: ignore[arg-type]
+    if future is None or future.done():
+        return
+    if reply.get("ok"):
+        future.set_result(reply.get("result") or {})
+    else:
+        failure = reply.get("error") or {}
+        future.set_exception(error(str(failure.get("name", "Error")), str(failure.get("message", "failed"))))
 
 
 def node_available(directory: Path | None = None) -> bool:
@@ -336,14 +350,7 @@ class XmtpTransport(Transport):
                 if "event" in message:
                     self._event(message, ready)
                     continue
-                future = self._pending.get(message.get("id"))
-                if future is None or future.done():
-                    continue
-                if message.get("ok"):
-                    future.set_result(message.get("result") or {})
-                else:
-                    error = message.get("error") or {}
-                    future.set_exception(_SidecarError(str(error.get("name")), str(error.get("message"))))
+                settle_reply(self._pending, message, _SidecarError)
         except (ValueError, OSError) as exc:  # a line over the limit, or the pipe broke
             log.error("reading from the XMTP sidecar failed: %s", exc)
             await self._kill(process)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from coworker import _paths
+from coworker._xmtp import settle_reply
 
 _LINE_LIMIT = 64 * 1024 * 1024
 
@@ -232,16 +233,7 @@ class NodeDriver:
                         self._events.append(message)
                         self._new_event.notify_all()
                     continue
-                future = self._pending.pop(message.get("id"), None)
-                if future is None or future.done():
-                    continue
-                if message.get("ok"):
-                    future.set_result(message.get("result") or {})
-                else:
-                    error = message.get("error") or {}
-                    future.set_exception(
-                        NodeDriverError(f"{self.name}: {error.get('message', 'failed')}", error.get("name", "Error"))
-                    )
+                settle_reply(self._pending, message, lambda name, text: NodeDriverError(f"{self.name}: {text}", name))
         finally:
             await self._process.wait()
             self._fail_pending()
