@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _paths
-from ._agent import LOCK_FILE, Agent, AsyncAgent, _AgentLock, network_name
+from ._agent import LOCK_FILE, Agent, AsyncAgent, _AgentLock, network_name, validate_agent_name
 from ._control import ControlClient
 from ._errors import ConfigurationError, CoworkerError
 from ._identity import Identity, checksum, recover_signer
@@ -240,7 +240,7 @@ def load_app(path: Path, name: str | None) -> Agent | AsyncAgent:
         return agents[0]
     found = ", ".join(sorted(a.name for a in agents))
     if not agents:
-        wanted = f"an agent named {name!r}" if name else "an Agent"
+        wanted = f"agent named {name!r}" if name else "Agent"
         raise CliError(f"{path} defines no {wanted} at module level (like `agent = Agent(\"my-bot\")`)")
     raise CliError(f"{path} defines several agents ({found}): choose one with --agent NAME")
 
@@ -301,7 +301,10 @@ def _announce(name: str, wallet: str, network: str, skills: list[str], agent: As
 def _cmd_bridge_start(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
     from .devnet._cli import _read_line, _tail
 
-    name = choose(args)
+    if args.file is not None and getattr(args, "agent", None):
+        name = validate_agent_name(args.agent)  # the file may define a new agent: serving it creates its wallet
+    else:
+        name = choose(args)
     data_dir = _paths.agent_dir(name)
     pid = _AgentLock.holder(data_dir / LOCK_FILE)
     if pid is not None:
@@ -311,7 +314,7 @@ def _cmd_bridge_start(args: argparse.Namespace, choose: Callable[[argparse.Names
     read_end, write_end = os.pipe()
     command = [sys.executable, "-m", "coworker", "serve", "--agent", name, "--ready-fd", str(write_end)]
     if args.file is not None:
-        command.insert(3, str(Path(args.file).resolve()))
+        command.insert(4, str(Path(args.file).resolve()))  # after "serve": the file is its argument
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
