@@ -59,6 +59,8 @@ let syncTimer = null;
 let syncInFlight = null;
 let syncAgain = false;
 let reported = 0;
+let markStreamTried;
+const streamTried = new Promise((resolve) => (markStreamTried = resolve)); // the first stream attempt ended
 let inbound = Promise.resolve(); // messages are handled one after another, in arrival order
 const seen = new Map(); // message id -> sentAtNs
 const dms = new Map(); // lower-case address -> Promise<Dm>
@@ -195,6 +197,7 @@ async function runStream(attempt = 0) {
       },
     });
     streaming = true;
+    markStreamTried();
     emit({ event: "stream", state: "up" });
     attempt = 0;
     for await (const message of stream) {
@@ -205,6 +208,7 @@ async function runStream(attempt = 0) {
     log(`stream failed: ${error?.stack ?? error}`);
   }
   streaming = false;
+  markStreamTried();
   if (closing) return;
   const delay = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)];
   emit({ event: "stream", state: "down", message: `restarting in ${delay} ms` });
@@ -265,6 +269,7 @@ const commands = {
     });
     chmodDatabase(args.dbPath);
     runStream();
+    await streamTried; // live before the sync, so nothing falls between the two
     await syncNow("start");
     const interval = args.syncIntervalMs ?? 30_000;
     if (interval > 0) syncTimer = setInterval(() => syncNow("periodic"), interval);

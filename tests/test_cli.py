@@ -232,7 +232,7 @@ def test_status_shows_a_running_agent_its_calls_and_skills(home: Path, capsys: C
             alice.set_trust(caller.wallet, TrustTier.INTERNAL)
             assert await caller.call(alice.wallet, "echo", {"text": "hi"}) == "hi"
             alice.store.flush()
-            return status(capsys)  # read from the CLI while the agent runs
+            return await asyncio.to_thread(status, capsys)  # the CLI, while the agent runs and answers it
         finally:
             await caller.stop()
             await alice.stop()

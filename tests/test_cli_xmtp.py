@@ -22,8 +22,8 @@ import pytest
 from coworker import ConfigurationError
 from coworker._cli import main
 from coworker._cli_net import INVITE_PREFIX, bridge_status, read_invite
+from coworker._process import wait_exit
 from coworker.devnet import DevnetServer
-from coworker.devnet._cli import _wait_exit
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ def init(capsys: Capture, name: str, *extra: str) -> str:
 
 def exited(pid: int, timeout: float = 15.0) -> bool:
     """True once ``pid`` has exited (waits on a pidfd, at most ``timeout`` seconds)."""
-    return _wait_exit(pid, timeout)
+    return wait_exit(pid, timeout)
 
 
 def node_children() -> list[int]:
@@ -286,7 +286,7 @@ def test_a_call_to_a_skill_that_does_not_exist_fails_with_skill_not_found(alice:
                                                                          capsys: Capture) -> None:
     code, out, err = run(capsys, "call", alice.wallet, "translate", "--agent", "carol")
     assert (code, out) == (1, "")
-    assert err == "coworker: error: no skill named 'translate'\n"
+    assert err == "coworker: error: no skill named 'translate' visible to you\n"
 
 
 @pytest.mark.parametrize(("given", "error"), [

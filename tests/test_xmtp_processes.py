@@ -24,10 +24,10 @@ import coworker
 from coworker import AsyncAgent, TrustTier
 from coworker._control import ControlClient
 from coworker._identity import Identity
+from coworker._process import read_line
 from coworker._protocol import encode, request
 from coworker._xmtp import XmtpNetwork
 from coworker.devnet import DevnetServer, NodeDriver
-from coworker.devnet._cli import _read_line
 
 from .conftest import RawClient
 
@@ -75,7 +75,7 @@ class ServedAgent:
             os.close(write_end)
             os.close(log)
         try:
-            line = _read_line(read_end, 60)
+            line = read_line(read_end, 60)
         finally:
             os.close(read_end)
         assert line.startswith("ready"), self.app.with_suffix(".log").read_text()[-3000:]

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -36,6 +35,7 @@ from ._agent import LOCK_FILE, Agent, AsyncAgent, _AgentLock, network_name, vali
 from ._control import ControlClient
 from ._errors import ConfigurationError, CoworkerError
 from ._identity import Identity, checksum, recover_signer
+from ._process import NotReady, spawn_ready, wait_exit
 from ._trust import TrustTier
 
 log = logging.getLogger("coworker.cli")
@@ -142,7 +142,7 @@ def _cmd_connect(args: argparse.Namespace, choose: Callable[[argparse.Namespace]
     print(f"peer:       {label}")
     print(f"wallet:     {peer['wallet']}")
     print(f"round trip: {peer['rtt_ms']:.1f} ms")
-    print(f"our tier for it: {peer['trust_tier']}")
+    print(f"we trust it: {peer['trust_tier']} (what we may see depends on how much it trusts us)")
     cards = peer["skill_cards"]
     if not cards:
         print("skills:     none visible to us: the peer does not trust us yet.")
@@ -299,10 +299,12 @@ def _announce(name: str, wallet: str, network: str, skills: list[str], agent: As
 
 
 def _cmd_bridge_start(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
-    from .devnet._cli import _read_line, _tail
-
     if args.file is not None and getattr(args, "agent", None):
         name = validate_agent_name(args.agent)  # the file may define a new agent: serving it creates its wallet
+    elif args.file is not None:
+        app = load_app(Path(args.file), None)  # the name of the agent the file defines
+        name = app.name
+        app.close()
     else:
         name = choose(args)
     data_dir = _paths.agent_dir(name)
@@ -311,32 +313,22 @@ def _cmd_bridge_start(args: argparse.Namespace, choose: Callable[[argparse.Names
         print(f"agent {name} is already running (pid {pid})", file=sys.stderr)
         return 1
     log_path = _paths.ensure_private_dir(data_dir / "logs") / "agent.log"
-    read_end, write_end = os.pipe()
-    command = [sys.executable, "-m", "coworker", "serve", "--agent", name, "--ready-fd", str(write_end)]
-    if args.file is not None:
-        command.insert(4, str(Path(args.file).resolve()))  # after "serve": the file is its argument
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def command(ready_fd: int) -> list[str]:
+        serve = [sys.executable, "-m", "coworker", "serve"]
+        if args.file is not None:
+            serve.append(str(Path(args.file).resolve()))
+        return [*serve, "--agent", name, "--ready-fd", str(ready_fd)]
+
     try:
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-                                 pass_fds=(write_end,), start_new_session=True)
-    finally:
-        os.close(log_fd)
-        os.close(write_end)
-    try:
-        line = _read_line(read_end, _START_TIMEOUT)
-    finally:
-        os.close(read_end)
-    if not line.startswith("ready"):
-        if child.poll() is None:
-            child.terminate()
-        raise CliError(f"agent {name} did not start; the end of {log_path}:\n{_tail(log_path)}")
-    print(f"agent {name} serves in the background: pid {child.pid}, log {log_path}")
+        child, _ = spawn_ready(command, log_path, _START_TIMEOUT)
+    except NotReady as exc:
+        raise CliError(f"agent {name} did not start; {exc}") from None
+    print(f"agent {name} serves in the background: pid {child}, log {log_path}")
     return _print_bridge(name)
 
 
 def _cmd_bridge_stop(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
-    from .devnet._cli import _wait_exit
-
     name = choose(args)
     data_dir = _paths.agent_dir(name)
     pid = _AgentLock.holder(data_dir / LOCK_FILE)
@@ -351,10 +343,10 @@ def _cmd_bridge_stop(args: argparse.Namespace, choose: Callable[[argparse.Namesp
     except CoworkerError:
         if pid > 0:
             os.kill(pid, signal.SIGTERM)
-    if pid > 0 and not _wait_exit(pid, _STOP_TIMEOUT):
+    if pid > 0 and not wait_exit(pid, _STOP_TIMEOUT):
         print(f"agent {name} (pid {pid}) did not stop within {_STOP_TIMEOUT:g} s; killing it", file=sys.stderr)
         os.kill(pid, signal.SIGKILL)
-        _wait_exit(pid, _STOP_TIMEOUT)
+        wait_exit(pid, _STOP_TIMEOUT)
     print(f"agent {name} stopped (pid {pid})")
     return 0
 

@@ -182,7 +182,7 @@ def _stop(processes: list[_Process]) -> None:
 
 def run_demo() -> bool:
     """The demo, printed step by step; True when every step went as it should."""
-    from ._xmtp import ensure_local_node, node_available
+    from ._xmtp import autostart_allowed, ensure_local_node, node_available
 
     if not node_available():
         raise CoworkerError("the demo needs Node.js and the XMTP SDK: run `make setup` (or `npm ci` in node/)")
@@ -196,7 +196,7 @@ def run_demo() -> bool:
     processes: list[_Process] = []
     try:
         with steps.step("1. the local XMTP node (port 5556)") as out:
-            pid = ensure_local_node()
+            pid = ensure_local_node(autostart_allowed())
             out.append("already running" if pid is None else
                        f"started in the background (pid {pid}); `coworker devnet stop` stops it")
         with steps.step("2. start assistant and researcher (2 processes)") as out:

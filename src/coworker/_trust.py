@@ -84,7 +84,7 @@ def decide(peer_tier: TrustTier, kind: str, skill: str | None, skill_tiers: Mapp
     if kind == "call.request":
         needed = skill_tiers.get(skill or "")
         if needed is None or not may_see(peer_tier, needed):
-            return Decision(False, "SKILL_NOT_FOUND", f"no skill named {skill!r}")
+            return Decision(False, "SKILL_NOT_FOUND", f"no skill named {skill!r} visible to you")
     return ALLOW
 
 

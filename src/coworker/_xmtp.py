@@ -93,21 +93,27 @@ def node_available(directory: Path | None = None) -> bool:
     return shutil.which("node") is not None and (directory / "node_modules" / "@xmtp" / "node-sdk").is_dir()
 
 
-def _local_node_listening() -> bool:
-    from .devnet._cli import listening
+def autostart_allowed() -> bool:
+    """Whether agents may start the local node in the background: yes unless ``COWORKER_DEVNET_AUTOSTART=0``."""
+    return os.environ.get("COWORKER_DEVNET_AUTOSTART", "1") != "0"
 
-    return listening()
 
+def ensure_local_node(start: bool = True) -> int | None:
+    """Make sure the local XMTP node listens on port 5556, starting it in the background when ``start``.
 
-def ensure_local_node() -> int | None:
-    """Start the local XMTP node in the background unless one listens on port 5556; the pid if started.
+    Returns the pid of the node started, or None when one was listening already.
 
     Raises:
-        TransportError: none listens and one could not be started.
+        TransportError: none listens, and it may not or could not be started.
     """
-    from .devnet._cli import ensure_running
+    from .devnet._cli import ensure_running, listening
     from .devnet._server import DevnetError
 
+    if not start:
+        if listening():
+            return None
+        raise TransportError("the local XMTP node is not running: start it with `coworker devnet start` "
+                             "(agents start it themselves unless COWORKER_DEVNET_AUTOSTART=0)")
     try:
         pid = ensure_running()
     except DevnetError as exc:
@@ -141,7 +147,7 @@ class XmtpNetwork(Network):
             raise ConfigurationError(f"sync_interval must be >= 0 seconds, got {sync_interval}")
         self.name = env
         if start_devnet is None:
-            start_devnet = os.environ.get("COWORKER_DEVNET_AUTOSTART", "1") != "0"
+            start_devnet = autostart_allowed()
         self.start_devnet = start_devnet
         self.sync_interval = sync_interval
 
@@ -150,11 +156,7 @@ class XmtpNetwork(Network):
 
     async def open(self, identity: Identity, data_dir: Path, deliver: Deliver) -> XmtpTransport:
         if self.name == "local":
-            if self.start_devnet:
-                await asyncio.to_thread(ensure_local_node)
-            elif not await asyncio.to_thread(_local_node_listening):
-                raise TransportError("the local XMTP node is not running: start it with `coworker devnet start` "
-                                     "(agents start it themselves unless COWORKER_DEVNET_AUTOSTART=0)")
+            await asyncio.to_thread(ensure_local_node, self.start_devnet)
         transport = XmtpTransport(self, identity, data_dir, deliver)
         await transport.start()
         return transport

@@ -15,10 +15,8 @@ import fcntl
 import json
 import logging
 import os
-import select
 import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from coworker import _paths
+from coworker._process import NotReady, spawn_ready, wait_exit
 from coworker.devnet._server import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_PORT,
@@ -232,31 +231,21 @@ def start_background(data_dir: Path, *, port: int = DEFAULT_PORT, memory: bool =
         DevnetError: the child did not report that it listens (the error quotes the end of its log).
     """
     data_dir = _paths.ensure_private_dir(data_dir)
-    log_path = data_dir / LOG_FILENAME
-    read_end, write_end = os.pipe()
-    command = [sys.executable, "-m", "coworker.devnet", "run", "--data-dir", str(data_dir), "--port", str(port),
-               "--max-message-bytes", str(max_message_bytes), "--log-level", log_level,
-               "--ready-fd", str(write_end)]
-    if memory:
-        command.append("--memory")
-    if rate_limit is not None:
-        command += ["--rate-limit", str(rate_limit)]
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def command(ready_fd: int) -> list[str]:
+        args = [sys.executable, "-m", "coworker.devnet", "run", "--data-dir", str(data_dir), "--port", str(port),
+                "--max-message-bytes", str(max_message_bytes), "--log-level", log_level, "--ready-fd", str(ready_fd)]
+        if memory:
+            args.append("--memory")
+        if rate_limit is not None:
+            args += ["--rate-limit", str(rate_limit)]
+        return args
+
     try:
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-                                 pass_fds=(write_end,), start_new_session=True)
-    finally:
-        os.close(log_fd)
-        os.close(write_end)
-    try:
-        line = _read_line(read_end, _START_TIMEOUT_S)
-    finally:
-        os.close(read_end)
-    if not line.startswith("ready"):
-        if child.poll() is None:
-            child.terminate()
-        raise DevnetError(f"the devnet did not start; the end of {log_path}:\n{_tail(log_path)}")
-    return child.pid, int(line.split()[1])
+        pid, line = spawn_ready(command, data_dir / LOG_FILENAME, _START_TIMEOUT_S)
+    except NotReady as exc:
+        raise DevnetError(f"the devnet did not start; {exc}") from None
+    return pid, int(line.split()[1])
 
 
 def listening(port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> bool:
@@ -295,31 +284,6 @@ def ensure_running(data_dir: Path | None = None, port: int = DEFAULT_PORT) -> in
         os.close(fd)
 
 
-def _read_line(fd: int, timeout: float) -> str:
-    """Read one line from a pipe, or what came before EOF or ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    chunks = b""
-    while b"\n" not in chunks:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if not readable:
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        chunks += chunk
-    return chunks.decode(errors="replace").split("\n", 1)[0]
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def stop_command(args: argparse.Namespace) -> int:
     """``devnet stop``: SIGTERM the background devnet and wait (bounded) for it to exit."""
     data_dir = _data_dir(args)
@@ -328,27 +292,14 @@ def stop_command(args: argparse.Namespace) -> int:
         print(f"no devnet is running from {data_dir}")
         return 0
     os.kill(info.pid, signal.SIGTERM)
-    if not _wait_exit(info.pid, _STOP_TIMEOUT_S):
+    if not wait_exit(info.pid, _STOP_TIMEOUT_S):
         print(f"the devnet (pid {info.pid}) did not stop within {_STOP_TIMEOUT_S:g} s; killing it", file=sys.stderr)
         os.kill(info.pid, signal.SIGKILL)
-        _wait_exit(info.pid, _STOP_TIMEOUT_S)
+        wait_exit(info.pid, _STOP_TIMEOUT_S)
     with contextlib.suppress(FileNotFoundError):
         (data_dir / PID_FILENAME).unlink()
     print(f"devnet stopped (pid {info.pid})")
     return 0
-
-
-def _wait_exit(pid: int, timeout: float) -> bool:
-    """Wait for a process that is not our child to exit: a pidfd becomes readable when it does."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        readable, _, _ = select.select([pidfd], [], [], timeout)
-        return bool(readable)
-    finally:
-        os.close(pidfd)
 
 
 def status_command(args: argparse.Namespace) -> int:
