@@ -60,6 +60,26 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
+async def burst(call: Call, total: int, in_flight: int) -> float:
+    """Seconds to make ``total`` calls with ``in_flight`` outstanding at any time.
+
+    A fixed pool of workers rather than gather() over ``total`` tasks: every contender gets the same driver and the
+    driver's own cost (task creation) stays out of the figure.
+    """
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await call()
+
+    gc.collect()
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return time.perf_counter() - started
+
+
 async def measure(call: Call, *, seq: int, total: int, in_flight: int, warmup: int) -> dict[str, Any]:
     """Warm up, then time ``seq`` sequential calls and ``total`` calls with ``in_flight`` outstanding."""
     for _ in range(warmup):
@@ -73,20 +93,7 @@ async def measure(call: Call, *, seq: int, total: int, in_flight: int, warmup: i
         samples.append(clock() - started)
     samples.sort()
 
-    # A fixed pool of workers rather than gather() over `total` tasks: every contender gets the same driver
-    # and the driver's own cost (task creation) stays out of the figure.
-    remaining = total
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await call()
-
-    gc.collect()
-    started = clock()
-    await asyncio.gather(*(worker() for _ in range(in_flight)))
-    elapsed = clock() - started
+    elapsed = await burst(call, total, in_flight)
     return {
         "p50_ms": statistics.median(samples) * 1000,
         "p99_ms": _percentile(samples, 99) * 1000,

@@ -66,6 +66,7 @@ def _sibling(name: str) -> ModuleType:
 
 
 pingpong = _sibling("devnet_pingpong")
+core = _sibling("core_roundtrip")
 
 
 @contextlib.contextmanager
@@ -129,18 +130,7 @@ async def coworker_calls(data_dir: Path, *, seq: int, total: int, in_flight: int
             figures["p99_ms"] = pingpong._percentile(samples, 0.99)  # the raw side's definition, for like with like
             figures["mean_ms"] = statistics.fmean(samples)
 
-            remaining = total
-
-            async def worker() -> None:
-                nonlocal remaining
-                while remaining > 0:
-                    remaining -= 1
-                    await call()
-
-            gc.collect()
-            begin = clock()
-            await asyncio.gather(*(worker() for _ in range(in_flight)))
-            figures["burst_s"] = clock() - begin
+            figures["burst_s"] = await core.burst(call, total, in_flight)
             figures["calls_per_s"] = total / figures["burst_s"]
         finally:
             await b.stop()

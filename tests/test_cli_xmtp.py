@@ -25,6 +25,8 @@ from coworker._cli_net import INVITE_PREFIX, bridge_status, read_invite
 from coworker._process import wait_exit
 from coworker.devnet import DevnetServer
 
+from .test_cli import init, run
+
 pytestmark = pytest.mark.integration
 
 Capture = pytest.CaptureFixture[str]
@@ -41,19 +43,6 @@ def summarize(text: str, max_words: int = 50) -> dict:
     words = text.split()
     return {"summary": " ".join(words[:max_words]), "word_count": len(words)}
 '''
-
-
-def run(capsys: Capture, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def init(capsys: Capture, name: str, *extra: str) -> str:
-    """Create an agent (or keep the one there is) and return its wallet."""
-    code, out, err = run(capsys, "init", "--name", name, *extra)
-    assert code == 0, err
-    return out.split("wallet:")[1].split()[0]
 
 
 def exited(pid: int, timeout: float = 15.0) -> bool:
