@@ -131,6 +131,11 @@ async def raw(xmtp_node: DevnetServer, tmp_path: Path) -> AsyncIterator[RawClien
     await client.transport.close()
 
 
+def proc_text(pid: int, part: str) -> str:
+    """A process's ``/proc/<pid>/cmdline`` or ``environ``, as text."""
+    return Path(f"/proc/{pid}/{part}").read_bytes().decode(errors="replace")
+
+
 def call_envelope(sender: str, to: str, skill: str, data: dict[str, Any]) -> bytes:
     env = request("call.request", {"skill": skill, "input": data}, sender=sender, recipient=to,
                   now_ms=int(time.time() * 1000))
@@ -227,6 +232,9 @@ async def test_killed_sidecars_are_restarted_and_nothing_is_lost(alice: ServedAg
 
     transport = bob.transport
     assert transport is not None and transport.pid is not None
+    key = bob._identity.private_key_hex()[2:] if bob._identity else ""
+    for part in ("cmdline", "environ"):  # the key went over the sidecar's stdin, nowhere a process list shows
+        assert key and key not in proc_text(transport.pid, part)
     os.kill(transport.pid, signal.SIGKILL)  # now the caller's own sidecar: the send waits for its restart
     assert (await bob.call(wallet, "summarize", {"text": "three four five"}, timeout=30))["word_count"] == 3
     assert alice.ran() == 2
