@@ -17,7 +17,6 @@
 //          -> {address, inboxId, installationId}. Opens (or creates) the client, starts the live stream,
 //             then syncs every DM from syncFromNs minus a minute (messages that arrived while the agent was away).
 //   send   {to: "0x..", text}   -> {messageId}; errors: PeerUnreachable (no inbox on this network), TooLarge
-//   sync   {}                  -> {newMessages}
 //   status {}                  -> {address, inboxId, installationId, env, streaming, lastSyncMs, reported}
 //   close  {}                  -> {} then the process exits 0
 // Events:
@@ -282,11 +281,6 @@ const commands = {
     if (size > maxBytes) throw fail("TooLarge", `message of ${size} bytes is over the ${maxBytes}-byte limit`);
     const dm = await dmWith(args.to.toLowerCase());
     return { messageId: await dm.sendText(args.text) };
-  },
-
-  async sync() {
-    requireClient();
-    return { newMessages: await syncNow("asked") };
   },
 
   async status() {

@@ -32,7 +32,7 @@ from typing import Any
 
 from . import _paths
 from ._agent import LOCK_FILE, Agent, AsyncAgent, _AgentLock, network_name, validate_agent_name
-from ._control import ControlClient
+from ._control import ControlClient, peer_json
 from ._errors import ConfigurationError, CoworkerError
 from ._identity import Identity, checksum, recover_signer
 from ._process import NotReady, spawn_ready, wait_exit
@@ -121,20 +121,14 @@ def _run_with_agent(name: str, remote: Callable[[ControlClient], Any],
         agent.close()
 
 
-def _peer_dict(peer: Any) -> dict[str, Any]:
-    if isinstance(peer, dict):
-        return peer
-    return {"name": peer.name, "wallet": peer.wallet, "skills": peer.skills, "skill_cards": peer.skill_cards,
-            "trust_tier": peer.trust_tier.name.lower(), "rtt_ms": peer.rtt_ms}
-
-
 def _cmd_connect(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
     name = choose(args)
     wallet, invited_as = _peer_wallet(args.target, network_name(None, _paths.agent_dir(name))[0])
     timeout = args.timeout
-    peer = _peer_dict(_run_with_agent(
-        name, lambda c: c.request("connect", timeout + 10, wallet=wallet, timeout=timeout),
-        lambda a: a.connect(wallet, timeout=timeout)))
+    async def local(agent: AsyncAgent) -> dict[str, Any]:
+        return peer_json(await agent.connect(wallet, timeout=timeout))
+
+    peer = _run_with_agent(name, lambda c: c.request("connect", timeout + 10, wallet=wallet, timeout=timeout), local)
     if args.json:
         print(json.dumps(peer, indent=2))
         return 0

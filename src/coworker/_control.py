@@ -32,7 +32,7 @@ from ._errors import CoworkerError, InvalidInput, RemoteProtocolError, Transport
 from ._identity import write_private
 
 if TYPE_CHECKING:
-    from ._agent import AsyncAgent
+    from ._agent import AsyncAgent, Peer
 
 log = logging.getLogger("coworker.control")
 
@@ -117,14 +117,12 @@ class ControlServer:
         if transport is not None and hasattr(transport, "status"):
             try:
                 status["xmtp"] = await asyncio.wait_for(transport.status(), 10)
-            except (CoworkerError, TimeoutError, Exception) as exc:  # the sidecar may be restarting
+            except Exception as exc:  # the sidecar may be restarting
                 status["xmtp"] = {"error": str(exc) or type(exc).__name__}
         return status
 
     async def _connect(self, args: dict[str, Any]) -> dict[str, Any]:
-        peer = await self._agent.connect(args["wallet"], timeout=float(args.get("timeout", 30)))
-        return {"name": peer.name, "wallet": peer.wallet, "skills": peer.skills, "skill_cards": peer.skill_cards,
-                "trust_tier": peer.trust_tier.name.lower(), "rtt_ms": peer.rtt_ms}
+        return peer_json(await self._agent.connect(args["wallet"], timeout=float(args.get("timeout", 30))))
 
     async def _trust_requests(self, _: dict[str, Any]) -> list[dict[str, Any]]:
         return [{**asdict(r), "tier": r.tier.name.lower()} for r in self._agent.trust_requests()]
@@ -140,6 +138,11 @@ class ControlServer:
 
     async def _stop(self, _: dict[str, Any]) -> None:
         asyncio.get_running_loop().call_soon(self._on_stop)
+
+
+def peer_json(peer: Peer) -> dict[str, Any]:
+    """A peer's card as JSON (the tier by name)."""
+    return {**dict(peer), "trust_tier": peer.trust_tier.name.lower()}
 
 
 def _failure(exc: CoworkerError) -> dict[str, Any]:

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import select
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from . import _paths
 from ._agent import AsyncAgent
 from ._control import ControlClient
 from ._errors import CoworkerError
+from ._process import read_line, tail
 
 _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 10.0
@@ -131,36 +131,19 @@ def _spawn(role: str, root: Path) -> _Process:
 
 
 def _await_ready(processes: list[_Process], timeout: float) -> None:
-    """Read each process's ready line (bounded); raise with the end of its log if one fails."""
+    """Read each process's ready line (they start side by side; bounded); raise with its log if one fails."""
     deadline = time.monotonic() + timeout
-    waiting = {p.popen.stdout.fileno(): p for p in processes if p.popen.stdout is not None}
-    buffers: dict[int, bytes] = dict.fromkeys(waiting, b"")
-    while waiting:
-        remaining = deadline - time.monotonic()
-        readable = select.select(list(waiting), [], [], max(remaining, 0))[0] if remaining > 0 else []
-        if not readable:
-            raise CoworkerError(f"{', '.join(p.role for p in waiting.values())} did not start within {timeout:g} s"
-                                f"{_log_tail(next(iter(waiting.values())))}")
-        for fd in readable:
-            chunk = os.read(fd, 65536)
-            process = waiting[fd]
-            if not chunk:
-                raise CoworkerError(f"the {process.role} process exited before it was ready{_log_tail(process)}")
-            buffers[fd] += chunk
-            if b"\n" in buffers[fd]:
-                process.info = json.loads(buffers[fd].split(b"\n", 1)[0])
-                process.control = ControlClient.find(process.data_dir)
-                if process.control is None:
-                    raise CoworkerError(f"the {process.role} process has no control endpoint")
-                del waiting[fd]
-
-
-def _log_tail(process: _Process, lines: int = 15) -> str:
-    try:
-        text = (process.data_dir / "logs" / "agent.log").read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return ""
-    return "; the end of its log:\n" + "\n".join(text)
+    for process in processes:
+        assert process.popen.stdout is not None
+        line = read_line(process.popen.stdout.fileno(), max(deadline - time.monotonic(), 0.0))
+        log_path = process.data_dir / "logs" / "agent.log"
+        if not line:
+            raise CoworkerError(f"the {process.role} process did not get ready within {timeout:g} s; "
+                                f"the end of its log:\n{tail(log_path, 15)}")
+        process.info = json.loads(line)
+        process.control = ControlClient.find(process.data_dir)
+        if process.control is None:
+            raise CoworkerError(f"the {process.role} process has no control endpoint")
 
 
 def _stop(processes: list[_Process]) -> None:

@@ -304,19 +304,16 @@ class XmtpTransport(Transport):
         finally:
             self._pending.pop(request_id, None)
 
+    async def _when_up(self) -> None:
+        """Wait until the sidecar serves (it may be restarting). Raises TransportError once closed."""
+        await self._up.wait()
+        if self._closed:
+            raise TransportError("transport is closed")
+
     async def status(self) -> dict[str, Any]:
         """The sidecar's own view: inbox, installation, whether the stream is up, when it last synced."""
-        await self._up.wait()
-        if self._closed:
-            raise TransportError("transport is closed")
+        await self._when_up()
         return await self._command("status")
-
-    async def sync(self) -> int:
-        """Sync every conversation now; the number of messages it found that had not been reported."""
-        await self._up.wait()
-        if self._closed:
-            raise TransportError("transport is closed")
-        return int((await self._command("sync"))["newMessages"])
 
     async def send(self, recipient: str, data: bytes) -> None:
         if self._closed:
@@ -325,9 +322,7 @@ class XmtpTransport(Transport):
             raise TransportError(f"message of {len(data)} bytes is over XMTP's limit of {MAX_MESSAGE_BYTES} bytes")
         text = bytes(data).decode("utf-8", "replace")  # XMTP carries text; protocol messages are UTF-8 JSON
         while True:
-            await self._up.wait()
-            if self._closed:
-                raise TransportError("transport is closed")
+            await self._when_up()
             try:
                 await self._command("send", to=recipient.lower(), text=text)
                 return

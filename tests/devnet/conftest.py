@@ -8,7 +8,6 @@ fixture, and any UNIMPLEMENTED call a client made fails the module at teardown.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,20 +20,10 @@ from coworker.devnet import (
     DevnetServer,
     NodeDriver,
     PortInUseError,
-    default_node_dir,
-    node_sdk_available,
     running_devnet,
 )
 
-
-def require_node_sdk() -> None:
-    """Skip (locally) or fail (in CI) when Node or the pinned Node SDK is not installed."""
-    if node_sdk_available():
-        return
-    message = f"Node or @xmtp/node-sdk is missing: run `npm ci` in {default_node_dir()}"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+from ..conftest import require_node_sdk
 
 
 def assert_no_unimplemented_calls(server: DevnetServer) -> None:

@@ -8,7 +8,8 @@ import pytest
 
 from coworker.devnet import DevnetConfig, DevnetServer, PortInUseError
 
-from .conftest import NewClient, assert_no_unimplemented_calls, require_node_sdk
+from ..conftest import require_node_sdk
+from .conftest import NewClient, assert_no_unimplemented_calls
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -14,13 +14,12 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from coworker import _paths
-from coworker._xmtp import settle_reply
+from coworker._xmtp import node_available, settle_reply
 
 _LINE_LIMIT = 64 * 1024 * 1024
 
@@ -42,8 +41,7 @@ def default_node_dir() -> Path:
 
 def node_sdk_available(node_dir: Path | None = None) -> bool:
     """True when ``node`` is on PATH and the Node package's dependencies are installed."""
-    directory = node_dir or default_node_dir()
-    return shutil.which("node") is not None and (directory / "node_modules" / "@xmtp" / "node-sdk").is_dir()
+    return node_available(node_dir)
 
 
 class NodeDriver:
