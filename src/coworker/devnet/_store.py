@@ -78,6 +78,13 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 
 
+# The columns _group_message() and _welcome() read, in their order.
+_GROUP_COLUMNS = "id, created_ns, group_id, data, sender_hmac, should_push, is_commit"
+_WELCOME_COLUMNS = (
+    "id, created_ns, installation_key, is_pointer, data, hpke_public_key, wrapper_algorithm, welcome_metadata"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class StoredIdentityUpdate:
     """An identity update as published, with its global sequence id."""
@@ -332,14 +339,11 @@ class Store:
         """
         if descending:
             sql = (
-                "SELECT id, created_ns, group_id, data, sender_hmac, should_push, is_commit"
-                " FROM group_messages WHERE group_id = ? AND (? = 0 OR id < ?) ORDER BY id DESC LIMIT ?"
+                f"SELECT {_GROUP_COLUMNS} FROM group_messages"
+                " WHERE group_id = ? AND (? = 0 OR id < ?) ORDER BY id DESC LIMIT ?"
             )
         else:
-            sql = (
-                "SELECT id, created_ns, group_id, data, sender_hmac, should_push, is_commit"
-                " FROM group_messages WHERE group_id = ? AND id > ? ORDER BY id LIMIT ?"
-            )
+            sql = f"SELECT {_GROUP_COLUMNS} FROM group_messages WHERE group_id = ? AND id > ? ORDER BY id LIMIT ?"
         page: list[StoredGroupMessage] = []
         total = 0
         for row in self._db.execute(sql, _page_params(group_id, cursor, descending, limit)):
@@ -356,8 +360,7 @@ class Store:
             return []
         marks = ",".join("?" * len(group_ids))
         rows = self._db.execute(
-            "SELECT id, created_ns, group_id, data, sender_hmac, should_push, is_commit"
-            f" FROM group_messages WHERE group_id IN ({marks}) AND id > ? ORDER BY id",
+            f"SELECT {_GROUP_COLUMNS} FROM group_messages WHERE group_id IN ({marks}) AND id > ? ORDER BY id",
             (*group_ids, cursor),
         ).fetchall()
         return [_group_message(r) for r in rows]
@@ -365,8 +368,7 @@ class Store:
     def newest_group_message(self, group_id: bytes) -> StoredGroupMessage | None:
         """The newest message of a group, if it has any."""
         row = self._db.execute(
-            "SELECT id, created_ns, group_id, data, sender_hmac, should_push, is_commit"
-            " FROM group_messages WHERE group_id = ? ORDER BY id DESC LIMIT 1",
+            f"SELECT {_GROUP_COLUMNS} FROM group_messages WHERE group_id = ? ORDER BY id DESC LIMIT 1",
             (group_id,),
         ).fetchone()
         return None if row is None else _group_message(row)
@@ -408,16 +410,13 @@ class Store:
 
     def welcomes(self, installation_key: bytes, cursor: int, descending: bool, limit: int) -> list[StoredWelcome]:
         """One page of an installation's welcomes (same cursor rules as :meth:`group_messages`)."""
-        columns = (
-            "id, created_ns, installation_key, is_pointer, data, hpke_public_key, wrapper_algorithm, welcome_metadata"
-        )
         if descending:
             sql = (
-                f"SELECT {columns} FROM welcomes WHERE installation_key = ? AND (? = 0 OR id < ?)"
+                f"SELECT {_WELCOME_COLUMNS} FROM welcomes WHERE installation_key = ? AND (? = 0 OR id < ?)"
                 " ORDER BY id DESC LIMIT ?"
             )
         else:
-            sql = f"SELECT {columns} FROM welcomes WHERE installation_key = ? AND id > ? ORDER BY id LIMIT ?"
+            sql = f"SELECT {_WELCOME_COLUMNS} FROM welcomes WHERE installation_key = ? AND id > ? ORDER BY id LIMIT ?"
         rows = self._db.execute(sql, _page_params(installation_key, cursor, descending, limit)).fetchall()
         return [_welcome(r) for r in rows]
 
@@ -427,8 +426,7 @@ class Store:
             return []
         marks = ",".join("?" * len(installation_keys))
         rows = self._db.execute(
-            "SELECT id, created_ns, installation_key, is_pointer, data, hpke_public_key, wrapper_algorithm,"
-            f" welcome_metadata FROM welcomes WHERE installation_key IN ({marks}) AND id > ? ORDER BY id",
+            f"SELECT {_WELCOME_COLUMNS} FROM welcomes WHERE installation_key IN ({marks}) AND id > ? ORDER BY id",
             (*installation_keys, cursor),
         ).fetchall()
         return [_welcome(r) for r in rows]
