@@ -31,7 +31,7 @@
 import { chmodSync } from "node:fs";
 import { Client } from "@xmtp/node-sdk";
 import { emit, serve } from "./jsonlines.mjs";
-import { ethereumIdentifier, hexToBytes, wallet } from "./wallet.mjs";
+import { IDENTIFIER_KIND_ETHEREUM, ethereumIdentifier, hexToBytes, wallet } from "./wallet.mjs";
 
 const SDK_VERSION = "5.5.0";
 const ENVS = new Set(["local", "dev", "production"]);
@@ -94,7 +94,7 @@ async function addressesOf(inboxId) {
   const state = states.find((s) => s.inboxId === inboxId);
   if (!state) throw new Error(`no inbox state for ${inboxId}`);
   const addresses = state.identifiers
-    .filter((id) => id.identifierKind === 0)
+    .filter((id) => id.identifierKind === IDENTIFIER_KIND_ETHEREUM)
     .map((id) => id.identifier.toLowerCase());
   inboxes.set(inboxId, { addresses, at: Date.now() });
   return addresses;
@@ -151,10 +151,8 @@ function syncNow(reason) {
     return syncInFlight;
   }
   syncInFlight = (async () => {
-    let total = 0;
     do {
       syncAgain = false;
-      const before = reported;
       try {
         const c = requireClient();
         await c.conversations.syncAll([CONSENT_ALLOWED, CONSENT_UNKNOWN]);
@@ -169,9 +167,7 @@ function syncNow(reason) {
         emit({ event: "sync_error", message: String(error?.message ?? error) });
         log(`sync (${reason}) failed: ${error?.stack ?? error}`);
       }
-      total += reported - before;
     } while (syncAgain && !closing);
-    return total;
   })().finally(() => {
     syncInFlight = null;
   });

@@ -247,46 +247,38 @@ def _log_to_file(data_dir: Path) -> Path:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.addHandler(handler)
-    if root.level > logging.INFO or root.level == logging.NOTSET:
+    if root.level > logging.INFO or root.level == logging.NOTSET:  # not -v: the terminal shows warnings only
+        for terminal in root.handlers:
+            terminal.setLevel(max(terminal.level, logging.WARNING))
         root.setLevel(logging.INFO)
-        for other in root.handlers:
-            if other is not handler and isinstance(other, logging.StreamHandler) and other.level == logging.NOTSET:
-                other.setLevel(logging.WARNING)  # the terminal keeps showing warnings only
+    root.addHandler(handler)
     return path
 
 
 def _cmd_serve(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
-    if args.file is not None:
-        agent: Agent | AsyncAgent = load_app(Path(args.file), getattr(args, "agent", None))
-    else:
-        agent = Agent(choose(args))
-    log_path = _log_to_file(agent.data_dir)
-    blocking = agent if isinstance(agent, Agent) else None
-    if blocking is not None:
-        blocking.start()
-    else:
-        assert isinstance(agent, AsyncAgent)
-        return asyncio.run(_serve_async(agent, args, log_path))
-    _announce(agent.name, agent.wallet, agent.network_name, sorted(agent.skills), blocking.aio, args, log_path)
-    blocking.serve()
+    app = load_app(Path(args.file), getattr(args, "agent", None)) if args.file is not None else Agent(choose(args))
+    log_path = _log_to_file(app.data_dir)
+    if isinstance(app, AsyncAgent):
+        return asyncio.run(_serve_async(app, args, log_path))
+    app.start()
+    _announce(app.aio, args, log_path)
+    app.serve()
     return 0
 
 
 async def _serve_async(agent: AsyncAgent, args: argparse.Namespace, log_path: Path) -> int:
     await agent.start()
-    _announce(agent.name, agent.wallet, agent.network_name, sorted(agent.skills), agent, args, log_path)
+    _announce(agent, args, log_path)
     await agent.serve()
     return 0
 
 
-def _announce(name: str, wallet: str, network: str, skills: list[str], agent: AsyncAgent,
-              args: argparse.Namespace, log_path: Path) -> None:
+def _announce(agent: AsyncAgent, args: argparse.Namespace, log_path: Path) -> None:
     info = getattr(agent.transport, "info", None)
     where = f", inbox {info.inbox_id[:16]}..., sidecar pid {info.pid}" if info is not None else ""
-    print(f"serving {name} ({wallet}) on {network}{where}", flush=True)
-    print(f"skills: {', '.join(skills) or 'none'}; log: {log_path}; Ctrl-C or `coworker bridge stop` stops it",
-          flush=True)
+    print(f"serving {agent.name} ({agent.wallet}) on {agent.network_name}{where}", flush=True)
+    print(f"skills: {', '.join(sorted(agent.skills)) or 'none'}; log: {log_path}; "
+          f"Ctrl-C or `coworker bridge stop` stops it", flush=True)
     if args.ready_fd is not None:
         with os.fdopen(args.ready_fd, "w") as ready:
             ready.write(f"ready {os.getpid()}\n")
