@@ -57,7 +57,7 @@ def test_first_contact_trust_discovery_call_and_restart(tmp_path: Path, blocking
     assert restarted.wallet == wallet
     assert restarted.trust_tier(b.wallet.lower()) == TrustTier.KNOWN
     served = [c for c in restarted.calls() if c.direction == "in"]
-    assert [(c.skill, c.status, c.peer) for c in served] == [("secret", "refused", b.wallet),
+    assert [(c.skill, c.status, c.peer) for c in served] == [("secret", "rejected", b.wallet),
                                                              ("summarize", "completed", b.wallet)]
     restarted.add_skill(summarize, name="summarize")
     restarted.start()

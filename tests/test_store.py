@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from coworker import StoreError, TrustTier
-from coworker._store import MIGRATIONS, CallRecord, SQLiteStore, Store, TrustRequest
+from coworker._store import MIGRATIONS, CallRecord, SQLiteStore, Store, TaskRecord, TrustRequest
 
 A = "0xAbCdEf0123456789aBcDeF0123456789AbCdEf01"
 
@@ -57,11 +58,27 @@ def test_message_ids_are_remembered_once(store: Store) -> None:
     assert store.remember("b" * 32, 10_000, 0)
 
 
-def test_calls_peers_standing_and_settings_round_trip(store: Store) -> None:
-    call = CallRecord("c" * 32, "in", A, "echo", "completed", None, 5.0, 1.5, 100, 200)
-    store.record_call(call)
-    assert store.calls() == [call]
+def test_tasks_round_trip_and_summarise_as_calls(store: Store) -> None:
+    task = TaskRecord("c" * 32, "in", A, "echo", "working", {"text": "hi"}, 5.0, version="1.0.0",
+                      last_activity=5.0, attempts=1, request_bytes=100)
+    assert store.add_task(task)
+    assert not store.add_task(task)  # the key (direction, peer, id) is taken
+    store.update_task(task, state="completed", output={"echo": "hi"}, duration_ms=1.5, response_bytes=200,
+                      receipt={"signature": "0x00"})
+    assert task.state == "completed"
+    stored = store.task("in", "c" * 32, A.upper().replace("0X", "0x"))
+    assert stored == task
+    assert store.task("in", "c" * 32) == task  # the owner's view: any caller
+    assert store.task("out", "c" * 32) is None
+    assert store.tasks(state="completed") == [task] and store.tasks(direction="out") == []
+    assert store.live_tasks("in") == []
+    assert store.calls() == [CallRecord("c" * 32, "in", A, "echo", "completed", None, 5.0, 1.5, 100, 200)]
     assert store.call_counts() == {"in:completed": 1}
+    with pytest.raises(ValueError, match="not task fields"):
+        store.update_task(task, colour="red")
+
+
+def test_peers_standing_and_settings_round_trip(store: Store) -> None:
     store.touch_peer(A, 1.0)
     store.touch_peer(A, 2.0, name="alice", card={"skills": []})
     store.touch_peer(A, 3.0)
@@ -120,3 +137,20 @@ def test_a_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="cannot open"):
         SQLiteStore(path)
+
+
+def test_calls_of_schema_1_become_tasks(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO calls VALUES (?, 'in', ?, 'echo', 'refused', 'ACCESS_DENIED', 5.0, 0.0, 90, 80)",
+               ("d" * 32, A))
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    (task,) = store.tasks()
+    assert (task.id, task.peer, task.skill, task.state, task.error_code) == ("d" * 32, A, "echo", "rejected",
+                                                                            "ACCESS_DENIED")
+    assert store.task("in", "d" * 32, A) == task
+    store.close()

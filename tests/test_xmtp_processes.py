@@ -180,7 +180,7 @@ async def test_first_contact_trust_and_calls_across_processes_and_a_restart_keep
     stopped = AsyncAgent("alice", passphrase="")
     try:
         assert stopped.trust_tier(bob.wallet) == TrustTier.KNOWN
-        assert sorted(c.status for c in stopped.calls()) == ["completed", "completed", "refused"]
+        assert sorted(c.status for c in stopped.calls()) == ["completed", "completed", "rejected"]
     finally:
         stopped.close()
 

@@ -13,7 +13,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -21,13 +21,21 @@ from typing import Any, TypeVar
 
 from . import _paths
 from ._control import ControlServer
-from ._errors import ConfigurationError, CoworkerError, IdentityError, StoreError, error_from_wire
+from ._errors import (
+    CallTimeout,
+    ConfigurationError,
+    CoworkerError,
+    IdentityError,
+    StoreError,
+    error_from_wire,
+)
 from ._identity import KEYSTORE_FILE, Identity, checksum
 from ._portal import Portal
-from ._protocol import ErrorBody, new_id, parse_body
+from ._protocol import ErrorBody, parse_body
 from ._runtime import Runtime, TrustPolicy
 from ._skills import Skill, SkillFunction, build_skill
-from ._store import CallRecord, PeerRecord, SQLiteStore, TrustRequest
+from ._store import CallRecord, PeerRecord, SQLiteStore, TaskRecord, TrustRequest
+from ._tasks import Progress, RetryPolicy, TaskState
 from ._transport import Network, Transport
 from ._trust import TrustTier
 from ._xmtp import XMTP_NETWORKS, XmtpNetwork
@@ -41,6 +49,8 @@ NETWORK_NAMES = XMTP_NETWORKS
 CONFIG_FILE = "config.json"
 DB_FILE = "coworker.db"
 LOCK_FILE = "agent.lock"
+DEFAULT_REQUEST_CAP = 24 * 3600.0  # seconds a request with no timeout may take
+_LIVE_STATES = (TaskState.SUBMITTED, TaskState.WORKING, TaskState.INPUT_REQUIRED)
 _AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -149,6 +159,17 @@ class Peer:
         raise KeyError(name)
 
 
+def task_dict(task: TaskRecord) -> dict[str, Any]:
+    """A task as ``get_result`` and ``list_tasks`` show it."""
+    error = None
+    if task.error_code is not None:
+        error = {"code": task.error_code, "message": task.error_message or "", "path": task.error_path or ""}
+    return {"task_id": task.id, "state": str(task.state), "result": task.output, "error": error,
+            "direction": task.direction, "peer": task.peer, "skill": task.skill, "created_at": task.created_at,
+            "updated_at": task.updated_at, "duration_ms": task.duration_ms, "attempts": task.attempts,
+            "receipt": task.receipt, "receipt_valid": task.receipt_valid}
+
+
 class _AgentLock:
     """An exclusive lock on the agent's directory: one running process per agent."""
 
@@ -204,6 +225,7 @@ class AsyncAgent:
         max_auto_accept_tier: the highest tier granted without approval.
         passphrase: encrypts a new wallet (V3 keystore) or decrypts an existing one; default
             ``COWORKER_PASSPHRASE``.
+        retry: when unanswered requests are sent again (default: 2 s, doubling, at most 30 s).
 
     Example::
 
@@ -214,7 +236,8 @@ class AsyncAgent:
 
     def __init__(self, name: str, *, network: str | Network | None = None, data_dir: str | Path | None = None,
                  auto_accept_trust: bool = False, max_auto_accept_tier: TrustTier | int = TrustTier.KNOWN,
-                 passphrase: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 passphrase: str | None = None, retry: RetryPolicy | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.name = validate_agent_name(name)
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else _paths.agent_dir(name)
         self._network_spec = network
@@ -231,6 +254,7 @@ class AsyncAgent:
         self._skills: dict[str, Skill] = {}
         self._policy = TrustPolicy(bool(auto_accept_trust), max_tier)
         self._clock = clock
+        self._retry = retry
         self._runtime: Runtime | None = None
         self._lock = _AgentLock(self.data_dir / LOCK_FILE)
         self._start_lock: asyncio.Lock | None = None
@@ -325,7 +349,7 @@ class AsyncAgent:
                 self._identity = Identity.load_or_create(self.data_dir, self._passphrase)
             self._lock.acquire()
             runtime = Runtime(identity=self._identity, name=self.name, store=self.store, skills=self._skills,
-                              policy=self._policy, clock=self._clock)
+                              policy=self._policy, clock=self._clock, retry=self._retry)
             try:
                 await runtime.open(network, self.data_dir)
             except BaseException:
@@ -437,41 +461,175 @@ class AsyncAgent:
                     trust_tier=self.store.trust_tier(peer), rtt_ms=rtt)
 
     async def call(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *,
-                   timeout: float = 30) -> Any:
-        """Run a peer's skill and return its output.
+                   timeout: float = 30, max_duration: float | None = None,
+                   on_progress: Callable[[Progress], None] | None = None, version: str | None = None) -> Any:
+        """Run a peer's skill and return its output: a task (see :meth:`request`) awaited to its end.
+
+        Args:
+            timeout: seconds the peer may stay silent: no answer to the request, or no progress from a
+                running skill. Each progress report starts the count again.
+            max_duration: the absolute cap in seconds, however much progress is reported (default 10x
+                ``timeout``).
+            on_progress: called on the agent's event loop with each :class:`Progress` report.
+            version: ask for this version of the skill.
 
         Raises:
             AccessDenied: the peer does not trust us enough to take calls.
             SkillNotFound: no such skill, or one we may not see.
             InvalidInput: the input breaks the skill's schema (``.path`` names the field).
             SkillFailed: the skill raised (the peer's message only).
-            CallTimeout: no answer within ``timeout`` seconds.
+            CallTimeout: no answer, or no progress, within ``timeout`` seconds (or past ``max_duration``).
+            TaskCanceled: the task was canceled.
             ProtocolError: a message was refused as breaking the protocol.
+        """
+        task_id = await self.request(wallet, skill, input, timeout=timeout, max_duration=max_duration,
+                                     on_progress=on_progress, version=version)
+        try:
+            return await self.wait(task_id)
+        except asyncio.CancelledError:
+            if self._runtime is not None:  # the caller gave up: so does the peer
+                with contextlib.suppress(CoworkerError):
+                    self._runtime.cancel(task_id)
+            raise
+
+    async def request(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *,
+                      timeout: float | None = None, max_duration: float | None = None,
+                      on_progress: Callable[[Progress], None] | None = None, version: str | None = None) -> str:
+        """Ask a peer to run a skill and return the task id at once; the task is stored before anything is
+        sent, delivered (and re-sent) in the background, and picked up again after a restart.
+
+        Follow it with :meth:`wait`, :meth:`get_result`, :meth:`watch` or :meth:`cancel`.
+
+        Args:
+            timeout: seconds the peer may stay silent before the task expires (None: no limit).
+            max_duration: the absolute cap in seconds (default 10x ``timeout``, or 24 hours without one).
+
+        Raises:
+            ConfigurationError: the input is not a JSON object.
+            LocalProtocolError: the request is over the network's message size limit.
+
+        Example::
+
+            task_id = await agent.request(wallet, "research", {"topic": "XMTP"})
+            ...
+            report = await agent.wait(task_id)
         """
         if input is None:
             input = {}
         if not isinstance(input, dict):
             raise ConfigurationError(f"a skill's input is a JSON object (a dict), got {type(input).__name__}")
+        for name, value in (("timeout", timeout), ("max_duration", max_duration)):
+            if value is not None and not value > 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
         runtime, peer = await self._live(), checksum(wallet)
-        call_id = new_id()
-        wall, started = self._clock(), time.perf_counter()
-        status, code, sent, received = "failed", None, 0, 0
-        try:
+        cap = max_duration if max_duration is not None else (None if timeout is not None else DEFAULT_REQUEST_CAP)
+        return runtime.submit(peer, skill, input, version=version, timeout=timeout, cap=cap,
+                              on_progress=on_progress)
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> Any:
+        """Wait for one of our tasks to end and return its output, or raise as :meth:`call` does.
+
+        Args:
+            timeout: seconds to wait (None: until the task ends); the task itself goes on after a timeout here.
+
+        Raises:
+            ConfigurationError: no task of ours has that id.
+            CallTimeout: ``timeout`` passed first (or the task itself expired).
+        """
+        runtime = await self._live()
+        task = self._own_task(task_id)
+        watch = runtime.watch(task_id)
+        if task.state in _LIVE_STATES and watch is not None:
             try:
-                reply, sent, received = await runtime.request(peer, "call.request", {"skill": skill, "input": input},
-                                                              timeout, message_id=call_id)
-            except ValueError as exc:
-                raise ConfigurationError(f"input cannot be sent as JSON: {exc}") from None
-            self._raise_for_error(reply)
-            status = "completed"
-            return parse_body(reply).output
-        except CoworkerError as exc:
-            code = getattr(exc, "code", type(exc).__name__)
-            status = "timeout" if code == "CallTimeout" else "failed"
-            raise
+                async with asyncio.timeout(timeout):
+                    await watch.done.wait()
+            except TimeoutError:
+                raise CallTimeout(f"task {task_id} is still {watch.task.state} after {timeout:g} s") from None
+            task = watch.task
+        if task.state == TaskState.COMPLETED:
+            return task.output
+        if task.state in _LIVE_STATES:
+            raise CallTimeout(f"task {task_id} is still {task.state}")
+        raise error_from_wire(task.error_code or "CALL_ERROR", task.error_message or task.state,
+                              task.error_path or "")
+
+    def get_result(self, task_id: str) -> dict[str, Any]:
+        """Where a task stands, ours or one we served: a dict with ``task_id``, ``state``, ``result`` (the
+        output once completed), ``error`` (``{"code", "message", "path"}`` once it failed), and ``direction``,
+        ``peer``, ``skill``, ``created_at``, ``updated_at``, ``duration_ms``, ``attempts``, ``receipt``,
+        ``receipt_valid``.
+
+        Raises:
+            ConfigurationError: no task has that id.
+        """
+        task = self._task(task_id)
+        if task is None:
+            raise ConfigurationError(f"no task {task_id}")
+        return task_dict(task)
+
+    def list_tasks(self, state: str | None = None, limit: int = 20, *,
+                   direction: str | None = None) -> list[dict[str, Any]]:
+        """The latest tasks (as :meth:`get_result` describes them), newest first; optionally only those in
+        ``state`` and of one ``direction`` (``"out"``: ours, ``"in"``: served)."""
+        if state is not None and state not in {str(s) for s in TaskState}:
+            raise ConfigurationError(f"not a task state: {state!r} (use one of {', '.join(TaskState)})")
+        if direction not in (None, "in", "out"):
+            raise ConfigurationError(f"direction is 'in' or 'out', not {direction!r}")
+        return [task_dict(t) for t in self.store.tasks(direction, state, limit)]
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel one of our tasks and tell the peer; False when it had ended already.
+
+        Raises:
+            ConfigurationError: no task of ours has that id.
+        """
+        runtime = await self._live()
+        return runtime.cancel(task_id)
+
+    async def watch(self, task_id: str) -> AsyncGenerator[Progress, None]:
+        """The progress reports of one of our tasks, from its start, until it ends.
+
+        Example::
+
+            task_id = await agent.request(wallet, "draft", {"topic": "MLS"})
+            async for update in agent.watch(task_id):
+                print(update.progress, update.message, update.partials)
+        """
+        runtime = await self._live()
+        self._own_task(task_id)
+        watch = runtime.watch(task_id)
+        if watch is None:
+            return
+        queue: asyncio.Queue[Progress | None] = asyncio.Queue()
+        for earlier in watch.backlog:
+            queue.put_nowait(earlier)
+        if watch.done.is_set():
+            queue.put_nowait(None)
+        watch.queues.append(queue)
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                yield event
         finally:
-            self.store.record_call(CallRecord(call_id, "out", peer, skill, status, code, wall,
-                                              (time.perf_counter() - started) * 1000, sent, received))
+            with contextlib.suppress(ValueError):
+                watch.queues.remove(queue)
+
+    def _task(self, task_id: str) -> TaskRecord | None:
+        if not isinstance(task_id, str):
+            raise ConfigurationError(f"a task id is a string, got {type(task_id).__name__}")
+        runtime = self._runtime
+        watch = runtime.watch(task_id) if runtime is not None else None
+        if watch is not None:
+            return watch.task
+        return self.store.task("out", task_id) or self.store.task("in", task_id)
+
+    def _own_task(self, task_id: str) -> TaskRecord:
+        task = self._task(task_id)
+        if task is None or task.direction != "out":
+            raise ConfigurationError(f"no task {task_id} of ours")
+        return task
 
     @staticmethod
     def _raise_for_error(reply: Any) -> None:
@@ -663,10 +821,58 @@ class Agent:
         _started.add(self)
         return self._portal.run(self._agent.connect(wallet, timeout=timeout))
 
-    def call(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *, timeout: float = 30) -> Any:
-        """See :meth:`AsyncAgent.call`."""
+    def call(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *, timeout: float = 30,
+             max_duration: float | None = None, on_progress: Callable[[Progress], None] | None = None,
+             version: str | None = None) -> Any:
+        """See :meth:`AsyncAgent.call` (``on_progress`` runs on the agent's event loop thread)."""
         _started.add(self)
-        return self._portal.run(self._agent.call(wallet, skill, input, timeout=timeout))
+        return self._portal.run(self._agent.call(wallet, skill, input, timeout=timeout, max_duration=max_duration,
+                                                 on_progress=on_progress, version=version))
+
+    def request(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *,
+                timeout: float | None = None, max_duration: float | None = None,
+                on_progress: Callable[[Progress], None] | None = None, version: str | None = None) -> str:
+        """See :meth:`AsyncAgent.request`."""
+        _started.add(self)
+        return self._portal.run(self._agent.request(wallet, skill, input, timeout=timeout,
+                                                    max_duration=max_duration, on_progress=on_progress,
+                                                    version=version))
+
+    def wait(self, task_id: str, timeout: float | None = None) -> Any:
+        """See :meth:`AsyncAgent.wait`."""
+        _started.add(self)
+        return self._portal.run(self._agent.wait(task_id, timeout))
+
+    def get_result(self, task_id: str) -> dict[str, Any]:
+        """See :meth:`AsyncAgent.get_result`."""
+        return self._run(lambda: self._agent.get_result(task_id))  # type: ignore[no-any-return]
+
+    def list_tasks(self, state: str | None = None, limit: int = 20, *,
+                   direction: str | None = None) -> list[dict[str, Any]]:
+        """See :meth:`AsyncAgent.list_tasks`."""
+        return self._run(lambda: self._agent.list_tasks(state, limit, direction=direction))  # type: ignore[no-any-return]
+
+    def cancel(self, task_id: str) -> bool:
+        """See :meth:`AsyncAgent.cancel`."""
+        _started.add(self)
+        return self._portal.run(self._agent.cancel(task_id))
+
+    def watch(self, task_id: str) -> Iterator[Progress]:
+        """See :meth:`AsyncAgent.watch`."""
+        _started.add(self)
+        updates = self._agent.watch(task_id)
+
+        async def step() -> Progress:
+            return await anext(updates)
+
+        try:
+            while True:
+                try:
+                    yield self._portal.run(step())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._portal.run(updates.aclose())
 
     def request_trust(self, wallet: str, tier: TrustTier | int = TrustTier.KNOWN, reason: str = "", *,
                       timeout: float = 30) -> str:

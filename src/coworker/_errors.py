@@ -14,7 +14,9 @@
         ├── AccessDenied          our trust tier at the peer does not allow this kind of request
         ├── SkillNotFound         no such skill, or one above our trust tier (the two look the same)
         ├── InvalidInput          the input failed the skill's schema (``.path`` names the field)
-        └── SkillFailed           the skill raised; carries its message only, never a traceback
+        ├── SkillFailed           the skill raised; carries its message only, never a traceback
+        ├── TaskCanceled          the task was canceled (by us, or by the peer's owner)
+        └── PlanRejected          the peer refused a collaboration's plan
 
 Errors that cross the wire carry a code, never a traceback: ``WIRE_CODES`` maps each code to the class that
 the caller raises, with the peer's message.
@@ -107,6 +109,18 @@ class SkillFailed(CallError):
     code = "SKILL_FAILED"
 
 
+class TaskCanceled(CallError):
+    """The task was canceled before it ended."""
+
+    code = "CANCELED"
+
+
+class PlanRejected(CallError):
+    """The peer refused the plan of a collaboration; the message says why."""
+
+    code = "PLAN_REJECTED"
+
+
 # Wire code -> exception class raised on the caller's side. Codes not listed here become CallError.
 WIRE_CODES: dict[str, type[CoworkerError]] = {
     "ACCESS_DENIED": AccessDenied,
@@ -118,6 +132,11 @@ WIRE_CODES: dict[str, type[CoworkerError]] = {
     "SENDER_MISMATCH": LocalProtocolError,
     "WRONG_RECIPIENT": LocalProtocolError,
     "UNSUPPORTED": LocalProtocolError,
+    "CANCELED": TaskCanceled,
+    "PLAN_REJECTED": PlanRejected,
+    # local codes of tasks that ended on our side
+    "TIMEOUT": CallTimeout,
+    "PEER_UNREACHABLE": PeerUnreachable,
 }
 
 

@@ -35,12 +35,17 @@ MAX_CLOCK_SKEW_MS: Final = 5 * 60_000  # a message may claim a creation time thi
 MAX_TTL_MS: Final = 24 * 3600_000  # exp - ts may not exceed this
 DEFAULT_TTL_MS: Final = 5 * 60_000
 
-# Requests expect exactly one reply; replies resolve the request named by their corr.
-REQUEST_TYPES: Final = frozenset({"ping", "discover", "trust.request", "call.request", "call.cancel"})
+# Requests expect a reply; replies name the request they answer in corr. Replies about a task (call.*) also
+# name the task in their body, so that they count even when the request they answer was an earlier copy or
+# was sent before a restart. call.progress is unsolicited: its corr is the task id.
+REQUEST_TYPES: Final = frozenset({"ping", "discover", "trust.request", "call.request", "call.cancel",
+                                  "plan.propose"})
 REPLY_TYPES: Final = frozenset(
-    {"pong", "capabilities", "trust.grant", "trust.pending", "trust.deny", "call.result", "call.error", "error"}
+    {"pong", "capabilities", "trust.grant", "trust.pending", "trust.deny", "call.ack", "call.progress",
+     "call.result", "call.error", "plan.accept", "plan.reject", "error"}
 )
-# Other types (reserved: call.progress, call.cancel, task.*) are answered UNSUPPORTED until implemented.
+TASK_REPLY_TYPES: Final = frozenset({"call.ack", "call.progress", "call.result", "call.error"})
+# Other types are answered UNSUPPORTED.
 
 _HEX32 = r"^[0-9a-f]{32}$"
 _ADDRESS = r"^0x[0-9a-fA-F]{40}$"
@@ -111,11 +116,13 @@ def reply(to: Envelope, kind: str, body: dict[str, Any], *, now_ms: int, ttl_ms:
     return Envelope(new_id(), kind, to.id, to.recipient, to.sender, now_ms, now_ms + ttl_ms, body)
 
 
-def error_body(code: str, message: str, path: str = "") -> dict[str, Any]:
+def error_body(code: str, message: str, path: str = "", task: str | None = None) -> dict[str, Any]:
     """The body of an ``error`` or ``call.error`` reply."""
     body: dict[str, Any] = {"code": code, "message": message}
     if path:
         body["path"] = path
+    if task is not None:
+        body["task"] = task
     return body
 
 
@@ -226,21 +233,65 @@ class TrustAnswerBody(_Body):
     reason: Annotated[str, Field(max_length=2000)] = ""
 
 
+TaskId = Annotated[str, Field(pattern=_HEX32)]
+
+
 class CallRequestBody(_Body):
     skill: Annotated[str, Field(min_length=1, max_length=200)]
     input: dict[str, Any]
     version: Annotated[str, Field(max_length=50)] | None = None
+    task: TaskId | None = None  # the idempotency key; a request without one is its own task (key = message id)
+
+
+class CallCancelBody(_Body):
+    task: TaskId
+
+
+class CallAckBody(_Body):
+    task: TaskId
+    state: Literal["working", "input_required"]
+
+
+class CallProgressBody(_Body):
+    task: TaskId
+    seq: Annotated[int, Field(ge=1, lt=2**53)]  # numbers the progress messages of one task
+    progress: float | None = None
+    message: Annotated[str, Field(max_length=2000)] = ""
+    index: Annotated[int, Field(ge=0, lt=2**53)] = 0  # position of partials[0] among all the task's partials
+    partials: list[Any] = Field(default_factory=list)
 
 
 class CallResultBody(_Body):
     output: Any = None
     duration_ms: Annotated[float, Field(ge=0)] = 0.0
+    task: TaskId | None = None
+    receipt: dict[str, Any] | None = None
 
 
 class ErrorBody(_Body):
     code: Annotated[str, Field(max_length=64)]
     message: Annotated[str, Field(max_length=4000)] = ""
     path: Annotated[str, Field(max_length=1000)] = ""
+    task: TaskId | None = None
+    receipt: dict[str, Any] | None = None
+
+
+class PlanStepBody(_Body):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    skill: Annotated[str, Field(min_length=1, max_length=200)]
+    agent: Address
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class PlanProposeBody(_Body):
+    collaboration: TaskId
+    goal: Annotated[str, Field(max_length=4000)]
+    steps: list[PlanStepBody] = Field(min_length=1, max_length=50)
+
+
+class PlanAnswerBody(_Body):
+    collaboration: TaskId
+    reason: Annotated[str, Field(max_length=2000)] = ""
 
 
 class SkillCardBody(_Body):
@@ -272,7 +323,13 @@ _BODIES: dict[str, type[_Body]] = {
     "trust.pending": TrustAnswerBody,
     "trust.deny": TrustAnswerBody,
     "call.request": CallRequestBody,
+    "call.cancel": CallCancelBody,
+    "call.ack": CallAckBody,
+    "call.progress": CallProgressBody,
     "call.result": CallResultBody,
+    "plan.propose": PlanProposeBody,
+    "plan.accept": PlanAnswerBody,
+    "plan.reject": PlanAnswerBody,
     "call.error": ErrorBody,
     "error": ErrorBody,
 }

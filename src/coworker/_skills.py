@@ -9,6 +9,7 @@ published schema is JSON Schema and the input is validated before the function r
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import inspect
 import re
 import typing
@@ -37,14 +38,43 @@ _INFORMAL_TYPES: dict[str, Any] = {
 _JSON_SCHEMA_KEYS = frozenset({"$schema", "type", "properties", "required", "$ref", "anyOf", "oneOf", "allOf"})
 
 
+ProgressReporter = Callable[[float | None, str], None]
+
+
 @dataclass(frozen=True, slots=True)
 class CallContext:
-    """What a skill may know about the call it serves; injected into a parameter annotated ``CallContext``."""
+    """What a skill may know about the call it serves; injected into a parameter annotated ``CallContext``.
+
+    Attributes:
+        caller: the caller's checksummed wallet.
+        trust_tier: the tier we hold for the caller.
+        call_id: the task id (the caller's idempotency key).
+        skill: the skill's name.
+        attempt: 1, or more when the task is run again after this agent crashed or was stopped mid-call.
+
+    Example::
+
+        @agent.skill()
+        def crunch(n: int, ctx: CallContext) -> int:
+            for i in range(n):
+                ctx.progress(i / n, f"step {i}")   # keeps the call alive past its timeout
+            return n
+    """
 
     caller: str
     trust_tier: TrustTier
     call_id: str
     skill: str
+    attempt: int = 1
+    _reporter: ProgressReporter | None = field(default=None, repr=False, compare=False)
+
+    def progress(self, progress: float | None = None, message: str = "") -> None:
+        """Tell the caller how far the skill is; each report extends the call's timeout (up to its cap).
+
+        Safe to call from a sync skill's worker thread. Reports are coalesced to a few messages a second.
+        """
+        if self._reporter is not None:
+            self._reporter(None if progress is None else float(progress), str(message)[:2000])
 
 
 def _informal_type(spec: str, skill: str, key: str) -> Any:
@@ -156,6 +186,7 @@ class Skill:
     _model_param: str | None = field(repr=False)
     _context_param: str | None = field(repr=False)
     _is_async: bool = field(repr=False)
+    _item: _Validator | None = field(default=None, repr=False)  # async generator skills: each yielded value
 
     def card(self) -> dict[str, Any]:
         """The skill as published to peers that may see it."""
@@ -189,12 +220,22 @@ class Skill:
             kwargs[self._context_param] = ctx
         return kwargs
 
-    async def run(self, kwargs: dict[str, Any]) -> Any:
+    @property
+    def streams(self) -> bool:
+        """Whether the skill is an async generator: it yields partial results and its output is their list."""
+        return self._item is not None
+
+    async def run(self, kwargs: dict[str, Any], on_partial: Callable[[Any], None] | None = None) -> Any:
         """Run the function (sync ones in a worker thread) and check its output.
+
+        An async generator skill's yielded values are checked one by one and passed to ``on_partial``; its
+        output is the list of them all.
 
         Raises:
             SkillFailed: the function raised, or its output breaks the output schema.
         """
+        if self._item is not None:
+            return await self._stream(kwargs, self._item, on_partial)
         try:
             if self._is_async:
                 result = await typing.cast(Awaitable[Any], self.fn(**kwargs))
@@ -209,6 +250,39 @@ class Skill:
         except (ValidationError, _SchemaMismatch) as exc:
             path, msg = _first_error(exc)
             raise SkillFailed(f"output does not match the skill's schema: {path or 'output'}: {msg}") from None
+
+
+    async def _stream(self, kwargs: dict[str, Any], item: _Validator,
+                      on_partial: Callable[[Any], None] | None) -> list[Any]:
+        items: list[Any] = []
+        try:
+            async for value in self.fn(**kwargs):
+                try:
+                    checked = item.check(value)
+                except (ValidationError, _SchemaMismatch) as exc:
+                    path, msg = _first_error(exc)
+                    raise SkillFailed(f"partial result {len(items)} does not match the skill's schema: "
+                                      f"{path or 'value'}: {msg}") from None
+                items.append(checked)
+                if on_partial is not None:
+                    on_partial(checked)
+        except (asyncio.CancelledError, SkillFailed):
+            raise
+        except Exception as exc:
+            raise SkillFailed(public_message(exc)) from exc
+        return items
+
+
+_STREAM_ORIGINS = frozenset({collections.abc.AsyncIterator, collections.abc.AsyncGenerator,
+                             collections.abc.AsyncIterable})
+
+
+def _yielded_type(ret: Any) -> Any:
+    """The type an async generator's return annotation says it yields (Any when it does not say)."""
+    if typing.get_origin(ret) in _STREAM_ORIGINS:
+        args = typing.get_args(ret)
+        return args[0] if args else Any
+    return Any
 
 
 def build_skill(fn: SkillFunction, *, name: str | None, description: str | None,
@@ -285,7 +359,31 @@ def build_skill(fn: SkillFunction, *, name: str | None, description: str | None,
         raise ConfigurationError(f"skill {skill_name!r}: input_schema must be a pydantic model, a JSON Schema "
                                  f"or a map of field names to type names")
 
-    if isinstance(output_schema, type) and issubclass(output_schema, BaseModel):
+    item_validator: _Validator | None = None
+    if inspect.isgeneratorfunction(fn):
+        raise ConfigurationError(f"skill {skill_name!r}: a generator skill must be async (async def ... yield)")
+    if inspect.isasyncgenfunction(fn):
+        # The schema options describe one yielded value; the output is the list of them.
+        if output_schema is None or (isinstance(output_schema, Mapping) and not output_schema):
+            try:
+                item_validator = _adapter_validator(_yielded_type(hints.get("return", Any)))
+            except Exception as exc:
+                raise ConfigurationError(f"skill {skill_name!r}: cannot build a schema for what it yields: "
+                                         f"{exc}") from None
+        elif isinstance(output_schema, type) and issubclass(output_schema, BaseModel):
+            item_validator = _adapter_validator(output_schema)
+        elif isinstance(output_schema, Mapping) and _is_informal(output_schema):
+            item_fields: dict[str, Any] = {str(k): (_informal_type(v, skill_name, k), ...)
+                                           for k, v in output_schema.items()}
+            item_validator = _adapter_validator(create_model(f"{skill_name}_item", __base__=BaseModel,
+                                                             **item_fields))
+        elif isinstance(output_schema, Mapping):
+            item_validator = _json_schema_validator(dict(output_schema), skill_name)
+        else:
+            raise ConfigurationError(f"skill {skill_name!r}: output_schema must be a pydantic model, a JSON "
+                                     f"Schema or a map of field names to type names")
+        out_validator = _Validator({"type": "array", "items": item_validator.json_schema}, lambda v: v)
+    elif isinstance(output_schema, type) and issubclass(output_schema, BaseModel):
         out_validator = _adapter_validator(output_schema)
     elif isinstance(output_schema, Mapping) and _is_informal(output_schema):
         out_fields: dict[str, Any] = {str(k): (_informal_type(v, skill_name, k), ...) for k, v in output_schema.items()}
@@ -308,4 +406,5 @@ def build_skill(fn: SkillFunction, *, name: str | None, description: str | None,
         _input=in_validator, _output=out_validator, _model_param=model_param,
         _context_param=context_param,
         _is_async=inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__),
+        _item=item_validator,
     )

@@ -83,6 +83,56 @@ MIGRATIONS: tuple[str, ...] = (
         value       TEXT NOT NULL
     );
     """,
+    # 2: calls become durable tasks (both directions); collaborations
+    """
+    CREATE TABLE tasks (
+        id             TEXT NOT NULL,          -- the caller's task id, also the idempotency key
+        direction      TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+        peer           TEXT NOT NULL,          -- lower-case wallet of the other side
+        address        TEXT NOT NULL,          -- its checksummed address
+        skill          TEXT NOT NULL,
+        version        TEXT,
+        state          TEXT NOT NULL,
+        input          TEXT NOT NULL,          -- JSON
+        output         TEXT,                   -- JSON, once completed
+        error_code     TEXT,
+        error_message  TEXT,
+        error_path     TEXT,
+        created_at     REAL NOT NULL,
+        updated_at     REAL NOT NULL,
+        last_activity  REAL NOT NULL,          -- start or last progress: the timeout counts from here
+        timeout        REAL,
+        cap            REAL,
+        attempts       INTEGER NOT NULL DEFAULT 0,
+        duration_ms    REAL NOT NULL DEFAULT 0,
+        request_bytes  INTEGER NOT NULL DEFAULT 0,
+        response_bytes INTEGER NOT NULL DEFAULT 0,
+        receipt        TEXT,                   -- JSON, signed by the provider
+        receipt_valid  INTEGER,                -- caller side: did the receipt verify
+        PRIMARY KEY (direction, peer, id)
+    );
+    CREATE UNIQUE INDEX tasks_out_id ON tasks (id) WHERE direction = 'out';
+    CREATE INDEX tasks_created ON tasks (created_at);
+    CREATE INDEX tasks_state ON tasks (direction, state);
+    INSERT INTO tasks (id, direction, peer, address, skill, state, input, error_code, created_at, updated_at,
+                       last_activity, attempts, duration_ms, request_bytes, response_bytes)
+        SELECT id, direction, lower(peer), peer, skill,
+               CASE status WHEN 'refused' THEN 'rejected' WHEN 'timeout' THEN 'expired' ELSE status END,
+               '{}', error_code, started_at, started_at, started_at, 1, duration_ms, request_bytes,
+               response_bytes
+        FROM calls;
+    DROP TABLE calls;
+    CREATE TABLE collaborations (
+        id          TEXT PRIMARY KEY,
+        peer        TEXT NOT NULL,             -- checksummed address of the other agent
+        goal        TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        record      TEXT NOT NULL,             -- JSON: plan, steps and their outcomes
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE INDEX collaborations_created ON collaborations (created_at);
+    """,
 )
 
 PRUNE_EVERY = 1000  # remember-seen inserts between two deletions of expired ids
@@ -102,7 +152,7 @@ class TrustRequest:
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    """One call, made (``out``) or served (``in``)."""
+    """One call, made (``out``) or served (``in``): a summary of its task. ``status`` is the task's state."""
 
     id: str
     direction: str
@@ -114,6 +164,47 @@ class CallRecord:
     duration_ms: float
     request_bytes: int
     response_bytes: int
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """One task as one side sees it (``direction`` ``out``: we called; ``in``: we served)."""
+
+    id: str
+    direction: str
+    peer: str  # checksummed address
+    skill: str
+    state: str
+    input: Any
+    created_at: float
+    version: str | None = None
+    output: Any = None
+    error_code: str | None = None
+    error_message: str | None = None
+    error_path: str | None = None
+    updated_at: float = 0.0
+    last_activity: float = 0.0
+    timeout: float | None = None
+    cap: float | None = None
+    attempts: int = 0
+    duration_ms: float = 0.0
+    request_bytes: int = 0
+    response_bytes: int = 0
+    receipt: dict[str, Any] | None = None
+    receipt_valid: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CollaborationRecord:
+    """A collaboration as its initiator keeps it; ``record`` holds the plan and the steps' outcomes."""
+
+    id: str
+    peer: str
+    goal: str
+    state: str
+    record: dict[str, Any]
+    created_at: float
+    updated_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +236,16 @@ class Store(Protocol):
     def peer(self, wallet: str) -> PeerRecord | None: ...
     def peers(self) -> list[PeerRecord]: ...
     def remember(self, message_id: str, expires_at_ms: int, now_ms: int) -> bool: ...
-    def record_call(self, call: CallRecord) -> None: ...
+    def add_task(self, task: TaskRecord) -> bool: ...
+    def task(self, direction: str, task_id: str, peer: str | None = None) -> TaskRecord | None: ...
+    def update_task(self, task: TaskRecord, **changes: Any) -> None: ...
+    def tasks(self, direction: str | None = None, state: str | None = None, limit: int = 20) -> list[TaskRecord]: ...
+    def live_tasks(self, direction: str) -> list[TaskRecord]: ...
     def calls(self, limit: int = 50) -> list[CallRecord]: ...
     def call_counts(self) -> dict[str, int]: ...
+    def save_collaboration(self, collab: CollaborationRecord) -> None: ...
+    def collaboration(self, collab_id: str) -> CollaborationRecord | None: ...
+    def collaborations(self, limit: int = 20) -> list[CollaborationRecord]: ...
     def get_setting(self, key: str) -> str | None: ...
     def set_setting(self, key: str, value: str) -> None: ...
 
@@ -345,23 +443,92 @@ class SQLiteStore:
             self._write("DELETE FROM seen WHERE expires_at < ?", (now_ms,))
         return True
 
-    # ---- calls --------------------------------------------------------------------------------------------
+    # ---- tasks --------------------------------------------------------------------------------------------
 
-    def record_call(self, call: CallRecord) -> None:
-        self._write("INSERT OR REPLACE INTO calls (id, direction, peer, skill, status, error_code, started_at, "
-                    "duration_ms, request_bytes, response_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (call.id, call.direction, call.peer, call.skill, call.status, call.error_code, call.started_at,
-                     call.duration_ms, call.request_bytes, call.response_bytes))
+    def add_task(self, task: TaskRecord) -> bool:
+        """Insert a task; False (and nothing written) when one with its key exists already."""
+        cur = self._write(
+            f"INSERT OR IGNORE INTO tasks (peer, {', '.join(_TASK_COLUMNS)}) "
+            f"VALUES (?, {', '.join('?' * len(_TASK_COLUMNS))})",
+            (_key(task.peer), *(_task_value(c, getattr(task, _TASK_FIELD.get(c, c))) for c in _TASK_COLUMNS)))
+        return cur.rowcount == 1
+
+    def task(self, direction: str, task_id: str, peer: str | None = None) -> TaskRecord | None:
+        """A task by id: ours (``out``) by id alone, a served one (``in``) by its caller and id (or the first
+        served one with that id when ``peer`` is None)."""
+        if direction == "in" and peer is None:
+            row = self._db.execute(f"SELECT {_TASK_SELECT} FROM tasks WHERE direction = 'in' AND id = ? LIMIT 1",
+                                   (task_id,)).fetchone()
+        elif direction == "out":
+            row = self._db.execute(f"SELECT {_TASK_SELECT} FROM tasks WHERE direction = 'out' AND id = ?",
+                                   (task_id,)).fetchone()
+        else:
+            row = self._db.execute(f"SELECT {_TASK_SELECT} FROM tasks WHERE direction = 'in' AND peer = ? "
+                                   f"AND id = ?", (_key(peer or ""), task_id)).fetchone()
+        return _task(row) if row else None
+
+    def update_task(self, task: TaskRecord, **changes: Any) -> None:
+        """Change fields of ``task``, in the database and on the object."""
+        unknown = set(changes) - set(_TASK_COLUMNS) - {"receipt_valid"}
+        if unknown:
+            raise ValueError(f"not task fields: {sorted(unknown)}")
+        for name, value in changes.items():
+            setattr(task, name, value)
+        columns = [_TASK_COLUMN.get(name, name) for name in changes]
+        self._write(f"UPDATE tasks SET {', '.join(f'{c} = ?' for c in columns)} "
+                    f"WHERE direction = ? AND peer = ? AND id = ?",
+                    (*(_task_value(c, v) for c, v in zip(columns, changes.values(), strict=True)),
+                     task.direction, _key(task.peer), task.id))
+
+    def tasks(self, direction: str | None = None, state: str | None = None, limit: int = 20) -> list[TaskRecord]:
+        """Tasks newest first, optionally of one direction and one state."""
+        where, params = [], []
+        if direction is not None:
+            where.append("direction = ?")
+            params.append(direction)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._db.execute(f"SELECT {_TASK_SELECT} FROM tasks {clause}ORDER BY created_at DESC, rowid DESC "
+                                f"LIMIT ?", (*params, limit)).fetchall()
+        return [_task(r) for r in rows]
+
+    def live_tasks(self, direction: str) -> list[TaskRecord]:
+        """Tasks of one direction that have not ended, oldest first."""
+        rows = self._db.execute(f"SELECT {_TASK_SELECT} FROM tasks WHERE direction = ? AND state IN "
+                                f"('submitted', 'working', 'input_required') ORDER BY created_at",
+                                (direction,)).fetchall()
+        return [_task(r) for r in rows]
 
     def calls(self, limit: int = 50) -> list[CallRecord]:
-        rows = self._db.execute("SELECT id, direction, peer, skill, status, error_code, started_at, duration_ms, "
-                                "request_bytes, response_bytes FROM calls ORDER BY started_at DESC LIMIT ?",
-                                (limit,)).fetchall()
+        rows = self._db.execute("SELECT id, direction, address, skill, state, error_code, created_at, duration_ms, "
+                                "request_bytes, response_bytes FROM tasks ORDER BY created_at DESC, rowid DESC "
+                                "LIMIT ?", (limit,)).fetchall()
         return [CallRecord(*r) for r in rows]
 
     def call_counts(self) -> dict[str, int]:
-        rows = self._db.execute("SELECT direction || ':' || status, COUNT(*) FROM calls GROUP BY 1").fetchall()
+        rows = self._db.execute("SELECT direction || ':' || state, COUNT(*) FROM tasks GROUP BY 1").fetchall()
         return {r[0]: r[1] for r in rows}
+
+    # ---- collaborations -----------------------------------------------------------------------------------
+
+    def save_collaboration(self, collab: CollaborationRecord) -> None:
+        self._write("INSERT INTO collaborations (id, peer, goal, state, record, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state, "
+                    "record = excluded.record, updated_at = excluded.updated_at",
+                    (collab.id, collab.peer, collab.goal, collab.state, json.dumps(collab.record),
+                     collab.created_at, collab.updated_at))
+
+    def collaboration(self, collab_id: str) -> CollaborationRecord | None:
+        row = self._db.execute("SELECT id, peer, goal, state, record, created_at, updated_at FROM collaborations "
+                               "WHERE id = ?", (collab_id,)).fetchone()
+        return _collaboration(row) if row else None
+
+    def collaborations(self, limit: int = 20) -> list[CollaborationRecord]:
+        rows = self._db.execute("SELECT id, peer, goal, state, record, created_at, updated_at FROM collaborations "
+                                "ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+        return [_collaboration(r) for r in rows]
 
     # ---- settings -----------------------------------------------------------------------------------------
 
@@ -372,3 +539,38 @@ class SQLiteStore:
     def set_setting(self, key: str, value: str) -> None:
         self._write("INSERT INTO settings (key, value) VALUES (?, ?) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+# Task columns in table order (``peer`` is written from the address); the field a column holds, where the
+# names differ; and the columns that hold JSON.
+_TASK_COLUMNS: tuple[str, ...] = (
+    "id", "direction", "address", "skill", "version", "state", "input", "output", "error_code", "error_message",
+    "error_path", "created_at", "updated_at", "last_activity", "timeout", "cap", "attempts", "duration_ms",
+    "request_bytes", "response_bytes", "receipt", "receipt_valid")
+_TASK_FIELD = {"address": "peer"}
+_TASK_COLUMN = {"peer": "address"}
+_JSON_COLUMNS = frozenset({"input", "output", "receipt"})
+_TASK_SELECT = ", ".join(_TASK_COLUMNS)
+
+
+def _task_value(column: str, value: Any) -> Any:
+    if column in _JSON_COLUMNS:
+        return None if value is None and column != "input" else json.dumps(value, separators=(",", ":"))
+    if column == "receipt_valid":
+        return None if value is None else int(bool(value))
+    return value
+
+
+def _task(row: tuple[Any, ...]) -> TaskRecord:
+    values = dict(zip(_TASK_COLUMNS, row, strict=True))
+    for column in _JSON_COLUMNS:
+        if values[column] is not None:
+            values[column] = json.loads(values[column])
+    if values["receipt_valid"] is not None:
+        values["receipt_valid"] = bool(values["receipt_valid"])
+    values["peer"] = values.pop("address")
+    return TaskRecord(**values)
+
+
+def _collaboration(row: tuple[Any, ...]) -> CollaborationRecord:
+    return CollaborationRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])

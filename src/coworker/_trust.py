@@ -46,7 +46,7 @@ class TrustTier(enum.IntEnum):
 # Request kinds that any peer, trusted or not, may send.
 OPEN_KINDS = frozenset({"ping", "discover", "trust.request"})
 # Request kinds that need at least KNOWN.
-TRUSTED_KINDS = frozenset({"call.request", "call.cancel"})
+TRUSTED_KINDS = frozenset({"call.request", "call.cancel", "plan.propose"})
 
 
 @dataclass(frozen=True, slots=True)
