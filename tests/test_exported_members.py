@@ -7,8 +7,9 @@ import coworker
 PUBLIC = {
     "AccessDenied", "Agent", "AsyncAgent", "CallContext", "CallError", "CallRecord", "CallTimeout",
     "ConfigurationError", "CoworkerError", "IdentityError", "InvalidInput", "LocalProtocolError", "MemoryNetwork",
-    "Network", "Peer", "PeerRecord", "PeerUnreachable", "ProtocolError", "RemoteProtocolError", "Skill",
-    "SkillFailed", "SkillNotFound", "StoreError", "TransportError", "TrustRequest", "TrustTier", "XmtpNetwork",
+    "Network", "Peer", "PeerRecord", "PeerUnreachable", "Progress", "ProtocolError", "Receipt",
+    "RemoteProtocolError", "RetryPolicy", "Skill", "SkillFailed", "SkillNotFound", "StoreError", "TaskCanceled",
+    "TaskState", "TransportError", "TrustRequest", "TrustTier", "XmtpNetwork",
     "__version__",
 }
 

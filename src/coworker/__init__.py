@@ -24,11 +24,13 @@ from ._errors import (
     SkillFailed,
     SkillNotFound,
     StoreError,
+    TaskCanceled,
     TransportError,
 )
 from ._memory import MemoryNetwork
 from ._skills import CallContext, Skill
 from ._store import CallRecord, PeerRecord, TrustRequest
+from ._tasks import Progress, Receipt, RetryPolicy, TaskState
 from ._transport import Network
 from ._trust import TrustTier
 from ._xmtp import XmtpNetwork
@@ -53,12 +55,17 @@ __all__ = [
     "Peer",
     "PeerRecord",
     "PeerUnreachable",
+    "Progress",
     "ProtocolError",
+    "Receipt",
     "RemoteProtocolError",
+    "RetryPolicy",
     "Skill",
     "SkillFailed",
     "SkillNotFound",
     "StoreError",
+    "TaskCanceled",
+    "TaskState",
     "TransportError",
     "TrustRequest",
     "TrustTier",
