@@ -27,6 +27,7 @@ from ._errors import (
     CoworkerError,
     IdentityError,
     StoreError,
+    TransportError,
     error_from_wire,
 )
 from ._identity import KEYSTORE_FILE, Identity, checksum
@@ -549,7 +550,8 @@ class AsyncAgent:
         if task.state == TaskState.COMPLETED:
             return task.output
         if task.state in _LIVE_STATES:
-            raise CallTimeout(f"task {task_id} is still {task.state}")
+            raise TransportError(f"the agent stopped before task {task_id} ended (it is {task.state}; it goes on "
+                                 f"when the agent starts again)")
         raise error_from_wire(task.error_code or "CALL_ERROR", task.error_message or task.state,
                               task.error_path or "")
 

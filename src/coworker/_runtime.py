@@ -126,12 +126,13 @@ class TaskSet:
         return len(self._tasks)
 
     async def close(self, grace: float) -> None:
-        if self._tasks:
+        """Let the tasks finish for ``grace`` seconds, then cancel them and wait for them (as long again)."""
+        if self._tasks and grace > 0:
             await asyncio.wait(set(self._tasks), timeout=grace)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
+            await asyncio.wait(set(self._tasks), timeout=max(grace, SHUTDOWN_GRACE))
 
 
 class _Reporter:
@@ -211,12 +212,14 @@ class Runtime:
         self._transport: Transport | None = None
         self._pending: dict[str, _Pending] = {}
         self._tasks = TaskSet()
+        self._drivers = TaskSet()  # the caller side of our live tasks: cancelled at once on close, resumed on start
         self._touched: dict[str, float] = {}
         self._skill_slots = asyncio.Semaphore(MAX_CONCURRENT_SKILLS)
         self._early: list[Incoming] | None = None
         self._watches: dict[str, _Watch] = {}  # our live tasks, by task id
         self._sent: dict[str, str] = {}  # message id of a call.request copy -> its task id
-        self._running: dict[tuple[str, str], asyncio.Task[Any]] = {}  # served tasks running: (caller, id)
+        # served tasks whose skill runs, by (caller, task id): the coroutine and the record it holds
+        self._running: dict[tuple[str, str], tuple[asyncio.Task[Any], TaskRecord]] = {}
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -253,10 +256,8 @@ class Runtime:
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(TransportError("agent stopped"))
+        await self._drivers.close(0)
         await self._tasks.close(SHUTDOWN_GRACE)
-        for watch in self._watches.values():
-            for queue in watch.queues:
-                queue.put_nowait(None)
         self._watches.clear()
         self._sent.clear()
         if transport is not None:
@@ -563,7 +564,7 @@ class Runtime:
         key = (task.peer.lower(), task.id)
         current = asyncio.current_task()
         assert current is not None
-        self._running[key] = current
+        self._running[key] = (current, task)
         loop = asyncio.get_running_loop()
         ack = None
         if request is not None:
@@ -651,17 +652,21 @@ class Runtime:
                 log.info("could not acknowledge task %s: %s", task.id, exc)
 
     async def _cancel_served(self, env: proto.Envelope, body: proto.CallCancelBody, peer: str) -> None:
-        task = self.store.task("in", body.task, peer)
+        running = self._running.get((peer.lower(), body.task))
+        task = running[1] if running is not None else self.store.task("in", body.task, peer)
+        now = self.clock()
         if task is None:
-            await self._refuse(env, "UNKNOWN_TASK", "no such task of yours", task=body.task)
-            return
-        if task.state in LIVE:
-            self.store.update_task(task, state=TaskState.CANCELED, updated_at=self.clock(), error_code="CANCELED",
+            # The cancellation overtook its request: remember it, so that the request never runs.
+            task = TaskRecord(body.task, "in", peer, "", TaskState.CANCELED, {}, now, updated_at=now,
+                              last_activity=now, error_code="CANCELED", error_message="canceled by the caller")
+            self.store.add_task(task)
+            self.store.flush()
+        elif task.state in LIVE:
+            self.store.update_task(task, state=TaskState.CANCELED, updated_at=now, error_code="CANCELED",
                                    error_message="canceled by the caller")
             self.store.flush()
-            running = self._running.get((peer.lower(), task.id))
             if running is not None:
-                running.cancel()
+                running[0].cancel()
             log.info("task %s (%s for %s) canceled by its caller", task.id, task.skill, peer)
         await self._send_data(env.sender, self._task_answer(env, task))
 
@@ -712,7 +717,7 @@ class Runtime:
 
     def _start_driver(self, task: TaskRecord) -> _Watch:
         watch = self._watches[task.id] = _Watch(task)
-        self._tasks.spawn(self._drive(task, watch), f"coworker-task-{task.id}")
+        self._drivers.spawn(self._drive(task, watch), f"coworker-task-{task.id}")
         return watch
 
     async def _drive(self, task: TaskRecord, watch: _Watch) -> None:
@@ -728,14 +733,18 @@ class Runtime:
                     self._expire(task, watch)
                     break
                 if now >= next_send:
+                    # A send waits while the transport recovers (a sidecar restarting): bounded, then retried.
+                    bound = self.retry.maximum if ends is None else min(self.retry.maximum, ends - self.clock())
                     try:
-                        await self._send_copy(task, watch, body)
+                        async with asyncio.timeout(max(bound, 0.05)):
+                            await self._send_copy(task, watch, body)
                     except (PeerUnreachable, LocalProtocolError) as exc:
                         code = "PEER_UNREACHABLE" if isinstance(exc, PeerUnreachable) else "PROTOCOL_ERROR"
                         self._end(task, watch, TaskState.REJECTED, error_code=code, error_message=str(exc))
                         break
-                    except TransportError as exc:
-                        log.info("could not send task %s to %s (will try again): %s", task.id, task.peer, exc)
+                    except (TransportError, TimeoutError) as exc:
+                        log.info("could not send task %s to %s (will try again): %s", task.id, task.peer,
+                                 exc or "timed out")
                     copies += 1
                     next_send = loop.time() + self.retry.delay(copies)
                 wait = next_send - loop.time()
