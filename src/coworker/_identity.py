@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from eth_account import Account
-from eth_account.messages import encode_defunct
+from eth_account.messages import defunct_hash_message
 from eth_account.signers.local import LocalAccount
+from eth_keys.datatypes import PrivateKey, PublicKey, Signature
+from eth_keys.exceptions import BadSignature
 from eth_utils.address import to_checksum_address
+from eth_utils.exceptions import ValidationError
 
 from ._errors import ConfigurationError, IdentityError
 from ._protocol import is_address
@@ -62,10 +65,11 @@ def _ensure_private(path: Path) -> None:
 class Identity:
     """The wallet of one agent. ``address`` is public; the key never leaves this object except to a transport."""
 
-    __slots__ = ("_account", "address")
+    __slots__ = ("_account", "_key", "address")
 
     def __init__(self, account: LocalAccount) -> None:
         self._account = account
+        self._key = PrivateKey(bytes(account.key))  # signs without eth-account's per-call conversions
         self.address: str = checksum(account.address)
 
     def __repr__(self) -> str:
@@ -131,14 +135,36 @@ class Identity:
 
     def sign_text(self, text: str) -> str:
         """An EIP-191 personal signature of ``text``, as 0x-prefixed hex."""
-        signed = self._account.sign_message(encode_defunct(text=text))
-        return "0x" + bytes(signed.signature).hex()
+        signature = self._key.sign_msg_hash(defunct_hash_message(text=text))
+        return "0x" + signature.to_bytes()[:64].hex() + f"{signature.v + 27:02x}"
 
     def private_key_hex(self) -> str:
         """The raw key, for a transport that must sign for this wallet. Never log or send it."""
         return "0x" + bytes(self._account.key).hex()
 
 
+def signed_by(text: str, signature: str, address: str) -> bool:
+    """Whether ``signature`` is an EIP-191 signature of ``text`` by the wallet ``address``; False for a
+    malformed signature too. (Compares raw addresses: cheaper than :func:`recover_signer`.)"""
+    try:
+        signer: bytes = _recover(text, signature).to_canonical_address()
+        return signer == bytes.fromhex(address.removeprefix("0x"))
+    except (ValueError, TypeError, BadSignature, ValidationError):
+        return False
+
+
+def _recover(text: str, signature: str) -> PublicKey:
+    raw = bytes.fromhex(signature.removeprefix("0x"))
+    if len(raw) != 65 or raw[64] not in (27, 28):
+        raise ValueError("not a 65-byte EIP-191 signature")
+    vrs = Signature(signature_bytes=raw[:64] + bytes([raw[64] - 27]))
+    return vrs.recover_public_key_from_msg_hash(defunct_hash_message(text=text))
+
+
 def recover_signer(text: str, signature: str) -> str:
-    """The checksummed address that made an EIP-191 ``signature`` of ``text``."""
-    return checksum(Account.recover_message(encode_defunct(text=text), signature=signature))
+    """The checksummed address that made an EIP-191 ``signature`` of ``text``.
+
+    Raises:
+        ValueError: ``signature`` is not a 65-byte hex signature (r, s, v with v 27 or 28).
+    """
+    return checksum(_recover(text, signature).to_checksum_address())

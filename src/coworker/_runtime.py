@@ -597,33 +597,42 @@ class Runtime:
 
     def _finish(self, task: TaskRecord, request: proto.Envelope | None, output: Any, error: CoworkerError | None,
                 wall: float, duration: float) -> bytes:
-        """Store a served task's outcome with its signed receipt; the answer's bytes."""
+        """Store a served task's outcome with its signed receipt; the answer's bytes (encoded once)."""
         to = request or self._stub_request(task)
+        duration_ms = round(duration, 3)
+        data = b""
         if error is None:
-            body: dict[str, Any] = {"task": task.id, "output": output, "duration_ms": round(duration, 3)}
+            try:
+                output_bytes = json_size(output)
+            except (ValueError, TypeError) as exc:
+                error = SkillFailed(f"the result cannot be sent as JSON: {exc}")
+        if error is None:
+            receipt = self._receipt(task, TaskState.COMPLETED, wall, duration_ms, output_bytes)
+            body = {"task": task.id, "output": output, "duration_ms": duration_ms, "receipt": receipt}
             kind, data = self._encode_reply(to, "call.result", body)
-            if kind != "call.result":
+            if kind != "call.result":  # over the size limit
                 error = SkillFailed(proto.decode(data).body["message"])
-        if error is not None:
-            output = None
-        code = None if error is None else getattr(error, "code", "SKILL_FAILED")
-        state = TaskState.COMPLETED if error is None else TaskState.FAILED
-        receipt = Receipt(task_id=task.id, caller=task.peer, provider=self.wallet, skill=task.skill,
-                          version=task.version or "", status=str(state), started_at=round(wall, 3),
-                          duration_ms=round(duration, 3), input_bytes=json_size(task.input),
-                          output_bytes=json_size(output) if error is None else 0)
-        receipt = dataclasses.replace(receipt, signature=self.identity.sign_text(receipt.canonical()))
-        changes: dict[str, Any] = {"state": state, "updated_at": self.clock(), "duration_ms": duration,
-                                   "receipt": receipt.to_dict()}
         if error is None:
-            changes["output"] = output
+            changes: dict[str, Any] = {"state": TaskState.COMPLETED, "output": output}
         else:
-            changes.update(error_code=code, error_message=str(error), error_path=getattr(error, "path", "") or None)
-        self.store.update_task(task, **changes)
-        data = self._task_answer(to, task)
-        self.store.update_task(task, response_bytes=len(data))
+            receipt = self._receipt(task, TaskState.FAILED, wall, duration_ms, 0)
+            code, path = getattr(error, "code", "SKILL_FAILED"), getattr(error, "path", "")
+            body = {**proto.error_body(code, str(error), path, task=task.id), "receipt": receipt}
+            data = self._encode_reply(to, "call.error", body)[1]
+            changes = {"state": TaskState.FAILED, "error_code": code, "error_message": str(error),
+                       "error_path": path or None}
+        self.store.update_task(task, updated_at=self.clock(), duration_ms=duration, receipt=receipt,
+                               response_bytes=len(data), **changes)
         self.store.flush()  # the outcome is durable before it leaves: a crash now cannot lead to a second run
         return data
+
+    def _receipt(self, task: TaskRecord, state: TaskState, wall: float, duration_ms: float,
+                 output_bytes: int) -> dict[str, Any]:
+        """The usage receipt of a served task, signed with our wallet."""
+        receipt = Receipt(task_id=task.id, caller=task.peer, provider=self.wallet, skill=task.skill,
+                          version=task.version or "", status=str(state), started_at=round(wall, 3),
+                          duration_ms=duration_ms, input_bytes=json_size(task.input), output_bytes=output_bytes)
+        return dataclasses.replace(receipt, signature=self.identity.sign_text(receipt.canonical())).to_dict()
 
     def _stub_request(self, task: TaskRecord) -> proto.Envelope:
         """A stand-in for a request we no longer have (a task resumed after a restart): answers go to its task."""

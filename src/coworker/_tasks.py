@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ._identity import recover_signer, same_wallet
+from ._identity import same_wallet, signed_by
+from ._protocol import is_address
 
 
 class TaskState(enum.StrEnum):
@@ -171,12 +172,11 @@ class Receipt:
     v: int = RECEIPT_VERSION
 
     def canonical(self) -> str:
-        fields = asdict(self)
-        del fields["signature"]
+        fields = {name: getattr(self, name) for name in _RECEIPT_FIELDS if name != "signature"}
         return json.dumps(fields, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _RECEIPT_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Receipt:
@@ -196,10 +196,7 @@ class Receipt:
         when given)."""
         if provider is not None and not same_wallet(provider, self.provider):
             return False
-        try:
-            return same_wallet(recover_signer(self.canonical(), self.signature), self.provider)
-        except Exception:  # a malformed signature is simply not a valid one
-            return False
+        return is_address(self.provider) and signed_by(self.canonical(), self.signature, self.provider)
 
 
 _RECEIPT_TYPES: Final[dict[str, type | tuple[type, ...]]] = {
