@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
 
 import coworker
 from coworker import AsyncAgent, CallContext, MemoryNetwork, Progress, Receipt, RetryPolicy, TaskState, TrustTier
@@ -67,6 +69,10 @@ def test_a_receipt_verifies_against_its_provider_and_not_once_changed() -> None:
     forged = dataclasses.replace(receipt, signature=other.sign_text(receipt.canonical()))
     assert not forged.verify(provider.address)
     assert Receipt.from_dict(signed.to_dict()) == signed
+    # an ordinary EIP-191 personal signature: any Ethereum tool recovers the provider from it
+    recovered = Account.recover_message(encode_defunct(text=receipt.canonical()), signature=signed.signature)
+    assert recovered == provider.address
+    assert not dataclasses.replace(signed, signature="0x1234").verify()
     with pytest.raises(ValueError, match="not a receipt"):
         Receipt.from_dict({**signed.to_dict(), "duration_ms": "fast"})
 
