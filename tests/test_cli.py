@@ -271,6 +271,47 @@ def test_skills_before_the_first_run_says_so(capsys: Capture) -> None:
     assert json.loads(out) == []
 
 
+def test_tasks_and_task_show_calls_made_and_their_receipts(home: Path, capsys: Capture) -> None:
+    init(capsys, "alice")
+    net = MemoryNetwork()
+    a = AsyncAgent("alice", network=net)
+    b = AsyncAgent("bob", network=net, data_dir=home / "elsewhere" / "bob")
+
+    @b.skill()
+    def echo(text: str) -> str:
+        return text
+
+    async def calls() -> tuple[str, str]:
+        b.set_trust(a.wallet, TrustTier.KNOWN)
+        async with a, b:
+            done = await a.request(b.wallet, "echo", {"text": "hi"})
+            await a.wait(done)
+            refused = await a.request(b.wallet, "missing")
+            with pytest.raises(coworker.SkillNotFound):
+                await a.wait(refused)
+        return done, refused
+
+    done, refused = asyncio.run(calls())
+    for agent in (a, b):
+        agent.close()
+    code, out, err = run(capsys, "tasks")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["TASK", "DIR", "STATE", "SKILL", "MS", "PEER"]
+    assert [line.split()[:4] for line in lines[1:]] == [[refused, "out", "rejected", "missing"],
+                                                        [done, "out", "completed", "echo"]]
+    code, out, _ = run(capsys, "tasks", "--state", "completed", "--json")
+    assert [t["task_id"] for t in json.loads(out)] == [done]
+    code, out, _ = run(capsys, "task", done)
+    assert code == 0 and 'result    "hi"' in out and "signature verifies" in out and f"signed by {b.wallet}" in out
+    code, out, _ = run(capsys, "task", refused, "--json")
+    assert json.loads(out)["error"]["code"] == "SKILL_NOT_FOUND"
+    code, _, err = run(capsys, "task", "0" * 32)
+    assert code == 1 and "no task" in err
+    code, _, err = run(capsys, "tasks", "--state", "finished")
+    assert code == 1 and "not a task state" in err
+
+
 # ---- trust ----------------------------------------------------------------------------------------------------
 
 

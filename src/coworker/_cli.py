@@ -44,6 +44,7 @@ from ._cli_net import register as register_network_commands
 from ._control import ControlClient
 from ._errors import ConfigurationError, CoworkerError
 from ._identity import KEY_FILE, KEYSTORE_FILE, Identity, checksum
+from ._tasks import Receipt
 from ._trust import TrustTier
 
 log = logging.getLogger("coworker.cli")
@@ -377,6 +378,54 @@ def _cmd_skills(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- tasks ----------------------------------------------------------------------------------------------------
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    with _open_agent(args) as agent:
+        tasks = agent.list_tasks(args.state, args.limit, direction=args.direction)
+    if args.json:
+        _print_json(tasks)
+        return 0
+    if not tasks:
+        print("no tasks" + (f" in state {args.state}" if args.state else ""))
+        return 0
+    print(f"{'TASK':<32}  {'DIR':<3}  {'STATE':<14}  {'SKILL':<20}  {'MS':>9}  PEER")
+    for t in tasks:
+        print(f"{t['task_id']:<32}  {t['direction']:<3}  {t['state']:<14}  {t['skill'][:20]:<20}  "
+              f"{t['duration_ms']:>9.1f}  {t['peer']}")
+    return 0
+
+
+def _cmd_task(args: argparse.Namespace) -> int:
+    with _open_agent(args) as agent:
+        task = agent.get_result(args.task_id)
+        provider = task["peer"] if task["direction"] == "out" else agent.wallet
+    receipt = task["receipt"]
+    task["receipt_verifies"] = None
+    if receipt is not None:
+        try:
+            task["receipt_verifies"] = Receipt.from_dict(receipt).verify(provider)
+        except ValueError:
+            task["receipt_verifies"] = False
+    if args.json:
+        _print_json(task)
+        return 0
+    print(f"task      {task['task_id']} ({'ours' if task['direction'] == 'out' else 'served'})")
+    print(f"peer      {task['peer']}")
+    print(f"skill     {task['skill']}")
+    print(f"state     {task['state']}" + (f" after {task['attempts']} runs" if task["attempts"] > 1 else ""))
+    if task["error"] is not None:
+        error = task["error"]
+        print(f"error     {error['code']}: {error['message']}" + (f" (at {error['path']})" if error["path"] else ""))
+    if task["state"] == "completed":
+        print(f"result    {json.dumps(task['result'], ensure_ascii=False)}")
+    if receipt is not None:
+        verdict = "signature verifies" if task["receipt_verifies"] else "SIGNATURE DOES NOT VERIFY"
+        print(f"receipt   {receipt['status']}, {receipt['duration_ms']} ms, {receipt['input_bytes']} B in, "
+              f"{receipt['output_bytes']} B out, signed by {receipt['provider']}: {verdict}")
+    return 0
+
+
 # ---- demo -----------------------------------------------------------------------------------------------------
 
 
@@ -445,6 +494,19 @@ def build_parser() -> argparse.ArgumentParser:
     skills = commands.add_parser("skills", parents=[common], help="the skills published on the agent's last run")
     skills.add_argument("--json", action="store_true", help="machine-readable output")
     skills.set_defaults(func=_cmd_skills)
+
+    tasks = commands.add_parser("tasks", parents=[common], help="the latest tasks, made and served")
+    tasks.add_argument("--state", help="only tasks in this state (completed, failed, working, ...)")
+    tasks.add_argument("--in", dest="direction", action="store_const", const="in", help="only tasks we served")
+    tasks.add_argument("--out", dest="direction", action="store_const", const="out", help="only our calls")
+    tasks.add_argument("--limit", type=int, default=20)
+    tasks.add_argument("--json", action="store_true", help="machine-readable output")
+    tasks.set_defaults(func=_cmd_tasks)
+
+    task = commands.add_parser("task", parents=[common], help="one task: its state, result or error, receipt")
+    task.add_argument("task_id")
+    task.add_argument("--json", action="store_true", help="machine-readable output")
+    task.set_defaults(func=_cmd_task)
 
     demo = commands.add_parser("demo", parents=[common], help="two agents in two processes meet over XMTP "
                                                               "through the local node")
