@@ -15,6 +15,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 import coworker
+import coworker._transport
 from coworker import AsyncAgent, CallContext, MemoryNetwork, Progress, Receipt, RetryPolicy, TaskState, TrustTier
 from coworker._identity import Identity
 from coworker._tasks import TERMINAL, TRANSITIONS, advance, expires_at, state_for_error
@@ -400,3 +401,53 @@ async def test_a_call_whose_awaiting_coroutine_is_cancelled_cancels_the_task(
     await asyncio.wait_for(stopped.wait(), 5)
     (task,) = bob.list_tasks()
     assert task["state"] == "canceled"
+
+
+class _SlowSendNetwork(coworker.Network):
+    """A memory network whose sends return only after the next message has reached the sender: an answer
+    always arrives while the request's send is still being awaited (as on XMTP, where a send takes as long
+    as a round trip)."""
+
+    name = "slow-send"
+
+    def __init__(self) -> None:
+        self.inner = MemoryNetwork()
+
+    async def open(self, identity: Identity, data_dir: Path, deliver: Any) -> coworker._transport.Transport:
+        arrived = asyncio.Event()
+
+        def on_message(incoming: Any) -> None:
+            arrived.set()
+            deliver(incoming)
+
+        inner = await self.inner.open(identity, data_dir, on_message)
+
+        class Transport(coworker._transport.Transport):
+            async def send(self, recipient: str, data: bytes) -> None:
+                arrived.clear()
+                await inner.send(recipient, data)
+                if b'"call.request"' in data:
+                    await asyncio.wait_for(arrived.wait(), 5)
+
+            async def close(self) -> None:
+                await inner.close()
+
+        return Transport()
+
+
+async def test_an_answer_that_arrives_while_the_request_is_still_being_sent_ends_the_call(tmp_path: Path) -> None:
+    net = _SlowSendNetwork()
+    slow_retries = RetryPolicy(first=30.0, maximum=30.0)  # a missed wake-up would wait 30 s, past the timeout
+    alice = AsyncAgent("alice", network=net, data_dir=tmp_path / "alice", retry=slow_retries)
+    bob = AsyncAgent("bob", network=net, data_dir=tmp_path / "bob", retry=slow_retries)
+    alice.set_trust(bob.wallet, TrustTier.KNOWN)
+
+    @alice.skill()
+    def echo(text: str) -> str:
+        return text
+
+    async with alice, bob:
+        task_id = await bob.request(alice.wallet, "echo", {"text": "quick"})
+        assert await bob.wait(task_id, timeout=3) == "quick"  # not after the next copy, 30 s away
+    for agent in (alice, bob):
+        agent.close()

@@ -735,7 +735,10 @@ class Runtime:
         loop = asyncio.get_running_loop()
         copies, next_send = 0, loop.time()
         try:
-            while task.state in LIVE:
+            while True:
+                watch.changed.clear()  # before looking: a change from here on wakes the wait below
+                if task.state not in LIVE:
+                    break
                 now = loop.time()
                 ends = expires_at(task.created_at, task.last_activity, task.timeout, task.cap)
                 if ends is not None and self.clock() >= ends:
@@ -759,7 +762,6 @@ class Runtime:
                 wait = next_send - loop.time()
                 if ends is not None:
                     wait = min(wait, ends - self.clock())
-                watch.changed.clear()
                 if wait > 0:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(wait):
@@ -797,6 +799,10 @@ class Runtime:
             self._send_cancel(task)
 
     def _end(self, task: TaskRecord, watch: _Watch | None, state: TaskState, **changes: Any) -> None:
+        """Move one of our tasks to ``state`` (with ``changes``) and wake its driver; a task that has ended
+        already stays as it is (an answer may arrive while its driver was sending)."""
+        if task.state not in LIVE:
+            return
         self.store.update_task(task, state=state, updated_at=self.clock(), **changes)
         if watch is not None:
             watch.changed.set()
