@@ -6,8 +6,9 @@ import coworker
 
 PUBLIC = {
     "AccessDenied", "Agent", "AsyncAgent", "CallContext", "CallError", "CallRecord", "CallTimeout",
-    "ConfigurationError", "CoworkerError", "IdentityError", "InvalidInput", "LocalProtocolError", "MemoryNetwork",
-    "Network", "Peer", "PeerRecord", "PeerUnreachable", "Progress", "ProtocolError", "Receipt",
+    "ConfigurationError", "CoworkerError", "IdentityError", "InvalidInput", "KeywordPlanner", "LLMPlanner",
+    "LocalProtocolError", "MemoryNetwork", "Network", "Peer", "PeerRecord", "PeerUnreachable", "PlanRejected",
+    "Progress", "ProtocolError", "Receipt",
     "RemoteProtocolError", "RetryPolicy", "Skill", "SkillFailed", "SkillNotFound", "StoreError", "TaskCanceled",
     "TaskState", "TransportError", "TrustRequest", "TrustTier", "XmtpNetwork",
     "__version__",

@@ -9,6 +9,7 @@ Example::
 """
 
 from ._agent import Agent, AsyncAgent, Peer
+from ._collab import KeywordPlanner
 from ._errors import (
     AccessDenied,
     CallError,
@@ -19,6 +20,7 @@ from ._errors import (
     InvalidInput,
     LocalProtocolError,
     PeerUnreachable,
+    PlanRejected,
     ProtocolError,
     RemoteProtocolError,
     SkillFailed,
@@ -27,6 +29,7 @@ from ._errors import (
     TaskCanceled,
     TransportError,
 )
+from ._llm_planner import LLMPlanner
 from ._memory import MemoryNetwork
 from ._skills import CallContext, Skill
 from ._store import CallRecord, PeerRecord, TrustRequest
@@ -49,12 +52,15 @@ __all__ = [
     "CoworkerError",
     "IdentityError",
     "InvalidInput",
+    "KeywordPlanner",
+    "LLMPlanner",
     "LocalProtocolError",
     "MemoryNetwork",
     "Network",
     "Peer",
     "PeerRecord",
     "PeerUnreachable",
+    "PlanRejected",
     "Progress",
     "ProtocolError",
     "Receipt",

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _paths
+from ._collaboration import Collaborations, Planner
 from ._control import ControlServer
 from ._errors import (
     CallTimeout,
@@ -263,6 +264,7 @@ class AsyncAgent:
         self._control: ControlServer | None = None
         self._stopping: asyncio.Task[None] | None = None
         self._on_stop: list[Callable[[], None]] = []  # called whenever the agent stops (the facade's serve)
+        self._collaborations = Collaborations(self)
 
     def __repr__(self) -> str:
         return f"<AsyncAgent {self.name} {self.wallet}>"
@@ -640,6 +642,66 @@ class AsyncAgent:
             assert isinstance(body, ErrorBody)
             raise error_from_wire(body.code, body.message, body.path)
 
+    # ---- collaborations -----------------------------------------------------------------------------------
+
+    async def collaborate(self, wallet: str, goal: str, *, plan: Any = None, planner: Planner | None = None,
+                          timeout: float = 300, collaboration_id: str | None = None) -> dict[str, Any]:
+        """Work towards ``goal`` with a peer: plan steps across both agents, propose the plan to the peer, run
+        the steps in order (the peer's as tasks, ours locally), each fed with earlier steps' outputs.
+
+        The plan comes from ``plan`` when given, else from ``planner``, else from the LLM planner when
+        ``COWORKER_LLM_BASE_URL`` is set, else from the keyword planner. The collaboration is stored before
+        the proposal leaves and after every step; :meth:`resume_collaboration` continues it after a stop.
+
+        Once the peer accepted the plan, nothing is raised: a failed step ends the plan with state
+        ``"failed"`` (the outputs of the steps before it are in the result; ``error`` names the step), and an
+        agent stopped mid-plan leaves it ``"running"``.
+
+        Args:
+            plan: the steps, ``[{"id", "skill", "agent": "self" | "peer" | wallet, "input"}, ...]``, or
+                ``{"steps": [...], "key_results": [...]}``. A string in an input may be
+                ``"{{<step id>.output}}"`` or ``"{{<step id>.output.<field>}}"``, the output of an earlier step.
+            planner: any object whose ``plan(goal, own_skill_cards, peer_skill_cards)`` returns such a plan
+                (or an awaitable of one), e.g. :class:`KeywordPlanner` or :class:`LLMPlanner`.
+            timeout: seconds the peer has to answer the proposal, and each step to finish (a step on the
+                peer: without progress).
+            collaboration_id: 32 hex digits to name it; an existing one (same peer and goal) is resumed.
+
+        Returns:
+            ``{"collaboration_id", "goal", "peer", "state": "completed" | "failed" | "running", "steps":
+            [{"id", "skill", "agent", "side", "status", "duration_ms", "template", "input", "inputs_from",
+            "output", "error", "task_id", "attempts"}], "key_results": [{"description", "step", "done"}],
+            "progress": "2/2", "error", ...}``
+
+        Raises:
+            ConfigurationError: the plan cannot run (an unknown skill for its side, a reference to a later
+                step, ...), or the planner failed; nothing was sent.
+            PlanRejected: the peer refused the plan (its reason is the message).
+            AccessDenied: the peer does not trust us to propose plans.
+            CallTimeout: the peer did not answer the proposal.
+
+        Example::
+
+            result = await agent.collaborate(wallet, "Research AI agents and write a report")
+            result["progress"], result["steps"][1]["output"]
+        """
+        return await self._collaborations.start(wallet, goal, plan=plan, planner=planner, timeout=timeout,
+                                                collaboration_id=collaboration_id)
+
+    async def resume_collaboration(self, collaboration_id: str) -> dict[str, Any]:
+        """Continue a stored collaboration: completed steps are not run again, a step on the peer waits for the
+        task it already sent, a failed step is tried again; returns as :meth:`collaborate` does.
+
+        Raises:
+            ConfigurationError: no such collaboration, or it is running already.
+            PlanRejected: the peer had rejected its plan.
+        """
+        return await self._collaborations.resume(collaboration_id)
+
+    def collaborations(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest collaborations we started (as :meth:`collaborate` returns them), newest first."""
+        return self._collaborations.latest(limit)
+
     # ---- trust --------------------------------------------------------------------------------------------
 
     async def request_trust(self, wallet: str, tier: TrustTier | int = TrustTier.KNOWN, reason: str = "", *,
@@ -909,6 +971,22 @@ class Agent:
     def calls(self, limit: int = 50) -> list[CallRecord]:
         """See :meth:`AsyncAgent.calls`."""
         return self._run(lambda: self._agent.calls(limit))  # type: ignore[no-any-return]
+
+    def collaborate(self, wallet: str, goal: str, *, plan: Any = None, planner: Planner | None = None,
+                    timeout: float = 300, collaboration_id: str | None = None) -> dict[str, Any]:
+        """See :meth:`AsyncAgent.collaborate`."""
+        _started.add(self)
+        return self._portal.run(self._agent.collaborate(wallet, goal, plan=plan, planner=planner, timeout=timeout,
+                                                        collaboration_id=collaboration_id))
+
+    def resume_collaboration(self, collaboration_id: str) -> dict[str, Any]:
+        """See :meth:`AsyncAgent.resume_collaboration`."""
+        _started.add(self)
+        return self._portal.run(self._agent.resume_collaboration(collaboration_id))
+
+    def collaborations(self, limit: int = 20) -> list[dict[str, Any]]:
+        """See :meth:`AsyncAgent.collaborations`."""
+        return self._run(lambda: self._agent.collaborations(limit))  # type: ignore[no-any-return]
 
 
 # Blocking agents that may be running; stopped at interpreter exit so that locks and databases close cleanly.

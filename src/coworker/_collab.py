@@ -1,17 +1,27 @@
-"""Collaboration plans: their steps, the references between steps, and the checks a peer makes. No I/O.
+"""Collaboration plans: their steps, the references between steps, planning and the checks a peer makes. No I/O.
 
 A plan is a list of steps, each a skill run by one of the two agents. A step's input may use the outputs of
 earlier steps: a string ``"{{research.output}}"`` is replaced by the whole output of step ``research``, and
 ``"{{research.output.summary}}"`` by one field of it (a dotted path; list items by index). A reference inside a
 longer string is replaced by the value as text (JSON for objects and lists).
+
+Theory of operation. The agent that starts a collaboration (the *initiator*) plans it, checks the plan against
+the skills both agents show (:func:`parse_plan`), keeps it as a *record* (a JSON object, see :func:`new_record`)
+and proposes it to the peer, who checks it again (:func:`check_proposal`) and accepts or rejects it. The steps
+then run in order; after each one the record changes (through the functions below, which take values and
+return values) and is stored, so that a collaboration interrupted anywhere continues from its record. The states
+of a collaboration and of its steps, and the events that move them, are the two tables below.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
+from ._errors import ConfigurationError
 from ._identity import same_wallet
 from ._protocol import PlanProposeBody
 from ._skills import Skill
@@ -70,3 +80,621 @@ def check_proposal(body: PlanProposeBody, wallet: str, proposer: str, tier: Trus
     if mine == 0:
         return "no step of the plan is for this agent"
     return None
+
+
+# ---- states ------------------------------------------------------------------------------------------------
+
+#: (collaboration state, event) -> next state. ``completed`` and ``rejected`` are final; a ``failed``
+#: collaboration may be retried from its failed step.
+COLLABORATION_TRANSITIONS: Final[dict[tuple[str, str], str]] = {
+    ("proposed", "accept"): "running",
+    ("proposed", "reject"): "rejected",
+    ("running", "complete"): "completed",
+    ("running", "fail"): "failed",
+    ("failed", "retry"): "running",
+}
+
+#: (step status, event) -> next status. A ``running`` step that was interrupted stays ``running``: a step on
+#: the peer then waits for the task it already sent, a local step runs again.
+STEP_TRANSITIONS: Final[dict[tuple[str, str], str]] = {
+    ("pending", "start"): "running",
+    ("running", "complete"): "completed",
+    ("running", "fail"): "failed",
+    ("failed", "retry"): "pending",
+}
+
+
+def collaboration_after(state: str, event: str) -> str:
+    """The state of a collaboration in ``state`` after ``event``.
+
+    Raises:
+        ConfigurationError: the event does not apply (e.g. resuming a rejected collaboration).
+    """
+    new = COLLABORATION_TRANSITIONS.get((state, event))
+    if new is None:
+        raise ConfigurationError(f"a {state} collaboration cannot {event}")
+    return new
+
+
+def _step_after(status: str, event: str) -> str:
+    new = STEP_TRANSITIONS.get((status, event))
+    if new is None:
+        raise ConfigurationError(f"a {status} step cannot {event}")
+    return new
+
+
+# ---- plans -------------------------------------------------------------------------------------------------
+
+SIDES: Final = ("self", "peer")
+MAX_STEPS: Final = 50  # what one plan.propose may carry
+MAX_GOAL: Final = 4000
+_STEP_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_COLLABORATION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True, slots=True)
+class PlanStep:
+    """One step of a plan: ``skill`` run by ``side`` (``"self"``: the initiator, ``"peer"``: the other agent)
+    with ``input``, whose strings may refer to the outputs of earlier steps."""
+
+    id: str
+    skill: str
+    side: str
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyResult:
+    """A result the goal needs: done when step ``step`` completed (None: when every step did)."""
+
+    description: str
+    step: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Steps to run in order, and the key results that measure progress towards the goal."""
+
+    steps: tuple[PlanStep, ...]
+    key_results: tuple[KeyResult, ...]
+
+
+def check_goal(goal: object) -> str:
+    """``goal`` if it can be the goal of a collaboration.
+
+    Raises:
+        ConfigurationError: not a non-empty string of at most 4000 characters.
+    """
+    if not isinstance(goal, str) or not goal.strip():
+        raise ConfigurationError(f"a collaboration's goal is a non-empty string, got {goal!r}")
+    if len(goal) > MAX_GOAL:
+        raise ConfigurationError(f"a collaboration's goal has at most {MAX_GOAL} characters, got {len(goal)}")
+    return goal
+
+
+def check_collaboration_id(value: object) -> str:
+    """``value`` if it can name a collaboration (32 lower-case hex digits).
+
+    Raises:
+        ConfigurationError: it cannot.
+    """
+    if not isinstance(value, str) or not _COLLABORATION_ID.match(value):
+        raise ConfigurationError(f"a collaboration id is 32 lower-case hex digits, got {value!r}")
+    return value
+
+
+def _names(cards: Mapping[str, Mapping[str, Any]]) -> str:
+    return ", ".join(sorted(cards)) or "none"
+
+
+def _side_of(agent: object, skill: str, own: Mapping[str, Mapping[str, Any]],
+             peer: Mapping[str, Mapping[str, Any]], own_wallet: str, peer_wallet: str, where: str) -> str:
+    if agent is None:
+        if skill in own:
+            return "self"
+        if skill in peer:
+            return "peer"
+        raise ConfigurationError(f"{where}: neither agent has a skill named {skill!r} (this agent has: "
+                                 f"{_names(own)}; the peer shows us: {_names(peer)})")
+    if isinstance(agent, str):
+        if agent.lower() in SIDES:
+            return agent.lower()
+        if same_wallet(agent, own_wallet):
+            return "self"
+        if same_wallet(agent, peer_wallet):
+            return "peer"
+    raise ConfigurationError(f"{where}: agent {agent!r} is neither 'self', 'peer', {own_wallet} nor {peer_wallet}")
+
+
+def _required(card: Mapping[str, Any]) -> list[str]:
+    schema = card.get("input_schema")
+    required = schema.get("required") if isinstance(schema, dict) else None
+    return [r for r in required if isinstance(r, str)] if isinstance(required, list) else []
+
+
+def _step(index: int, raw: object, taken: set[str], own: Mapping[str, Mapping[str, Any]],
+          peer: Mapping[str, Mapping[str, Any]], own_wallet: str, peer_wallet: str) -> PlanStep:
+    where = f"plan step {index + 1}"
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"{where}: a step is an object with skill, and optionally id, agent and input; "
+                                 f"got {raw!r}")
+    unknown = set(raw) - {"id", "skill", "agent", "input"}
+    if unknown:
+        raise ConfigurationError(f"{where}: unknown field(s) {', '.join(sorted(unknown))} (a step has id, skill, "
+                                 f"agent and input)")
+    skill = raw.get("skill")
+    if not isinstance(skill, str) or not skill:
+        raise ConfigurationError(f"{where}: 'skill' names a skill, got {skill!r}")
+    step_id = raw.get("id")
+    if step_id is None:  # the skill's name, made unique
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", skill)[:60]
+        step_id, n = base, 2
+        while step_id in taken:
+            step_id, n = f"{base}-{n}", n + 1
+    if not isinstance(step_id, str) or not _STEP_ID.match(step_id):
+        raise ConfigurationError(f"{where}: a step id is 1-64 letters, digits, '_', '.' or '-', got {step_id!r}")
+    where = f"plan step {step_id!r}"
+    data = raw.get("input", {})
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{where}: 'input' is a JSON object, got {type(data).__name__}")
+    side = _side_of(raw.get("agent"), skill, own, peer, own_wallet, peer_wallet, where)
+    cards = own if side == "self" else peer
+    card = cards.get(skill)
+    if card is None:
+        if side == "self":
+            raise ConfigurationError(f"{where}: this agent has no skill named {skill!r} (it has: {_names(own)})")
+        raise ConfigurationError(f"{where}: the peer {peer_wallet} shows us no skill named {skill!r} (it shows "
+                                 f"us: {_names(peer)}; skills above the tier it holds for us are hidden)")
+    missing = [name for name in _required(card) if name not in data]
+    if missing:
+        raise ConfigurationError(f"{where}: the input lacks the required field(s) {', '.join(missing)} of "
+                                 f"skill {skill!r}")
+    return PlanStep(step_id, skill, side, dict(data))
+
+
+def _key_results(raw: object, steps: Sequence[PlanStep], cards: Mapping[str, Mapping[str, Mapping[str, Any]]]
+                 ) -> tuple[KeyResult, ...]:
+    if raw is None:
+        return tuple(KeyResult(_describe(s, cards[s.side].get(s.skill, {})), s.id) for s in steps)
+    if not isinstance(raw, list):
+        raise ConfigurationError(f"plan: 'key_results' is a list, got {type(raw).__name__}")
+    ids = {s.id for s in steps}
+    results = []
+    for item in raw:
+        if isinstance(item, str):
+            item = {"description": item}
+        description = item.get("description") if isinstance(item, dict) else None
+        if not isinstance(description, str) or not description.strip():
+            raise ConfigurationError(f"plan: a key result is a description, or an object with description and "
+                                     f"step; got {item!r}")
+        step = item.get("step")
+        if step is not None and step not in ids:
+            raise ConfigurationError(f"plan: key result {description!r} names step {step!r}, which is not in the "
+                                     f"plan")
+        results.append(KeyResult(description.strip()[:500], step))
+    return tuple(results)
+
+
+def _describe(step: PlanStep, card: Mapping[str, Any]) -> str:
+    description = str(card.get("description") or "").strip().splitlines()
+    return f"{step.skill}: {description[0]}" if description else f"{step.skill} done"
+
+
+def parse_plan(data: object, own: Mapping[str, Mapping[str, Any]], peer: Mapping[str, Mapping[str, Any]], *,
+               own_wallet: str, peer_wallet: str) -> Plan:
+    """Check a plan (given by a caller or a planner) against the skills of both agents and return it.
+
+    Args:
+        data: a list of steps, or ``{"steps": [...], "key_results": [...]}``. A step is
+            ``{"id", "skill", "agent", "input"}``: ``id`` defaults to the skill's name; ``agent`` is
+            ``"self"``, ``"peer"`` or one of the two wallets, by default whichever has the skill (this agent
+            first). A key result is a description, or ``{"description", "step"}`` (done when that step is).
+        own: this agent's skill cards by name; peer: the cards the peer shows us, by name.
+
+    Raises:
+        ConfigurationError: why the plan cannot run - an unknown skill for its side, a required input field
+            missing, a reference to a step that does not run before, no step for the peer, ...
+    """
+    if isinstance(data, dict):
+        unknown = set(data) - {"steps", "key_results"}
+        if unknown:
+            raise ConfigurationError(f"plan: unknown field(s) {', '.join(sorted(unknown))} (a plan has steps and "
+                                     f"key_results)")
+        raw_steps, raw_results = data.get("steps"), data.get("key_results")
+    else:
+        raw_steps, raw_results = data, None
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise ConfigurationError(f"plan: the steps are a non-empty list, got {raw_steps!r}")
+    if len(raw_steps) > MAX_STEPS:
+        raise ConfigurationError(f"plan: at most {MAX_STEPS} steps, got {len(raw_steps)}")
+    steps: list[PlanStep] = []
+    for index, raw in enumerate(raw_steps):
+        steps.append(_step(index, raw, {s.id for s in steps}, own, peer, own_wallet, peer_wallet))
+    problem = check_steps([(s.id, s.input) for s in steps])
+    if problem is not None:
+        raise ConfigurationError(f"plan: {problem}")
+    if not any(s.side == "peer" for s in steps):
+        raise ConfigurationError("plan: no step is for the peer (run this agent's own skills directly instead)")
+    return Plan(tuple(steps), _key_results(raw_results, steps, {"self": own, "peer": peer}))
+
+
+# ---- references --------------------------------------------------------------------------------------------
+
+def _lookup(step_id: str, path: str, outputs: Mapping[str, Any], where: str) -> Any:
+    if step_id not in outputs:
+        raise ConfigurationError(f"{where}: step {step_id!r} has no output (it has not completed)")
+    value = outputs[step_id]
+    walked = f"{step_id}.output"
+    for part in path.split(".")[1:]:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            kind = type(value).__name__ if value is not None else "null"
+            raise ConfigurationError(f"{where}: {walked} ({kind}) has no {part!r}")
+        walked += f".{part}"
+    return value
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def resolve(value: Any, outputs: Mapping[str, Any], where: str = "input") -> Any:
+    """``value`` (a step's input) with its references to earlier steps replaced by their outputs.
+
+    A string that is one reference and nothing else becomes the referenced value itself (any JSON); a reference
+    inside a longer string becomes text (JSON for anything but a string).
+
+    Args:
+        outputs: the outputs of the steps that completed, by step id.
+        where: names the input in error messages.
+
+    Raises:
+        ConfigurationError: a reference names a step without an output, or a field its output lacks.
+    """
+    if isinstance(value, dict):
+        return {k: resolve(v, outputs, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, outputs, f"{where}.{i}") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+    whole = REFERENCE.fullmatch(value)
+    if whole is not None:
+        return _lookup(whole.group(1), "output" + whole.group(2), outputs, where)
+    return REFERENCE.sub(lambda m: _as_text(_lookup(m.group(1), "output" + m.group(2), outputs, where)), value)
+
+
+# ---- the deterministic planner -----------------------------------------------------------------------------
+
+_STOP_WORDS: Final = frozenset({
+    "a", "an", "and", "the", "then", "after", "before", "of", "to", "for", "on", "in", "into", "with", "about",
+    "by", "from", "as", "at", "it", "its", "this", "that", "these", "those", "is", "are", "be", "me", "my", "our",
+    "us", "we", "you", "your", "please", "do", "make", "some", "any", "all", "using", "use", "via", "so", "also"})
+_SUFFIXES: Final = ("ions", "ion", "ings", "ing", "izes", "ize", "ises", "ise", "ers", "er", "ed", "es", "s", "e",
+                    "y")
+GOAL_FIELDS: Final = frozenset({"topic", "goal", "query", "subject", "prompt", "task", "question"})
+FIRST_STEP_FIELDS: Final = frozenset({"text"})
+
+
+def _stem(word: str) -> str:
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _words(text: str) -> list[str]:
+    """The stems of the meaningful words of ``text`` (snake_case and camelCase split), in order."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", text)
+    return [_stem(w) for w in re.findall(r"[a-z0-9]+", spaced.lower()) if len(w) > 1 and w not in _STOP_WORDS]
+
+
+def _alike(a: str, b: str) -> bool:
+    return a == b or (min(len(a), len(b)) >= 5 and (a.startswith(b) or b.startswith(a)))
+
+
+def _first_match(goal: Sequence[str], words: Sequence[str]) -> int | None:
+    return next((i for i, g in enumerate(goal) if any(_alike(g, w) for w in words)), None)
+
+
+def _properties(schema: object) -> dict[str, Any]:
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    return props if isinstance(props, dict) else {}
+
+
+def _types(schema: object) -> set[str]:
+    """The JSON types a schema allows (empty: any)."""
+    if not isinstance(schema, dict):
+        return set()
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {kind}
+    if isinstance(kind, list):
+        return {k for k in kind if isinstance(k, str)}
+    found: set[str] = set()
+    for option in schema.get("anyOf") or schema.get("oneOf") or []:
+        found |= _types(option)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    side: str
+    card: Mapping[str, Any]
+    anchor: int  # where in the goal it matches first
+    named: bool  # the goal names the skill (not only its description or fields)
+    score: int
+
+
+class KeywordPlanner:
+    """Plans without a model: matches the goal's words against the skills' names, descriptions and schema
+    field names, and chains the matched skills in the order the goal mentions them. Deterministic, no I/O.
+
+    Skills whose name the goal mentions become the steps (when it names none: skills that at least two of its
+    words describe). A skill both agents have runs here. Each step's input is filled from its input schema:
+    fields such as ``topic``, ``goal``, ``query`` or ``prompt`` (and ``text`` in the first step) get the goal;
+    a field named like a field of the previous step's output gets that field (``{{prev.output.name}}``); the
+    first other required field gets the previous step's whole output.
+
+    Example::
+
+        KeywordPlanner().plan("Research AI agents and write a report", own_cards, peer_cards)
+        # {"steps": [{"id": "research", "skill": "research", "agent": "self", "input": {"topic": "..."}},
+        #            {"id": "write", "skill": "write", "agent": "peer",
+        #             "input": {"topic": "...", "notes": "{{research.output.summary}}"}}], "key_results": [...]}
+    """
+
+    def __repr__(self) -> str:
+        return "KeywordPlanner()"
+
+    def plan(self, goal: str, own: Sequence[Mapping[str, Any]], peer: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Plan data for ``goal`` from the skill cards of this agent (``own``) and of the peer.
+
+        Raises:
+            ConfigurationError: no skill matches the goal.
+        """
+        words = _words(goal)
+        candidates = [c for side, cards in (("self", own), ("peer", peer)) for card in cards
+                      if (c := self._candidate(words, side, card)) is not None]
+        chosen = [c for c in candidates if c.named] or [c for c in candidates if c.score >= 2]
+        if not chosen:
+            names = ", ".join(sorted({str(c.get("name")) for c in [*own, *peer]})) or "none"
+            raise ConfigurationError(f"KeywordPlanner: no skill of either agent matches the goal {goal!r} (skills: "
+                                     f"{names}); name a skill in the goal or pass plan=[...]")
+        by_skill: dict[str, _Candidate] = {}
+        for c in sorted(chosen, key=lambda c: c.side != "self"):  # this agent's first
+            by_skill.setdefault(str(c.card["name"]), c)
+        if all(c.side == "self" for c in by_skill.values()):  # the peer would have nothing to do: give it a step
+            for c in chosen:
+                if c.side == "peer":
+                    by_skill[str(c.card["name"])] = c
+                    break
+        ordered = sorted(by_skill.values(), key=lambda c: (c.anchor, -c.score, str(c.card["name"])))
+        steps: list[dict[str, Any]] = []
+        previous: tuple[str, Mapping[str, Any]] | None = None
+        for c in ordered:
+            step_id = re.sub(r"[^A-Za-z0-9_.-]", "_", str(c.card["name"]))[:64]
+            steps.append({"id": step_id, "skill": c.card["name"], "agent": c.side,
+                          "input": self._input(goal, c.card, previous)})
+            previous = (step_id, c.card)
+        key_results = [{"description": f"{s['skill']}: {desc}" if (desc := self._summary(c.card)) else
+                        f"{s['skill']} done", "step": s["id"]} for s, c in zip(steps, ordered, strict=True)]
+        return {"steps": steps, "key_results": key_results}
+
+    @staticmethod
+    def _summary(card: Mapping[str, Any]) -> str:
+        lines = str(card.get("description") or "").strip().splitlines()
+        return lines[0] if lines else ""
+
+    @staticmethod
+    def _candidate(goal: Sequence[str], side: str, card: Mapping[str, Any]) -> _Candidate | None:
+        name = card.get("name")
+        if not isinstance(name, str):
+            return None
+        named_at = _first_match(goal, _words(name))
+        described = [*_words(str(card.get("description") or "")),
+                     *(w for field in [*_properties(card.get("input_schema")), *_properties(card.get("output_schema"))]
+                       for w in _words(field))]
+        hits = [i for i, g in enumerate(goal) if any(_alike(g, w) for w in described)]
+        if named_at is None and not hits:
+            return None
+        anchor = named_at if named_at is not None else min(hits)
+        return _Candidate(side, card, anchor, named_at is not None, len(set(hits)) + (3 if named_at is not None else 0))
+
+    @staticmethod
+    def _input(goal: str, card: Mapping[str, Any], previous: tuple[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+        schema = card.get("input_schema")
+        required = set(_required(card))
+        data: dict[str, Any] = {}
+        fed = False  # the previous step's whole output has been used
+        prev_fields = _properties(previous[1].get("output_schema")) if previous else {}
+        for name, prop in _properties(schema).items():
+            key = name.lower()
+            if key in GOAL_FIELDS or (previous is None and key in FIRST_STEP_FIELDS):
+                data[name] = goal
+            elif previous is not None and name in prev_fields:
+                data[name] = f"{{{{{previous[0]}.output.{name}}}}}"
+            elif name in required and not fed:
+                if previous is None:
+                    if goal not in data.values() and _types(prop) <= {"string"}:
+                        data[name] = goal
+                    continue
+                data[name] = KeywordPlanner._whole_output(previous[0], previous[1].get("output_schema"), prop)
+                fed = True
+        return data
+
+    @staticmethod
+    def _whole_output(step_id: str, output_schema: object, field_schema: object) -> str:
+        """A reference to the output of ``step_id`` that fits a field: as itself, or as text for a string
+        field (a string field of the output if it has one)."""
+        whole = f"{{{{{step_id}.output}}}}"
+        if not _types(field_schema) or _types(field_schema) != {"string"} or _types(output_schema) == {"string"}:
+            return whole
+        for name, prop in _properties(output_schema).items():
+            if _types(prop) == {"string"}:
+                return f"{{{{{step_id}.output.{name}}}}}"
+        return f"Output of {step_id}: {whole}"  # embedded in text, the output arrives as JSON text
+
+
+# ---- the record of a collaboration -------------------------------------------------------------------------
+# A JSON object, stored after every change: {"version", "timeout", "planner", "reason" (why the peer refused the
+# plan), "error" (the failed step, its code and message), "key_results": [{"description", "step"}], "steps":
+# [{"id", "skill", "side", "agent", "template" (the planned input), "input" (resolved, once the step starts),
+# "inputs_from", "status", "task_id" (steps on the peer), "output", "error", "started_at", "ended_at",
+# "attempts"}]}.
+
+RECORD_VERSION: Final = 1
+
+
+def new_record(plan: Plan, *, own_wallet: str, peer_wallet: str, timeout: float, planner: str) -> dict[str, Any]:
+    """The record of a collaboration that has not run yet."""
+    order = [s.id for s in plan.steps]
+    steps = [{"id": s.id, "skill": s.skill, "side": s.side, "agent": own_wallet if s.side == "self" else peer_wallet,
+              "template": s.input, "input": None, "inputs_from": [i for i in order if i in references(s.input)],
+              "status": "pending", "task_id": None, "output": None, "error": None, "started_at": None,
+              "ended_at": None, "attempts": 0} for s in plan.steps]
+    return {"version": RECORD_VERSION, "timeout": timeout, "planner": planner, "reason": None, "error": None,
+            "key_results": [{"description": k.description, "step": k.step} for k in plan.key_results],
+            "steps": steps}
+
+
+def proposal_body(collaboration_id: str, goal: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The body of the ``plan.propose`` message for a collaboration."""
+    return {"collaboration": collaboration_id, "goal": goal,
+            "steps": [{"id": s["id"], "skill": s["skill"], "agent": s["agent"], "input": s["template"]}
+                      for s in record["steps"]]}
+
+
+def next_step(record: Mapping[str, Any]) -> int | None:
+    """The index of the first step that has not completed, or None when all have."""
+    return next((i for i, s in enumerate(record["steps"]) if s["status"] != "completed"), None)
+
+
+def step_outputs(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The outputs of the completed steps, by step id (what references resolve against)."""
+    return {s["id"]: s["output"] for s in record["steps"] if s["status"] == "completed"}
+
+
+def _with_step(record: Mapping[str, Any], index: int, **changes: Any) -> dict[str, Any]:
+    steps = list(record["steps"])
+    steps[index] = {**steps[index], **changes}
+    return {**record, "steps": steps}
+
+
+def start_step(record: Mapping[str, Any], index: int, input: dict[str, Any], now: float,
+               task_id: str | None = None) -> dict[str, Any]:
+    """The record once step ``index`` starts with its resolved ``input`` (on the peer: as task ``task_id``)."""
+    step = record["steps"][index]
+    return _with_step(record, index, status=_step_after(step["status"], "start"), input=input, task_id=task_id,
+                      started_at=now, ended_at=None, attempts=step["attempts"] + 1)
+
+
+def restart_step(record: Mapping[str, Any], index: int, input: dict[str, Any], now: float) -> dict[str, Any]:
+    """The record when an interrupted local step runs again."""
+    step = record["steps"][index]
+    return _with_step(record, index, input=input, started_at=now, attempts=step["attempts"] + 1)
+
+
+def finish_step(record: Mapping[str, Any], index: int, output: Any, now: float) -> dict[str, Any]:
+    """The record once step ``index`` completed with ``output``."""
+    step = record["steps"][index]
+    return _with_step(record, index, status=_step_after(step["status"], "complete"), output=output, ended_at=now)
+
+
+def fail_step(record: Mapping[str, Any], index: int, code: str, message: str, now: float,
+              input: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record once step ``index`` failed (which stops the plan)."""
+    step = record["steps"][index]
+    status = step["status"] if step["status"] == "running" else _step_after(step["status"], "start")
+    error = {"code": code, "message": message}
+    changes: dict[str, Any] = {"status": _step_after(status, "fail"), "error": error, "ended_at": now}
+    if step["status"] == "pending":
+        changes.update(started_at=now, attempts=step["attempts"] + 1, input=input)
+    updated = _with_step(record, index, **changes)
+    updated["error"] = {"step": step["id"], **error}
+    return updated
+
+
+def retry_failed(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record with its failed step pending again (a new task for a step on the peer)."""
+    updated = {**record, "error": None}
+    for index, step in enumerate(record["steps"]):
+        if step["status"] == "failed":
+            updated = _with_step(updated, index, status=_step_after("failed", "retry"), task_id=None, error=None,
+                                 output=None, ended_at=None)
+    return updated
+
+
+def collaboration_view(collaboration_id: str, goal: str, peer: str, state: str, record: Mapping[str, Any],
+                       created_at: float, updated_at: float) -> dict[str, Any]:
+    """A collaboration as ``collaborate`` returns it: JSON-able, every step with its outcome."""
+    steps = []
+    for s in record["steps"]:
+        duration = None
+        if s["started_at"] is not None and s["ended_at"] is not None:
+            duration = round((s["ended_at"] - s["started_at"]) * 1000, 3)
+        steps.append({"id": s["id"], "skill": s["skill"], "agent": s["agent"], "side": s["side"],
+                      "status": s["status"], "duration_ms": duration, "template": s["template"], "input": s["input"],
+                      "inputs_from": s["inputs_from"], "output": s["output"], "error": s["error"],
+                      "task_id": s["task_id"], "attempts": s["attempts"]})
+    done = {s["id"] for s in record["steps"] if s["status"] == "completed"}
+    every = len(done) == len(record["steps"])
+    key_results = [{"description": k["description"], "step": k["step"],
+                    "done": (k["step"] in done) if k["step"] is not None else every} for k in record["key_results"]]
+    return {"collaboration_id": collaboration_id, "goal": goal, "peer": peer, "state": state, "steps": steps,
+            "key_results": key_results, "progress": f"{len(done)}/{len(steps)}", "error": record["error"],
+            "reason": record["reason"], "planner": record["planner"], "created_at": created_at,
+            "updated_at": updated_at}
+
+
+# ---- asking a language model for a plan (the pure half of LLMPlanner) --------------------------------------
+
+PLANNER_INSTRUCTIONS: Final = """\
+You plan a collaboration between two software agents. Agent "self" asks for the work; agent "peer" is the \
+other agent. Each step runs one skill of one agent. Use only the skills listed for that agent, and give each \
+step an input that follows the skill's input_schema.
+A string in a step's input may use the output of an earlier step: "{{<step id>.output}}" is its whole output, \
+"{{<step id>.output.<field>}}" one field of it. Use as few steps as the goal needs (at most 50), at least one \
+of them for the peer.
+Answer with one JSON object and nothing else:
+{"steps": [{"id": "<short id>", "skill": "<skill name>", "agent": "self" or "peer", "input": {...}}],
+ "key_results": [{"description": "<a result the goal needs>", "step": "<id of the step that delivers it>"}]}"""
+
+
+def _brief_card(card: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: card.get(k) for k in ("name", "description", "input_schema", "output_schema")}
+
+
+def planner_messages(goal: str, own: Sequence[Mapping[str, Any]],
+                     peer: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The chat messages that ask a language model for a plan."""
+    context = {"goal": goal, "agents": {"self": {"skills": [_brief_card(c) for c in own]},
+                                        "peer": {"skills": [_brief_card(c) for c in peer]}}}
+    return [{"role": "system", "content": PLANNER_INSTRUCTIONS},
+            {"role": "user", "content": json.dumps(context, ensure_ascii=False, indent=1)}]
+
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+
+
+def plan_from_answer(text: str) -> Any:
+    """The plan data in a language model's answer: JSON, possibly inside a ```json fence or around prose.
+
+    Raises:
+        ConfigurationError: no JSON plan in it.
+    """
+    fenced = _FENCE.search(text)
+    candidate = fenced.group(1) if fenced else text
+    try:
+        data = json.loads(candidate)
+    except ValueError:
+        start, end = candidate.find("{"), candidate.rfind("}")
+        try:
+            data = json.loads(candidate[start:end + 1]) if 0 <= start < end else None
+        except ValueError:
+            data = None
+    if not isinstance(data, dict | list):
+        raise ConfigurationError(f"the answer holds no JSON plan: {text[:200]!r}")
+    return data

@@ -1,0 +1,303 @@
+"""Running a collaboration with a peer: plan, propose, run the steps, store the record after every change.
+
+The plan, its checks and every change to the record are pure (:mod:`coworker._collab`); this module does the
+I/O around them: discovery, the proposal, tasks on the peer, local skills, and the store.
+
+Durability. The record is stored before the proposal leaves and after every step. A step on the peer gets its
+task id *before* the task is submitted, and that id is stored first: whatever moment the agent stops at, a
+resumed collaboration waits for the task it sent (the peer answers a repeated task from its own store) and
+never sends a second one. A local step interrupted mid-run runs again (``ctx.attempt`` tells the skill).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import inspect
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._collab import (
+    KeywordPlanner,
+    check_collaboration_id,
+    check_goal,
+    collaboration_after,
+    collaboration_view,
+    fail_step,
+    finish_step,
+    new_record,
+    next_step,
+    parse_plan,
+    proposal_body,
+    resolve,
+    restart_step,
+    retry_failed,
+    start_step,
+    step_outputs,
+)
+from ._errors import CallTimeout, ConfigurationError, CoworkerError, PlanRejected, SkillFailed, error_from_wire
+from ._identity import checksum, same_wallet
+from ._llm_planner import BASE_URL_VARIABLE, LLMPlanner
+from ._protocol import ErrorBody, PlanAnswerBody, new_id, parse_body
+from ._skills import CallContext
+from ._store import CollaborationRecord
+from ._tasks import TaskState
+from ._trust import TrustTier
+
+if TYPE_CHECKING:
+    from ._agent import AsyncAgent
+    from ._runtime import Runtime
+
+log = logging.getLogger("coworker.collaboration")
+
+DISCOVERY_TIMEOUT = 30.0  # seconds the peer has to show its skills (at most the collaboration's timeout)
+
+
+class Planner(Protocol):
+    """Anything that plans: ``plan`` returns plan data (see :func:`coworker._collab.parse_plan`), or an
+    awaitable of it, from the goal and the skill cards of both agents."""
+
+    def plan(self, goal: str, own: Sequence[Mapping[str, Any]], peer: Sequence[Mapping[str, Any]]) -> Any: ...
+
+
+def default_planner() -> Planner:
+    """The LLM planner when ``COWORKER_LLM_BASE_URL`` is set, else the keyword planner."""
+    if os.environ.get(BASE_URL_VARIABLE):
+        return LLMPlanner()
+    return KeywordPlanner()
+
+
+def view(collab: CollaborationRecord) -> dict[str, Any]:
+    """A stored collaboration as ``collaborate`` returns it."""
+    return collaboration_view(collab.id, collab.goal, collab.peer, collab.state, collab.record, collab.created_at,
+                              collab.updated_at)
+
+
+class Collaborations:
+    """The collaborations one agent starts: runs them and resumes them. One run per collaboration at a time."""
+
+    def __init__(self, agent: AsyncAgent) -> None:
+        self._agent = agent
+        self._active: set[str] = set()
+
+    @contextlib.contextmanager
+    def _running(self, collaboration_id: str) -> Iterator[None]:
+        if collaboration_id in self._active:
+            raise ConfigurationError(f"collaboration {collaboration_id} is already running in this agent")
+        self._active.add(collaboration_id)
+        try:
+            yield
+        finally:
+            self._active.discard(collaboration_id)
+
+    def _save(self, collab: CollaborationRecord, *, state: str | None = None,
+              record: dict[str, Any] | None = None) -> CollaborationRecord:
+        collab = dataclasses.replace(collab, state=state or collab.state,
+                                     record=record if record is not None else collab.record,
+                                     updated_at=self._agent._clock())
+        self._agent.store.save_collaboration(collab)
+        self._agent.store.flush()
+        return collab
+
+    # ---- starting -----------------------------------------------------------------------------------------
+
+    async def start(self, wallet: str, goal: str, *, plan: Any, planner: Planner | None, timeout: float,
+                    collaboration_id: str | None) -> dict[str, Any]:
+        agent = self._agent
+        check_goal(goal)
+        if not (isinstance(timeout, int | float) and timeout > 0):
+            raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        peer = checksum(wallet)
+        if same_wallet(peer, agent.wallet):
+            raise ConfigurationError("an agent cannot collaborate with itself")
+        collab_id = check_collaboration_id(collaboration_id) if collaboration_id is not None else new_id()
+        known = agent.store.collaboration(collab_id)
+        if known is not None:
+            if not same_wallet(known.peer, peer) or known.goal != goal:
+                raise ConfigurationError(f"collaboration {collab_id} exists already, with another peer or goal")
+            return await self.resume(collab_id)
+        with self._running(collab_id):
+            runtime = await agent._live()
+            card = await agent.connect(peer, timeout=min(timeout, DISCOVERY_TIMEOUT))
+            own = {s.name: s.card() for s in agent.skills.values()}
+            shown = {c["name"]: c for c in card.skill_cards}
+            if not shown:
+                raise ConfigurationError(f"{peer} shows us no skills: it does not trust us yet (ask it with "
+                                         f"request_trust) or it has none")
+            if plan is not None:
+                parsed, planned_by = parse_plan(plan, own, shown, own_wallet=agent.wallet, peer_wallet=peer), "given"
+            else:
+                chosen = planner if planner is not None else default_planner()
+                data = chosen.plan(goal, list(own.values()), list(shown.values()))
+                if inspect.isawaitable(data):
+                    data = await data
+                try:
+                    parsed = parse_plan(data, own, shown, own_wallet=agent.wallet, peer_wallet=peer)
+                except ConfigurationError as exc:
+                    raise ConfigurationError(f"the plan of {chosen!r} cannot run: {exc}") from None
+                planned_by = repr(chosen)
+            now = agent._clock()
+            record = new_record(parsed, own_wallet=agent.wallet, peer_wallet=peer, timeout=float(timeout),
+                                planner=planned_by)
+            collab = self._save(CollaborationRecord(collab_id, peer, goal, "proposed", record, now, now))
+            log.info("collaboration %s with %s: %d steps planned by %s", collab_id, peer, len(parsed.steps),
+                     planned_by)
+            collab = await self._propose(runtime, collab)
+            return await self._run(collab)
+
+    async def resume(self, collaboration_id: str) -> dict[str, Any]:
+        agent = self._agent
+        check_collaboration_id(collaboration_id)
+        collab = agent.store.collaboration(collaboration_id)
+        if collab is None:
+            raise ConfigurationError(f"no collaboration {collaboration_id}")
+        if collab.state == "completed":
+            return view(collab)
+        if collab.state == "rejected":
+            raise PlanRejected(f"{collab.peer} rejected the plan: {collab.record['reason']}")
+        with self._running(collaboration_id):
+            runtime = await agent._live()
+            if collab.state == "proposed":  # the peer's answer never came: ask again
+                collab = await self._propose(runtime, collab)
+            elif collab.state == "failed":
+                collab = self._save(collab, state=collaboration_after("failed", "retry"),
+                                    record=retry_failed(collab.record))
+            log.info("resuming collaboration %s with %s at %s", collab.id, collab.peer,
+                     view(collab)["progress"])
+            return await self._run(collab)
+
+    async def _propose(self, runtime: Runtime, collab: CollaborationRecord) -> CollaborationRecord:
+        """Propose the plan; the collaboration once the peer accepted it.
+
+        Raises:
+            PlanRejected: the peer refused the plan (stored as ``rejected``, with its reason).
+            CallError: the peer refused the request itself (e.g. AccessDenied: it does not trust us).
+            CallTimeout: no answer; the collaboration stays ``proposed`` and may be resumed.
+        """
+        body = proposal_body(collab.id, collab.goal, collab.record)
+        timeout = collab.record["timeout"]
+        try:
+            reply, _, _ = await runtime.request(collab.peer, "plan.propose", body, timeout)
+        except CallTimeout:
+            raise CallTimeout(f"{collab.peer} did not answer the plan of collaboration {collab.id} within "
+                              f"{timeout:g} s (resume_collaboration proposes it again)") from None
+        answer = parse_body(reply)
+        if isinstance(answer, ErrorBody):
+            error = error_from_wire(answer.code, answer.message, answer.path)
+            self._save(collab, state=collaboration_after(collab.state, "reject"),
+                       record={**collab.record, "reason": f"{answer.code}: {answer.message}"})
+            raise error
+        if not isinstance(answer, PlanAnswerBody) or answer.collaboration != collab.id:
+            raise error_from_wire("PROTOCOL_ERROR", f"{collab.peer} answered the plan of collaboration "
+                                                    f"{collab.id} with {reply.type} {reply.body!r}"[:500])
+        if reply.type == "plan.reject":
+            self._save(collab, state=collaboration_after(collab.state, "reject"),
+                       record={**collab.record, "reason": answer.reason})
+            log.info("collaboration %s: %s rejected the plan: %s", collab.id, collab.peer, answer.reason)
+            raise PlanRejected(f"{collab.peer} rejected the plan: {answer.reason}")
+        return self._save(collab, state=collaboration_after(collab.state, "accept"))
+
+    # ---- running ------------------------------------------------------------------------------------------
+
+    async def _run(self, collab: CollaborationRecord) -> dict[str, Any]:
+        """Run the steps from the first unfinished one until all completed, one failed, or the agent stopped."""
+        while collab.state == "running":
+            index = next_step(collab.record)
+            if index is None:
+                collab = self._save(collab, state=collaboration_after("running", "complete"))
+                log.info("collaboration %s with %s completed", collab.id, collab.peer)
+                break
+            runtime = self._agent._runtime
+            if runtime is None:
+                log.info("collaboration %s interrupted: the agent stopped", collab.id)
+                break
+            step = collab.record["steps"][index]
+            if step["side"] == "peer":
+                collab = await self._remote_step(runtime, collab, index)
+            else:
+                collab = await self._local_step(collab, index)
+            if collab.record["steps"][index]["status"] == "running":  # interrupted
+                break
+        return view(collab)
+
+    def _resolved(self, collab: CollaborationRecord, index: int) -> dict[str, Any] | CollaborationRecord:
+        """The step's input with its references resolved, or the collaboration once the step failed on them."""
+        step = collab.record["steps"][index]
+        try:
+            data = resolve(step["template"], step_outputs(collab.record), f"step {step['id']!r}: input")
+        except ConfigurationError as exc:
+            return self._fail(collab, index, "BAD_REFERENCE", str(exc))
+        assert isinstance(data, dict)
+        return data
+
+    def _fail(self, collab: CollaborationRecord, index: int, code: str, message: str,
+              input: dict[str, Any] | None = None) -> CollaborationRecord:
+        step = collab.record["steps"][index]
+        log.info("collaboration %s: step %r (%s) failed: %s: %s", collab.id, step["id"], step["skill"], code, message)
+        record = fail_step(collab.record, index, code, message, self._agent._clock(), input)
+        return self._save(collab, state=collaboration_after(collab.state, "fail"), record=record)
+
+    async def _remote_step(self, runtime: Runtime, collab: CollaborationRecord, index: int) -> CollaborationRecord:
+        agent = self._agent
+        step = collab.record["steps"][index]
+        if step["status"] == "pending":
+            data = self._resolved(collab, index)
+            if isinstance(data, CollaborationRecord):
+                return data
+            # The task id is stored before the task exists: a resume waits for this task, never sends another.
+            collab = self._save(collab, record=start_step(collab.record, index, data, agent._clock(), new_id()))
+            step = collab.record["steps"][index]
+        task_id = step["task_id"]
+        if agent.store.task("out", task_id) is None:
+            try:
+                runtime.submit(collab.peer, step["skill"], step["input"], timeout=collab.record["timeout"],
+                               task_id=task_id)
+            except CoworkerError as exc:
+                return self._fail(collab, index, getattr(exc, "code", "CALL_ERROR"), str(exc))
+        try:
+            output = await agent.wait(task_id)
+        except CoworkerError as exc:
+            task = agent._task(task_id)
+            if task is not None and not TaskState(task.state).terminal:
+                return collab  # the agent stopped while the peer works on it: resume waits for the same task
+            return self._fail(collab, index, getattr(exc, "code", "CALL_ERROR"), str(exc))
+        return self._save(collab, record=finish_step(collab.record, index, output, agent._clock()))
+
+    async def _local_step(self, collab: CollaborationRecord, index: int) -> CollaborationRecord:
+        agent = self._agent
+        step = collab.record["steps"][index]
+        data = self._resolved(collab, index)
+        if isinstance(data, CollaborationRecord):
+            return data
+        now = agent._clock()
+        if step["status"] == "running":  # interrupted before it finished: run it again
+            record = restart_step(collab.record, index, data, now)
+        else:
+            record = start_step(collab.record, index, data, now)
+        collab = self._save(collab, record=record)
+        skill = agent.skills.get(step["skill"])
+        if skill is None:
+            return self._fail(collab, index, "SKILL_NOT_FOUND", f"this agent has no skill named {step['skill']!r}")
+        ctx = CallContext(caller=agent.wallet, trust_tier=TrustTier.PRIVILEGED, call_id=new_id(), skill=skill.name,
+                          attempt=collab.record["steps"][index]["attempts"])
+        timeout = collab.record["timeout"]
+        try:
+            kwargs = skill.bind(data, ctx)
+            async with asyncio.timeout(timeout):
+                output = await skill.run(kwargs)
+        except TimeoutError:
+            return self._fail(collab, index, "TIMEOUT", f"{skill.name} ran past the timeout of {timeout:g} s")
+        except CoworkerError as exc:
+            if isinstance(exc, SkillFailed) and exc.__cause__ is not None:
+                log.warning("skill %s failed in collaboration %s", skill.name, collab.id, exc_info=exc.__cause__)
+            return self._fail(collab, index, getattr(exc, "code", "SKILL_FAILED"), str(exc))
+        return self._save(collab, record=finish_step(collab.record, index, output, agent._clock()))
+
+    def latest(self, limit: int) -> list[dict[str, Any]]:
+        """The latest collaborations, newest first, as ``collaborate`` returns them."""
+        if not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"limit is a positive number, got {limit!r}")
+        return [view(c) for c in self._agent.store.collaborations(limit)]
