@@ -451,3 +451,27 @@ async def test_an_answer_that_arrives_while_the_request_is_still_being_sent_ends
         assert await bob.wait(task_id, timeout=3) == "quick"  # not after the next copy, 30 s away
     for agent in (alice, bob):
         agent.close()
+
+
+async def test_a_caller_may_choose_the_task_id_and_cannot_use_it_twice(
+        lossless: tuple[AsyncAgent, AsyncAgent]) -> None:
+    alice, bob = lossless
+
+    @alice.skill()
+    def echo(text: str) -> str:
+        return text
+
+    chosen = "0123456789abcdef" * 2
+    assert await bob.request(alice.wallet, "echo", {"text": "once"}, task_id=chosen) == chosen
+    assert await bob.wait(chosen) == "once"
+    with pytest.raises(coworker.ConfigurationError, match="exists already"):
+        await bob.request(alice.wallet, "echo", {"text": "twice"}, task_id=chosen)
+    with pytest.raises(coworker.ConfigurationError, match="32 lower-case hex"):
+        await bob.request(alice.wallet, "echo", {"text": "x"}, task_id="not-an-id")
+
+
+async def test_a_closed_agent_says_so_when_started_again(tmp_path: Path) -> None:
+    agent = AsyncAgent("a", network=MemoryNetwork(), data_dir=tmp_path / "a")
+    agent.close()
+    with pytest.raises(coworker.StoreError, match="was closed"):
+        await agent.start()

@@ -53,6 +53,7 @@ DB_FILE = "coworker.db"
 LOCK_FILE = "agent.lock"
 DEFAULT_REQUEST_CAP = 24 * 3600.0  # seconds a request with no timeout may take
 _LIVE_STATES = (TaskState.SUBMITTED, TaskState.WORKING, TaskState.INPUT_REQUIRED)
+_TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 _AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -347,6 +348,8 @@ class AsyncAgent:
         async with self._start_lock:
             if self._runtime is not None:
                 return
+            if self.store.closed:
+                raise StoreError(f"agent {self.name} was closed: create a new Agent to start it again")
             network = resolve_network(self._network_spec, self.data_dir)
             if self._identity is None:
                 self._identity = Identity.load_or_create(self.data_dir, self._passphrase)
@@ -497,7 +500,8 @@ class AsyncAgent:
 
     async def request(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *,
                       timeout: float | None = None, max_duration: float | None = None,
-                      on_progress: Callable[[Progress], None] | None = None, version: str | None = None) -> str:
+                      on_progress: Callable[[Progress], None] | None = None, version: str | None = None,
+                      task_id: str | None = None) -> str:
         """Ask a peer to run a skill and return the task id at once; the task is stored before anything is
         sent, delivered (and re-sent) in the background, and picked up again after a restart.
 
@@ -506,9 +510,11 @@ class AsyncAgent:
         Args:
             timeout: seconds the peer may stay silent before the task expires (None: no limit).
             max_duration: the absolute cap in seconds (default 10x ``timeout``, or 24 hours without one).
+            task_id: choose the id (32 lower-case hex digits), e.g. one stored beforehand: it is the
+                idempotency key, so an id already used is refused rather than sent twice.
 
         Raises:
-            ConfigurationError: the input is not a JSON object.
+            ConfigurationError: the input is not a JSON object, or ``task_id`` is malformed or taken.
             LocalProtocolError: the request is over the network's message size limit.
 
         Example::
@@ -524,10 +530,12 @@ class AsyncAgent:
         for name, value in (("timeout", timeout), ("max_duration", max_duration)):
             if value is not None and not value > 0:
                 raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+        if task_id is not None and not (isinstance(task_id, str) and _TASK_ID.match(task_id)):
+            raise ConfigurationError(f"a task id is 32 lower-case hex digits, got {task_id!r}")
         runtime, peer = await self._live(), checksum(wallet)
         cap = max_duration if max_duration is not None else (None if timeout is not None else DEFAULT_REQUEST_CAP)
         return runtime.submit(peer, skill, input, version=version, timeout=timeout, cap=cap,
-                              on_progress=on_progress)
+                              on_progress=on_progress, task_id=task_id)
 
     async def wait(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait for one of our tasks to end and return its output, or raise as :meth:`call` does.
@@ -895,12 +903,13 @@ class Agent:
 
     def request(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *,
                 timeout: float | None = None, max_duration: float | None = None,
-                on_progress: Callable[[Progress], None] | None = None, version: str | None = None) -> str:
+                on_progress: Callable[[Progress], None] | None = None, version: str | None = None,
+                task_id: str | None = None) -> str:
         """See :meth:`AsyncAgent.request`."""
         _started.add(self)
         return self._portal.run(self._agent.request(wallet, skill, input, timeout=timeout,
                                                     max_duration=max_duration, on_progress=on_progress,
-                                                    version=version))
+                                                    version=version, task_id=task_id))
 
     def wait(self, task_id: str, timeout: float | None = None) -> Any:
         """See :meth:`AsyncAgent.wait`."""

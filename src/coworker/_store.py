@@ -221,6 +221,8 @@ class PeerRecord:
 class Store(Protocol):
     """What the runtime needs to remember. ``SQLiteStore`` is the implementation."""
 
+    @property
+    def closed(self) -> bool: ...
     def close(self) -> None: ...
     def flush(self) -> None: ...
     def trust_tier(self, wallet: str) -> TrustTier: ...
@@ -344,6 +346,10 @@ class SQLiteStore:
 
         self._checkpointer = threading.Thread(target=checkpoint, name="coworker-checkpoint", daemon=True)
         self._checkpointer.start()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """Commit and close."""
