@@ -132,10 +132,13 @@ def test_demo_runs_first_contact_between_two_processes_over_the_devnet(xmtp_node
     assert "researcher sees 2 skills: summarize, translate" in out
     assert '"word_count": 19' in out
     assert '"translation": "bonjour monde"' in out
+    assert "step research on researcher: completed" in out
+    assert "step summarize on assistant: completed" in out and "fed with research's output" in out
+    assert "completed (2/2 steps)" in out
     steps = [line for line in lines if re.match(r"\d+\. ", line)]
-    assert len(steps) == 8
+    assert len(steps) == 9
     assert all(line.endswith(" ms") for line in steps), steps
-    assert lines[-1] == "first contact flow over XMTP: OK"
+    assert lines[-1] == "first contact and collaboration over XMTP: OK"
 
     agents = dict(re.findall(r"^    (assistant|researcher) +0x[0-9a-fA-F]{40}  pid (\d+)", out, re.MULTILINE))
     sidecars = re.findall(r"sidecar pid (\d+)", out)

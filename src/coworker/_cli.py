@@ -434,7 +434,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if not run_demo():
         raise CliError("the demo did not go as expected (see above)")
-    print("first contact flow over XMTP: OK")
+    print("first contact and collaboration over XMTP: OK")
     return 0
 
 

@@ -57,6 +57,8 @@ class ControlServer:
                                          timeout=float(a.get("timeout", 30))),
             "request_trust": lambda a: agent.request_trust(a["wallet"], a.get("tier", 1), a.get("reason", ""),
                                                            timeout=float(a.get("timeout", 30))),
+            "collaborate": lambda a: agent.collaborate(a["wallet"], a["goal"], plan=a.get("plan"),
+                                                       timeout=float(a.get("timeout", 300))),
             "trust_requests": self._trust_requests,
             "approve": self._approve,
             "deny": self._deny,

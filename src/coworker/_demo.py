@@ -4,8 +4,9 @@ The demo makes sure the local XMTP node runs (``coworker devnet``, started in th
 starts two agent processes (``python -m coworker._demo ROLE DIR``), each with a fresh wallet under
 ``$COWORKER_HOME/demo``: *assistant* (summarize, translate) and *researcher* (research, write). It drives them
 through their control endpoints, as ``coworker connect`` and ``coworker call`` would, and prints each step of
-first contact with its timing: 0 visible skills, the trust request, its approval, discovery, a call and its
-result. Every message between the two goes through the node as MLS-encrypted XMTP, via each agent's sidecar.
+first contact with its timing: 0 visible skills, the trust request, its approval, discovery, calls and their
+results, then a two-step collaboration (research on the researcher, its findings summarized by the
+assistant). Every message between the two goes through the node as MLS-encrypted XMTP, via each agent's sidecar.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def write(topic: str, findings: list[str]) -> dict[str, Any]:
 ROLES: dict[str, tuple[Callable[..., Any], ...]] = {"assistant": (summarize, translate),
                                                    "researcher": (research, write)}
 
+COLLABORATION_GOAL = "Research XMTP agents, then summarize the findings"
 DEMO_TEXT = ("Hello world from the coworker demo: two agents find each other, agree on trust and call each "
              "other's skills.")
 
@@ -214,12 +216,22 @@ def run_demo() -> bool:
         with steps.step("8. researcher calls assistant's translate") as out:
             translated = researcher.ask("call", wallet=target, skill="translate", input={"text": "hello world"})
             out.append(f"result: {json.dumps(translated, ensure_ascii=False)}")
+        with steps.step("9. researcher collaborates with assistant") as out:
+            together = researcher.ask("collaborate", wallet=target, goal=COLLABORATION_GOAL)
+            for step in together["steps"]:
+                where = "researcher" if step["side"] == "self" else "assistant"
+                fed = f", fed with {', '.join(step['inputs_from'])}'s output" if step["inputs_from"] else ""
+                out.append(f"step {step['skill']} on {where}: {step['status']} in {step['duration_ms']:.1f} ms{fed}")
+            out.append(f"{together['state']} ({together['progress']} steps): "
+                       f"{together['steps'][-1]['output']['summary'][:60]}")
         print(f"{'total':<48} {steps.total_ms:8.1f} ms", flush=True)
     finally:
         _stop(processes)
     return (state == "pending" and not first["skills"] and sorted(second["skills"]) == ["summarize", "translate"]
             and isinstance(result, dict) and result.get("word_count") == len(DEMO_TEXT.split())
-            and translated == {"translation": "bonjour monde", "to": "fr"})
+            and translated == {"translation": "bonjour monde", "to": "fr"}
+            and together["state"] == "completed" and together["progress"] == "2/2"
+            and together["steps"][1]["inputs_from"] == ["research"])
 
 
 if __name__ == "__main__":
