@@ -37,7 +37,7 @@ from ._protocol import ErrorBody, parse_body
 from ._runtime import Runtime, TrustPolicy
 from ._skills import Skill, SkillFunction, build_skill
 from ._store import CallRecord, PeerRecord, SQLiteStore, TaskRecord, TrustRequest
-from ._tasks import Progress, RetryPolicy, TaskState
+from ._tasks import LIVE, Progress, RetryPolicy, TaskState
 from ._transport import Network, Transport
 from ._trust import TrustTier
 from ._xmtp import XMTP_NETWORKS, XmtpNetwork
@@ -52,7 +52,6 @@ CONFIG_FILE = "config.json"
 DB_FILE = "coworker.db"
 LOCK_FILE = "agent.lock"
 DEFAULT_REQUEST_CAP = 24 * 3600.0  # seconds a request with no timeout may take
-_LIVE_STATES = (TaskState.SUBMITTED, TaskState.WORKING, TaskState.INPUT_REQUIRED)
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 _AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -550,7 +549,7 @@ class AsyncAgent:
         runtime = await self._live()
         task = self._own_task(task_id)
         watch = runtime.watch(task_id)
-        if task.state in _LIVE_STATES and watch is not None:
+        if task.state in LIVE and watch is not None:
             try:
                 async with asyncio.timeout(timeout):
                     await watch.done.wait()
@@ -559,7 +558,7 @@ class AsyncAgent:
             task = watch.task
         if task.state == TaskState.COMPLETED:
             return task.output
-        if task.state in _LIVE_STATES:
+        if task.state in LIVE:
             raise TransportError(f"the agent stopped before task {task_id} ended (it is {task.state}; it goes on "
                                  f"when the agent starts again)")
         raise error_from_wire(task.error_code or "CALL_ERROR", task.error_message or task.state,

@@ -51,6 +51,7 @@ from ._skills import CallContext, Skill
 from ._store import Store, TaskRecord, TrustRequest
 from ._tasks import (
     DEFAULT_CAP_FACTOR,
+    LIVE,
     Progress,
     Receipt,
     RetryPolicy,
@@ -71,7 +72,6 @@ MAX_CONCURRENT_SKILLS = 256
 ACK_AFTER = 0.5  # seconds a skill runs before the callee tells the caller it is working on it
 PROGRESS_GAP = 0.1  # seconds between two progress messages of one task; reports in between are coalesced
 WATCH_BUFFER = 1000  # progress reports kept per task for a late watcher
-LIVE = (TaskState.SUBMITTED, TaskState.WORKING, TaskState.INPUT_REQUIRED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -770,9 +770,7 @@ class Runtime:
             self._forget(task.id, watch)
 
     async def _send_copy(self, task: TaskRecord, watch: _Watch, body: dict[str, Any]) -> None:
-        ttl_ms = proto.DEFAULT_TTL_MS
-        env = proto.request("call.request", body, sender=self.wallet, recipient=task.peer, now_ms=self._now_ms(),
-                            ttl_ms=ttl_ms)
+        env = proto.request("call.request", body, sender=self.wallet, recipient=task.peer, now_ms=self._now_ms())
         self._sent[env.id] = task.id
         watch.sent_ids.append(env.id)
         await self._send(env)

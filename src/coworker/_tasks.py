@@ -47,6 +47,7 @@ class TaskState(enum.StrEnum):
         return self in TERMINAL
 
 
+LIVE: Final = (TaskState.SUBMITTED, TaskState.WORKING, TaskState.INPUT_REQUIRED)
 TERMINAL: Final = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELED, TaskState.REJECTED,
                              TaskState.EXPIRED})
 
