@@ -745,10 +745,12 @@ class Runtime:
                     self._expire(task, watch)
                     break
                 if now >= next_send:
-                    # A send waits while the transport recovers (a sidecar restarting): bounded, then retried.
-                    bound = self.retry.maximum if ends is None else min(self.retry.maximum, ends - self.clock())
+                    # A send waits while the transport recovers (a sidecar restarting), never past the task's
+                    # expiry. Not bounded by the retry gap: a transport may go on with a send we stopped waiting
+                    # for (XMTP's sidecar does), so a copy abandoned every gap would pile up behind the others.
+                    bound = None if ends is None else max(ends - self.clock(), 0.05)
                     try:
-                        async with asyncio.timeout(max(bound, 0.05)):
+                        async with asyncio.timeout(bound):
                             await self._send_copy(task, watch, body)
                     except (PeerUnreachable, LocalProtocolError) as exc:
                         code = "PEER_UNREACHABLE" if isinstance(exc, PeerUnreachable) else "PROTOCOL_ERROR"
