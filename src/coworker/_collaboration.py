@@ -210,13 +210,12 @@ class Collaborations:
                 collab = self._save(collab, state=collaboration_after("running", "complete"))
                 log.info("collaboration %s with %s completed", collab.id, collab.peer)
                 break
-            runtime = self._agent._runtime
-            if runtime is None:
+            if not self._agent.running:  # do not start a stopped agent again
                 log.info("collaboration %s interrupted: the agent stopped", collab.id)
                 break
             step = collab.record["steps"][index]
             if step["side"] == "peer":
-                collab = await self._remote_step(runtime, collab, index)
+                collab = await self._remote_step(collab, index)
             else:
                 collab = await self._local_step(collab, index)
             if collab.record["steps"][index]["status"] == "running":  # interrupted
@@ -240,7 +239,7 @@ class Collaborations:
         record = fail_step(collab.record, index, code, message, self._agent._clock(), input)
         return self._save(collab, state=collaboration_after(collab.state, "fail"), record=record)
 
-    async def _remote_step(self, runtime: Runtime, collab: CollaborationRecord, index: int) -> CollaborationRecord:
+    async def _remote_step(self, collab: CollaborationRecord, index: int) -> CollaborationRecord:
         agent = self._agent
         step = collab.record["steps"][index]
         if step["status"] == "pending":
@@ -253,8 +252,8 @@ class Collaborations:
         task_id = step["task_id"]
         if agent.store.task("out", task_id) is None:
             try:
-                runtime.submit(collab.peer, step["skill"], step["input"], timeout=collab.record["timeout"],
-                               task_id=task_id)
+                await agent.request(collab.peer, step["skill"], step["input"], timeout=collab.record["timeout"],
+                                    task_id=task_id)
             except CoworkerError as exc:
                 return self._fail(collab, index, getattr(exc, "code", "CALL_ERROR"), str(exc))
         try:

@@ -338,21 +338,25 @@ class Runtime:
             return
         self._tasks.spawn(self._handle(incoming), "coworker-message")
 
-    def _encode_reply(self, to: proto.Envelope, kind: str, body: dict[str, Any]) -> tuple[str, bytes]:
-        """The reply's type and bytes; a body JSON cannot carry, or one over the size limit, becomes an error."""
-        now = self._now_ms()
+    def _encoded(self, to: proto.Envelope, kind: str, body: dict[str, Any]) -> bytes | str:
+        """The reply's bytes, or why it cannot be sent (a body JSON cannot carry, or one over the size limit)."""
         try:
-            data = proto.encode(proto.reply(to, kind, body, now_ms=now))
+            data = proto.encode(proto.reply(to, kind, body, now_ms=self._now_ms()))
         except ValueError as exc:
             log.warning("cannot encode %s reply: %s", kind, exc)
-            problem = f"the result cannot be sent as JSON: {exc}"
-        else:
-            if len(data) <= proto.MAX_ENVELOPE_BYTES:
-                return kind, data
-            problem = f"the result of {len(data)} bytes is over the {proto.MAX_ENVELOPE_BYTES}-byte message limit"
+            return f"the result cannot be sent as JSON: {exc}"
+        if len(data) > proto.MAX_ENVELOPE_BYTES:
+            return f"the result of {len(data)} bytes is over the {proto.MAX_ENVELOPE_BYTES}-byte message limit"
+        return data
+
+    def _encode_reply(self, to: proto.Envelope, kind: str, body: dict[str, Any]) -> tuple[str, bytes]:
+        """The reply's type and bytes; a reply that cannot be sent becomes a SKILL_FAILED error."""
+        data = self._encoded(to, kind, body)
+        if isinstance(data, bytes):
+            return kind, data
         error_kind = "call.error" if to.type in ("call.request", "call.cancel") else "error"
         return error_kind, proto.encode(proto.reply(to, error_kind, proto.error_body(
-            "SKILL_FAILED", problem, task=body.get("task")), now_ms=now))
+            "SKILL_FAILED", data, task=body.get("task")), now_ms=self._now_ms()))
 
     async def _answer(self, to: proto.Envelope, kind: str, body: dict[str, Any]) -> int:
         _, data = self._encode_reply(to, kind, body)
@@ -609,9 +613,11 @@ class Runtime:
         if error is None:
             receipt = self._receipt(task, TaskState.COMPLETED, wall, duration_ms, output_bytes)
             body = {"task": task.id, "output": output, "duration_ms": duration_ms, "receipt": receipt}
-            kind, data = self._encode_reply(to, "call.result", body)
-            if kind != "call.result":  # over the size limit
-                error = SkillFailed(proto.decode(data).body["message"])
+            encoded = self._encoded(to, "call.result", body)
+            if isinstance(encoded, str):
+                error = SkillFailed(encoded)
+            else:
+                data = encoded
         if error is None:
             changes: dict[str, Any] = {"state": TaskState.COMPLETED, "output": output}
         else:
