@@ -475,3 +475,19 @@ async def test_a_closed_agent_says_so_when_started_again(tmp_path: Path) -> None
     agent.close()
     with pytest.raises(coworker.StoreError, match="was closed"):
         await agent.start()
+
+
+async def test_a_result_too_large_to_send_fails_the_task_on_both_sides(
+        lossless: tuple[AsyncAgent, AsyncAgent]) -> None:
+    alice, bob = lossless
+
+    @alice.skill()
+    def huge() -> str:
+        return "x" * 1_100_000
+
+    task_id = await bob.request(alice.wallet, "huge")
+    with pytest.raises(coworker.SkillFailed, match="over the 1000000-byte message limit"):
+        await bob.wait(task_id)
+    served = alice.get_result(task_id)
+    assert (served["state"], served["result"], served["receipt"]["status"]) == ("failed", None, "failed")
+    assert bob.get_result(task_id)["receipt_valid"] is True
