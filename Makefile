@@ -1,5 +1,5 @@
 # One command to set up and run the demo, one to set up and run the tests.
-#   make demo    # creates .venv, installs CoWorker and the Node SDK, runs `coworker demo`
+#   make demo    # creates .venv, installs CoWorker and its Node side (`coworker setup`), runs `coworker demo`
 #   make test    # same set-up, then the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -15,10 +15,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-node/node_modules/.package-lock.json: node/package-lock.json
-	cd node && npm ci --no-audit --no-fund --loglevel=error
-
-setup: $(VENV)/.installed $(if $(wildcard node/package-lock.json),node/node_modules/.package-lock.json)
+# The Node side (the XMTP SDK the sidecar runs on) goes into $COWORKER_HOME/node/, once per version.
+setup: $(VENV)/.installed
+	$(BIN)/coworker setup
 
 demo: setup
 	$(BIN)/coworker demo
@@ -34,4 +33,4 @@ bench: setup
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) node/node_modules
+	rm -rf $(VENV)

@@ -33,7 +33,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from coworker.devnet import DevnetServer, NodeDriver, node_sdk_available, running_devnet
+from coworker.devnet import DevnetServer, running_devnet
+from coworker.transports.xmtp.driver import NodeDriver, node_sdk_available
 
 _TIMEOUT_S = 30.0
 

@@ -43,7 +43,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from coworker.devnet import DEFAULT_PORT, PortInUseError, node_sdk_available, running_devnet
+from coworker.devnet import DEFAULT_PORT, PortInUseError, running_devnet
+from coworker.transports.xmtp.driver import node_sdk_available
 
 HERE = Path(__file__).resolve().parent
 PAYLOAD: dict[str, Any] = {"text": "hello"}
@@ -88,7 +89,7 @@ def _private_environment(home: Path) -> Iterator[None]:
 async def coworker_calls(data_dir: Path, *, seq: int, total: int, in_flight: int, warmup: int) -> dict[str, Any]:
     """Time B calling A's ``echo`` skill over the local XMTP node (which must be listening on port 5556)."""
     from coworker import AsyncAgent, TrustTier
-    from coworker._xmtp import XmtpNetwork
+    from coworker.transports.xmtp.transport import XmtpNetwork
 
     network = XmtpNetwork("local", start_devnet=False)
     # passphrase="": plain key files, so that COWORKER_PASSPHRASE in the environment does not add scrypt.

@@ -12,10 +12,15 @@ from typing import Any
 import pytest
 
 from coworker import AsyncAgent, MemoryNetwork, Network, TrustTier
-from coworker._identity import Identity
-from coworker._transport import Incoming, Transport
-from coworker._xmtp import XmtpNetwork, node_available
 from coworker.devnet import DevnetServer, PortInUseError, running_devnet
+from coworker.store.identity import Identity
+from coworker.transports.base import Incoming, Transport
+from coworker.transports.xmtp import node
+from coworker.transports.xmtp.transport import XmtpNetwork
+
+# Every test gets its own COWORKER_HOME (below); they all use the one Node side installed for the real home
+# (`coworker setup`, which `make test` runs), and so do the processes they start.
+os.environ.setdefault("COWORKER_NODE_DIR", str(node.install_dir()))
 
 
 @pytest.fixture(autouse=True)
@@ -32,9 +37,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def require_node_sdk() -> None:
     """Skip (locally) or fail (in CI) when Node or the pinned Node SDK is not installed."""
-    if node_available():
+    if node.node_available():
         return
-    message = "Node or @xmtp/node-sdk is missing: run `npm ci` in node/ (make setup does it)"
+    message = "Node or @xmtp/node-sdk is missing: run `coworker setup` (make setup does it)"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)

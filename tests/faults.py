@@ -17,8 +17,8 @@ import random
 from pathlib import Path
 
 from coworker import CoworkerError, Network
-from coworker._identity import Identity
-from coworker._transport import Deliver, Incoming, Transport
+from coworker.store.identity import Identity
+from coworker.transports.base import Deliver, Incoming, Transport
 
 
 class FaultyNetwork(Network):

@@ -7,7 +7,6 @@ import json
 import runpy
 import stat
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 
 import coworker
 from coworker import AsyncAgent, MemoryNetwork, TrustTier
-from coworker._cli import main
+from coworker.cli.main import main
 
 Capture = pytest.CaptureFixture[str]
 
@@ -404,16 +403,12 @@ def test_no_command_prints_the_help(capsys: Capture) -> None:
     assert "usage: coworker" in err and "init" in err and "demo" in err
 
 
-def test_devnet_command_is_wired_when_its_module_is_there(capsys: Capture, monkeypatch: pytest.MonkeyPatch) -> None:
-    def register(subparsers: Any) -> None:
-        devnet = subparsers.add_parser("devnet", help="a stand-in")
-        devnet.add_argument("action")
-        devnet.set_defaults(func=lambda args: 7 if args.action == "start" else 0)
-
-    stand_in = types.ModuleType("coworker.devnet._cli")
-    stand_in.register = register  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "coworker.devnet._cli", stand_in)
-    assert main(["devnet", "start"]) == 7
+def test_the_devnet_and_setup_commands_are_wired(capsys: Capture) -> None:
+    code, out, _ = run(capsys, "devnet", "--help")
+    assert code == 0
+    assert all(action in out for action in ("start", "stop", "status", "run"))
+    code, out, _ = run(capsys, "setup", "--help")
+    assert code == 0 and "--force" in out
 
 
 def test_python_dash_m_coworker_runs_the_same_command(capsys: Capture, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from coworker import ConfigurationError
-from coworker._cli import main
-from coworker._cli_net import INVITE_PREFIX, bridge_status, read_invite
 from coworker._process import wait_exit
+from coworker.cli.main import main
+from coworker.cli.network import INVITE_PREFIX, bridge_status, read_invite
 from coworker.devnet import DevnetServer
 
 from .test_cli import init, run

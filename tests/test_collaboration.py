@@ -25,9 +25,9 @@ from coworker import (
     MemoryNetwork,
     TrustTier,
 )
-from coworker._collab import plan_from_answer, resolve
-from coworker._skills import build_skill
-from coworker._tasks import RetryPolicy
+from coworker.core.plans import plan_from_answer, resolve
+from coworker.core.skills import build_skill
+from coworker.core.tasks import RetryPolicy
 
 from .conftest import Counter
 

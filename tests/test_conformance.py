@@ -13,7 +13,7 @@ import pytest
 
 import coworker
 from coworker import AsyncAgent, TrustTier
-from coworker._protocol import encode, new_id, request
+from coworker.core.protocol import encode, new_id, request
 
 from .conftest import Counter, RawClient
 

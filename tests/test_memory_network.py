@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from coworker import ConfigurationError, MemoryNetwork, PeerUnreachable, TransportError
-from coworker._identity import Identity
-from coworker._transport import Incoming
+from coworker.store.identity import Identity
+from coworker.transports.base import Incoming
 
 
 async def join(net: MemoryNetwork, tmp_path: Path) -> tuple[Identity, asyncio.Queue[Incoming], object]:

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from coworker import RemoteProtocolError
-from coworker._protocol import (
+from coworker.core.protocol import (
     MAX_CLOCK_SKEW_MS,
     MAX_ENVELOPE_BYTES,
     MAX_TTL_MS,

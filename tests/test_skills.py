@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from coworker import AsyncAgent, CallContext, ConfigurationError, InvalidInput, SkillFailed, TrustTier
-from coworker._skills import build_skill, public_message
+from coworker.core.skills import build_skill, public_message
 
 
 def make(fn: Any, **options: Any) -> Any:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from coworker import StoreError, TrustTier
-from coworker._store import MIGRATIONS, CallRecord, SQLiteStore, Store, TaskRecord, TrustRequest
+from coworker.store.sqlite import MIGRATIONS, CallRecord, SQLiteStore, Store, TaskRecord, TrustRequest
 
 A = "0xAbCdEf0123456789aBcDeF0123456789AbCdEf01"
 

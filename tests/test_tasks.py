@@ -15,10 +15,10 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 import coworker
-import coworker._transport
+import coworker.transports.base
 from coworker import AsyncAgent, CallContext, MemoryNetwork, Progress, Receipt, RetryPolicy, TaskState, TrustTier
-from coworker._identity import Identity
-from coworker._tasks import TERMINAL, TRANSITIONS, advance, expires_at, state_for_error
+from coworker.core.tasks import TERMINAL, TRANSITIONS, advance, expires_at, state_for_error
+from coworker.store.identity import Identity
 
 FAST = RetryPolicy(first=0.05, factor=2.0, maximum=0.4)
 
@@ -334,7 +334,7 @@ async def test_a_pending_request_survives_a_caller_restart(tmp_path: Path) -> No
 
 async def test_a_task_interrupted_by_a_callee_restart_runs_again_and_completes_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("coworker._runtime.SHUTDOWN_GRACE", 0.05)
+    monkeypatch.setattr("coworker.runtime.taskset.SHUTDOWN_GRACE", 0.05)
     net = MemoryNetwork()
     alice, bob = await agents(net, tmp_path)
     attempts: list[int] = []
@@ -413,7 +413,7 @@ class _SlowSendNetwork(coworker.Network):
     def __init__(self) -> None:
         self.inner = MemoryNetwork()
 
-    async def open(self, identity: Identity, data_dir: Path, deliver: Any) -> coworker._transport.Transport:
+    async def open(self, identity: Identity, data_dir: Path, deliver: Any) -> coworker.transports.base.Transport:
         arrived = asyncio.Event()
 
         def on_message(incoming: Any) -> None:
@@ -422,7 +422,7 @@ class _SlowSendNetwork(coworker.Network):
 
         inner = await self.inner.open(identity, data_dir, on_message)
 
-        class Transport(coworker._transport.Transport):
+        class Transport(coworker.transports.base.Transport):
             async def send(self, recipient: str, data: bytes) -> None:
                 arrived.clear()
                 await inner.send(recipient, data)

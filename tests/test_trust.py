@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coworker import TrustTier
-from coworker._trust import decide, may_see, tier_after_request
+from coworker.core.trust import decide, may_see, tier_after_request
 
 SKILLS = {"summarize": TrustTier.KNOWN, "secret": TrustTier.INTERNAL, "root": TrustTier.PRIVILEGED}
 U, K, I, P = TrustTier  # noqa: E741 - the tiers' initials read best in the tables below

@@ -22,12 +22,13 @@ import pytest
 
 import coworker
 from coworker import AsyncAgent, TrustTier
-from coworker._control import ControlClient
-from coworker._identity import Identity
 from coworker._process import read_line
-from coworker._protocol import encode, request
-from coworker._xmtp import XmtpNetwork
-from coworker.devnet import DevnetServer, NodeDriver
+from coworker.agent.control import ControlClient
+from coworker.core.protocol import encode, request
+from coworker.devnet import DevnetServer
+from coworker.store.identity import Identity
+from coworker.transports.xmtp.driver import NodeDriver
+from coworker.transports.xmtp.transport import XmtpNetwork
 
 from .conftest import RawClient
 

@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 
 from coworker import AsyncAgent, CallContext, RetryPolicy, TrustTier
-from coworker._xmtp import XmtpNetwork
 from coworker.devnet import DevnetServer
+from coworker.transports.xmtp.transport import XmtpNetwork
 
 from .faults import FaultyNetwork
 from .test_xmtp_processes import ServedAgent

@@ -8,9 +8,7 @@ Example::
     bob = Agent("bob")
 """
 
-from ._agent import Agent, AsyncAgent, Peer
-from ._collab import KeywordPlanner
-from ._errors import (
+from coworker._errors import (
     AccessDenied,
     CallError,
     CallTimeout,
@@ -29,16 +27,17 @@ from ._errors import (
     TaskCanceled,
     TransportError,
 )
-from ._llm_planner import LLMPlanner
-from ._memory import MemoryNetwork
-from ._skills import CallContext, Skill
-from ._store import CallRecord, PeerRecord, TrustRequest
-from ._tasks import Progress, Receipt, RetryPolicy, TaskState
-from ._transport import Network
-from ._trust import TrustTier
-from ._xmtp import XmtpNetwork
-
-__version__ = "0.2.0.dev0"
+from coworker._version import __version__
+from coworker.agent.agent import Agent, AsyncAgent, Peer
+from coworker.core.plans import KeywordPlanner
+from coworker.core.skills import CallContext, Skill
+from coworker.core.tasks import Progress, Receipt, RetryPolicy, TaskState
+from coworker.core.trust import TrustTier
+from coworker.runtime.llm_planner import LLMPlanner
+from coworker.store.sqlite import CallRecord, PeerRecord, TrustRequest
+from coworker.transports.base import Network
+from coworker.transports.memory import MemoryNetwork
+from coworker.transports.xmtp.transport import XmtpNetwork
 
 __all__ = [
     "AccessDenied",

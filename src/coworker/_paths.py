@@ -28,10 +28,3 @@ def ensure_private_dir(path: Path) -> Path:
     os.chmod(path, 0o700)
     return path
 
-
-def node_dir() -> Path:
-    """The Node package (``sidecar.mjs``, ``driver.mjs``): ``$COWORKER_NODE_DIR`` or the checkout's ``node/``."""
-    value = os.environ.get("COWORKER_NODE_DIR")
-    if value:
-        return Path(value).expanduser()
-    return Path(__file__).resolve().parents[2] / "node"

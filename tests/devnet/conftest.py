@@ -16,12 +16,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from coworker.devnet import (
-    DevnetServer,
-    NodeDriver,
-    PortInUseError,
-    running_devnet,
-)
+from coworker.devnet import DevnetServer, PortInUseError, running_devnet
+from coworker.transports.xmtp.driver import NodeDriver
 
 from ..conftest import require_node_sdk
 

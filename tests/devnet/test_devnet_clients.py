@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from coworker.devnet import DevnetServer, NodeDriverError
+from coworker.devnet import DevnetServer
+from coworker.transports.xmtp.driver import NodeDriverError
 
 from .conftest import NewClient
 

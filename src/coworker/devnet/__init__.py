@@ -14,13 +14,11 @@ or from the shell: ``coworker devnet start`` / ``python -m coworker.devnet run``
 
 The wire definitions are the project's own minimal ``proto/*.proto`` (same field numbers as XMTP's
 public API); ``_gen/`` is generated from them by ``python scripts/gen_proto.py`` and committed.
-:class:`NodeDriver` runs ``node/driver.mjs``, one Node SDK client driven by JSON lines, for tests
-and benchmarks.
+Tests and benchmarks drive bare SDK clients against it with :class:`coworker.transports.xmtp.driver.NodeDriver`.
 """
 
 from __future__ import annotations
 
-from coworker.devnet._node import NodeDriver, NodeDriverError, default_node_dir, node_sdk_available
 from coworker.devnet._server import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_PORT,
@@ -43,12 +41,8 @@ __all__ = [
     "DevnetError",
     "DevnetServer",
     "DevnetStatus",
-    "NodeDriver",
-    "NodeDriverError",
     "PortInUseError",
     "Refusal",
     "StoreCounts",
-    "default_node_dir",
-    "node_sdk_available",
     "running_devnet",
 ]

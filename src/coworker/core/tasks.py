@@ -26,8 +26,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ._identity import same_wallet, signed_by
-from ._protocol import is_address
+from coworker.core.protocol import is_address
+from coworker.core.wallets import same_wallet, signed_by
 
 
 class TaskState(enum.StrEnum):

@@ -1,4 +1,4 @@
-"""The XMTP transport: each agent drives its own Node sidecar (``node/sidecar.mjs``, the official ``@xmtp/node-sdk``).
+"""The XMTP transport: each agent drives its own Node sidecar (``sidecar.mjs``, the official ``@xmtp/node-sdk``).
 
 Theory of operation. :class:`XmtpNetwork` names an XMTP network (``local``, ``dev``, ``production``); for
 ``local`` it first makes sure a local node (``coworker devnet``) listens on port 5556, starting one in the
@@ -28,17 +28,18 @@ import json
 import logging
 import os
 import secrets
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _paths
-from ._errors import ConfigurationError, PeerUnreachable, TransportError
-from ._identity import Identity, write_private
-from ._protocol import MAX_ENVELOPE_BYTES
-from ._transport import Deliver, Incoming, Network, Sender, Transport
+from coworker import _paths
+from coworker._errors import ConfigurationError, PeerUnreachable, TransportError
+from coworker.core.protocol import MAX_ENVELOPE_BYTES
+from coworker.store.identity import Identity, write_private
+from coworker.transports.base import Deliver, Incoming, Network, Sender, Transport
+from coworker.transports.xmtp import node
+from coworker.transports.xmtp.node import SetupError
 
 log = logging.getLogger("coworker.xmtp")
 
@@ -87,12 +88,6 @@ def settle_reply(pending: dict[int, asyncio.Future[dict[str, Any]]], reply: dict
         future.set_exception(error(str(failure.get("name", "Error")), str(failure.get("message", "failed"))))
 
 
-def node_available(directory: Path | None = None) -> bool:
-    """True when ``node`` is on PATH and the Node package's dependencies are installed."""
-    directory = directory or _paths.node_dir()
-    return shutil.which("node") is not None and (directory / "node_modules" / "@xmtp" / "node-sdk").is_dir()
-
-
 def autostart_allowed() -> bool:
     """Whether agents may start the local node in the background: yes unless ``COWORKER_DEVNET_AUTOSTART=0``."""
     return os.environ.get("COWORKER_DEVNET_AUTOSTART", "1") != "0"
@@ -106,8 +101,8 @@ def ensure_local_node(start: bool = True) -> int | None:
     Raises:
         TransportError: none listens, and it may not or could not be started.
     """
-    from .devnet._cli import ensure_running, listening
-    from .devnet._server import DevnetError
+    from coworker.devnet._cli import ensure_running, listening
+    from coworker.devnet._server import DevnetError
 
     if not start:
         if listening():
@@ -208,10 +203,10 @@ class XmtpTransport(Transport):
         await self._launch()
 
     async def _launch(self) -> None:
-        directory = _paths.node_dir()
-        if not node_available(directory):
-            raise TransportError(f"the XMTP transport needs Node.js and the XMTP SDK: run `npm ci` in {directory} "
-                                 f"(`make setup` does it)")
+        try:
+            directory = await asyncio.to_thread(node.ensure_installed)
+        except SetupError as exc:
+            raise TransportError(str(exc)) from None
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             process = await asyncio.create_subprocess_exec(

@@ -1,6 +1,6 @@
 """Running a collaboration with a peer: plan, propose, run the steps, store the record after every change.
 
-The plan, its checks and every change to the record are pure (:mod:`coworker._collab`); this module does the
+The plan, its checks and every change to the record are pure (:mod:`coworker.core.plans`); this module does the
 I/O around them: discovery, the proposal, tasks on the peer, local skills, and the store.
 
 Durability. The record is stored before the proposal leaves and after every step. A step on the peer gets its
@@ -20,7 +20,8 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._collab import (
+from coworker._errors import CallTimeout, ConfigurationError, CoworkerError, PlanRejected, SkillFailed, error_from_wire
+from coworker.core.plans import (
     KeywordPlanner,
     check_collaboration_id,
     check_goal,
@@ -38,18 +39,17 @@ from ._collab import (
     start_step,
     step_outputs,
 )
-from ._errors import CallTimeout, ConfigurationError, CoworkerError, PlanRejected, SkillFailed, error_from_wire
-from ._identity import checksum, same_wallet
-from ._llm_planner import BASE_URL_VARIABLE, LLMPlanner
-from ._protocol import ErrorBody, PlanAnswerBody, new_id, parse_body
-from ._skills import CallContext
-from ._store import CollaborationRecord
-from ._tasks import TaskState
-from ._trust import TrustTier
+from coworker.core.protocol import ErrorBody, PlanAnswerBody, new_id, parse_body
+from coworker.core.skills import CallContext
+from coworker.core.tasks import TaskState
+from coworker.core.trust import TrustTier
+from coworker.core.wallets import checksum, same_wallet
+from coworker.runtime.llm_planner import BASE_URL_VARIABLE, LLMPlanner
+from coworker.store.sqlite import CollaborationRecord
 
 if TYPE_CHECKING:
-    from ._agent import AsyncAgent
-    from ._runtime import Runtime
+    from coworker.agent.agent import AsyncAgent
+    from coworker.runtime.dispatch import Runtime
 
 log = logging.getLogger("coworker.collaboration")
 
@@ -57,7 +57,7 @@ DISCOVERY_TIMEOUT = 30.0  # seconds the peer has to show its skills (at most the
 
 
 class Planner(Protocol):
-    """Anything that plans: ``plan`` returns plan data (see :func:`coworker._collab.parse_plan`), or an
+    """Anything that plans: ``plan`` returns plan data (see :func:`coworker.core.plans.parse_plan`), or an
     awaitable of it, from the goal and the skill cards of both agents."""
 
     def plan(self, goal: str, own: Sequence[Mapping[str, Any]], peer: Sequence[Mapping[str, Any]]) -> Any: ...

@@ -1,7 +1,7 @@
 """``coworker demo``: two agents, in two processes, meet over XMTP through the local node.
 
 The demo makes sure the local XMTP node runs (``coworker devnet``, started in the background if needed), then
-starts two agent processes (``python -m coworker._demo ROLE DIR``), each with a fresh wallet under
+starts two agent processes (``python -m coworker.cli.demo ROLE DIR``), each with a fresh wallet under
 ``$COWORKER_HOME/demo``: *assistant* (summarize, translate) and *researcher* (research, write). It drives them
 through their control endpoints, as ``coworker connect`` and ``coworker call`` would, and prints each step of
 first contact with its timing: 0 visible skills, the trust request, its approval, discovery, calls and their
@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _paths
-from ._agent import AsyncAgent
-from ._control import ControlClient
-from ._errors import CoworkerError
-from ._process import read_line, tail
+from coworker import _paths
+from coworker._errors import CoworkerError
+from coworker._process import read_line, tail
+from coworker.agent.agent import AsyncAgent
+from coworker.agent.control import ControlClient
 
 _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 10.0
@@ -125,7 +125,7 @@ def _spawn(role: str, root: Path) -> _Process:
     log_path = _paths.ensure_private_dir(data_dir / "logs") / "agent.log"
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        popen = subprocess.Popen([sys.executable, "-m", "coworker._demo", role, str(data_dir)],
+        popen = subprocess.Popen([sys.executable, "-m", "coworker.cli.demo", role, str(data_dir)],
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_fd)
     finally:
         os.close(log_fd)
@@ -167,10 +167,10 @@ def _stop(processes: list[_Process]) -> None:
 
 def run_demo() -> bool:
     """The demo, printed step by step; True when every step went as it should."""
-    from ._xmtp import autostart_allowed, ensure_local_node, node_available
+    from coworker.transports.xmtp import node
+    from coworker.transports.xmtp.transport import autostart_allowed, ensure_local_node
 
-    if not node_available():
-        raise CoworkerError("the demo needs Node.js and the XMTP SDK: run `make setup` (or `npm ci` in node/)")
+    node.ensure_installed()  # before the processes start: they would each wait for it
     print("CoWorker demo: two agents in two processes, over XMTP (MLS, end-to-end encrypted) through the local "
           "node.", flush=True)
     print(flush=True)

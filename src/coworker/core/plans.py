@@ -21,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ._errors import ConfigurationError
-from ._identity import same_wallet
-from ._protocol import PlanProposeBody
-from ._skills import Skill
-from ._trust import TrustTier, may_see
+from coworker._errors import ConfigurationError
+from coworker.core.protocol import PlanProposeBody
+from coworker.core.skills import Skill
+from coworker.core.trust import TrustTier, may_see
+from coworker.core.wallets import same_wallet
 
 REFERENCE = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+?)\.output((?:\.[A-Za-z0-9_-]+)*)\s*\}\}")
 

@@ -27,8 +27,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, _paths
-from ._agent import (
+from coworker import _paths
+from coworker._errors import ConfigurationError, CoworkerError
+from coworker._version import __version__
+from coworker.agent.agent import (
     DB_FILE,
     LOCK_FILE,
     NETWORK_NAMES,
@@ -39,13 +41,15 @@ from ._agent import (
     validate_agent_name,
     write_config,
 )
-from ._cli_net import CliError, bridge_status
-from ._cli_net import register as register_network_commands
-from ._control import ControlClient
-from ._errors import ConfigurationError, CoworkerError
-from ._identity import KEY_FILE, KEYSTORE_FILE, Identity, checksum
-from ._tasks import Receipt
-from ._trust import TrustTier
+from coworker.agent.control import ControlClient
+from coworker.cli.network import CliError, bridge_status
+from coworker.cli.network import register as register_network_commands
+from coworker.cli.setup import register as register_setup
+from coworker.core.tasks import Receipt
+from coworker.core.trust import TrustTier
+from coworker.core.wallets import checksum
+from coworker.devnet._cli import register as register_devnet
+from coworker.store.identity import KEY_FILE, KEYSTORE_FILE, Identity
 
 log = logging.getLogger("coworker.cli")
 
@@ -430,7 +434,7 @@ def _cmd_task(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+    from coworker.cli.demo import run_demo
 
     if not run_demo():
         raise CliError("the demo did not go as expected (see above)")
@@ -513,20 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     register_network_commands(commands, common, _choose_agent, trust_commands)
-
-    register_devnet = _devnet_register()
-    if register_devnet is not None:
-        register_devnet(commands)
+    register_setup(commands, common)
+    register_devnet(commands)
     return parser
-
-
-def _devnet_register() -> Callable[[Any], None] | None:
-    try:
-        from .devnet._cli import register  # type: ignore[import-not-found, unused-ignore]
-    except ImportError as exc:  # not built yet, or its dependencies are missing
-        log.debug("no devnet command: %s", exc)
-        return None
-    return register  # type: ignore[no-any-return, unused-ignore]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The LLM planner: asks any OpenAI-compatible ``/chat/completions`` endpoint for a collaboration's plan.
 
-The prompt and the reading of the answer are pure (:func:`coworker._collab.planner_messages` and
-:func:`coworker._collab.plan_from_answer`); this module only does the HTTP request. The API key is read from a
+The prompt and the reading of the answer are pure (:func:`coworker.core.plans.planner_messages` and
+:func:`coworker.core.plans.plan_from_answer`); this module only does the HTTP request. The API key is read from a
 file, never from an environment variable, and appears in no log, message or ``repr``.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from ._collab import plan_from_answer, planner_messages
-from ._errors import ConfigurationError
+from coworker._errors import ConfigurationError
+from coworker.core.plans import plan_from_answer, planner_messages
 
 log = logging.getLogger("coworker.planner")
 

@@ -1,7 +1,7 @@
 """The ``coworker`` commands that talk to the network: serve, bridge, connect, call, invite, trust request.
 
 A command that needs the agent on the network uses the agent's running process when there is one (through its
-control endpoint, see :mod:`coworker._control`); otherwise it starts the agent in this process for the length of
+control endpoint, see :mod:`coworker.agent.control`); otherwise it starts the agent in this process for the length of
 the command (its XMTP sidecar included) and stops it afterwards.
 
 Example::
@@ -30,13 +30,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import _paths
-from ._agent import LOCK_FILE, Agent, AsyncAgent, _AgentLock, network_name, validate_agent_name
-from ._control import ControlClient, peer_json
-from ._errors import ConfigurationError, CoworkerError
-from ._identity import Identity, checksum, recover_signer
-from ._process import NotReady, spawn_ready, wait_exit
-from ._trust import TrustTier
+from coworker import _paths
+from coworker._errors import ConfigurationError, CoworkerError
+from coworker._process import NotReady, spawn_ready, wait_exit
+from coworker.agent.agent import LOCK_FILE, Agent, AsyncAgent, _AgentLock, network_name, validate_agent_name
+from coworker.agent.control import ControlClient, peer_json
+from coworker.core.trust import TrustTier
+from coworker.core.wallets import checksum, recover_signer
+from coworker.store.identity import Identity
 
 log = logging.getLogger("coworker.cli")
 

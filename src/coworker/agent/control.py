@@ -27,12 +27,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _errors
-from ._errors import CoworkerError, InvalidInput, RemoteProtocolError, TransportError
-from ._identity import write_private
+from coworker import _errors
+from coworker._errors import CoworkerError, InvalidInput, RemoteProtocolError, TransportError
+from coworker.store.identity import write_private
 
 if TYPE_CHECKING:
-    from ._agent import AsyncAgent, Peer
+    from coworker.agent.agent import AsyncAgent, Peer
 
 log = logging.getLogger("coworker.control")
 

@@ -19,10 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from . import _paths
-from ._collaboration import Collaborations, Planner
-from ._control import ControlServer
-from ._errors import (
+from coworker import _paths
+from coworker._errors import (
     CallTimeout,
     ConfigurationError,
     CoworkerError,
@@ -31,16 +29,19 @@ from ._errors import (
     TransportError,
     error_from_wire,
 )
-from ._identity import KEYSTORE_FILE, Identity, checksum
-from ._portal import Portal
-from ._protocol import ErrorBody, parse_body
-from ._runtime import Runtime, TrustPolicy
-from ._skills import Skill, SkillFunction, build_skill
-from ._store import CallRecord, PeerRecord, SQLiteStore, TaskRecord, TrustRequest
-from ._tasks import LIVE, Progress, RetryPolicy, TaskState
-from ._transport import Network, Transport
-from ._trust import TrustTier
-from ._xmtp import XMTP_NETWORKS, XmtpNetwork
+from coworker.agent.control import ControlServer
+from coworker.agent.portal import Portal
+from coworker.core.protocol import ErrorBody, parse_body
+from coworker.core.skills import Skill, SkillFunction, build_skill
+from coworker.core.tasks import LIVE, Progress, RetryPolicy, TaskState
+from coworker.core.trust import TrustTier
+from coworker.core.wallets import checksum
+from coworker.runtime.collaboration import Collaborations, Planner
+from coworker.runtime.dispatch import Runtime, TrustPolicy
+from coworker.store.identity import KEYSTORE_FILE, Identity
+from coworker.store.sqlite import CallRecord, PeerRecord, SQLiteStore, TaskRecord, TrustRequest
+from coworker.transports.base import Network, Transport
+from coworker.transports.xmtp.transport import XMTP_NETWORKS, XmtpNetwork
 
 log = logging.getLogger("coworker.agent")
 

@@ -20,8 +20,8 @@ from typing import Any
 import jsonschema
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
-from ._errors import ConfigurationError, InvalidInput, SkillFailed
-from ._trust import TrustTier
+from coworker._errors import ConfigurationError, InvalidInput, SkillFailed
+from coworker.core.trust import TrustTier
 
 SkillFunction = Callable[..., Any]
 

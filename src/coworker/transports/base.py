@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._identity import Identity
+from coworker.store.identity import Identity
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,6 @@ Without a passphrase the key is a hex file ``wallet.key``; with one it is a stan
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -17,35 +16,15 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import defunct_hash_message
 from eth_account.signers.local import LocalAccount
-from eth_keys.datatypes import PrivateKey, PublicKey, Signature
-from eth_keys.exceptions import BadSignature
-from eth_utils.address import to_checksum_address
-from eth_utils.exceptions import ValidationError
+from eth_keys.datatypes import PrivateKey
 
-from ._errors import ConfigurationError, IdentityError
-from ._protocol import is_address
+from coworker._errors import IdentityError
+from coworker.core.wallets import checksum
 
 log = logging.getLogger("coworker.identity")
 
 KEY_FILE = "wallet.key"
 KEYSTORE_FILE = "keystore.json"
-
-
-@functools.lru_cache(maxsize=4096)
-def checksum(address: str) -> str:
-    """The EIP-55 checksummed form of ``address``.
-
-    Raises:
-        ConfigurationError: not a 0x-prefixed 20-byte hex address.
-    """  # cached: the keccak hash behind EIP-55 costs ~80 us, and the same peers come back on every message
-    if not is_address(address):
-        raise ConfigurationError(f"not a wallet address: {address!r} (expected 0x and 40 hex digits)")
-    return str(to_checksum_address(address))
-
-
-def same_wallet(a: str, b: str) -> bool:
-    """Whether two addresses name the same wallet (case-insensitive)."""
-    return a.lower() == b.lower()
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -141,30 +120,3 @@ class Identity:
     def private_key_hex(self) -> str:
         """The raw key, for a transport that must sign for this wallet. Never log or send it."""
         return "0x" + bytes(self._account.key).hex()
-
-
-def signed_by(text: str, signature: str, address: str) -> bool:
-    """Whether ``signature`` is an EIP-191 signature of ``text`` by the wallet ``address``; False for a
-    malformed signature too. (Compares raw addresses: cheaper than :func:`recover_signer`.)"""
-    try:
-        signer: bytes = _recover(text, signature).to_canonical_address()
-        return signer == bytes.fromhex(address.removeprefix("0x"))
-    except (ValueError, TypeError, BadSignature, ValidationError):
-        return False
-
-
-def _recover(text: str, signature: str) -> PublicKey:
-    raw = bytes.fromhex(signature.removeprefix("0x"))
-    if len(raw) != 65 or raw[64] not in (27, 28):
-        raise ValueError("not a 65-byte EIP-191 signature")
-    vrs = Signature(signature_bytes=raw[:64] + bytes([raw[64] - 27]))
-    return vrs.recover_public_key_from_msg_hash(defunct_hash_message(text=text))
-
-
-def recover_signer(text: str, signature: str) -> str:
-    """The checksummed address that made an EIP-191 ``signature`` of ``text``.
-
-    Raises:
-        ValueError: ``signature`` is not a 65-byte hex signature (r, s, v with v 27 or 28).
-    """
-    return checksum(_recover(text, signature).to_checksum_address())

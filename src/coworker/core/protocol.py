@@ -26,7 +26,7 @@ from typing import Annotated, Any, Final, Literal
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._errors import RemoteProtocolError
+from coworker._errors import RemoteProtocolError
 
 VERSION: Final = 2
 MAX_ENVELOPE_BYTES: Final = 1_000_000  # the XMTP network's limit for one message

@@ -13,9 +13,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._errors import ConfigurationError, PeerUnreachable, TransportError
-from ._identity import Identity
-from ._transport import Deliver, Incoming, Network, Sender, Transport
+from coworker._errors import ConfigurationError, PeerUnreachable, TransportError
+from coworker.store.identity import Identity
+from coworker.transports.base import Deliver, Incoming, Network, Sender, Transport
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""A Python handle on ``node/driver.mjs``: one XMTP Node SDK client in its own process.
+"""A Python handle on ``sidecar/driver.mjs``: one XMTP Node SDK client in its own process.
 
 The driver speaks JSON lines (its header documents the commands and events). This class writes
 commands, matches replies by id and buffers events so a caller can wait for one with a bound. One
@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from coworker import _paths
-from coworker._xmtp import node_available, settle_reply
+from coworker.transports.xmtp import node
+from coworker.transports.xmtp.transport import settle_reply
 
 _LINE_LIMIT = 64 * 1024 * 1024
 
@@ -35,13 +35,13 @@ class NodeDriverError(Exception):
 
 
 def default_node_dir() -> Path:
-    """The Node package holding ``driver.mjs``: ``$COWORKER_NODE_DIR`` or the repository's ``node/``."""
-    return _paths.node_dir()
+    """The installed Node side holding ``driver.mjs`` (see :func:`coworker.transports.xmtp.node.install_dir`)."""
+    return node.install_dir()
 
 
 def node_sdk_available(node_dir: Path | None = None) -> bool:
     """True when ``node`` is on PATH and the Node package's dependencies are installed."""
-    return node_available(node_dir)
+    return node.node_available(node_dir)
 
 
 class NodeDriver:

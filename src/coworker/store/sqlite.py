@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ._errors import StoreError
-from ._trust import TrustTier
+from coworker._errors import StoreError
+from coworker.core.trust import TrustTier
 
 log = logging.getLogger("coworker.store")
 

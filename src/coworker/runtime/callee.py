@@ -1,0 +1,281 @@
+"""The callee's side of a task: store it, run the skill once, store the outcome with a signed receipt, answer.
+
+Theory of operation. A ``call.request`` that passed the trust check comes to :meth:`Callee.serve`. Its task key
+is (caller, task id): a key seen before means a repeat (a retry, a duplicate, a poll, a request re-sent after a
+restart), answered from the store and never run again. A new task is validated, stored and committed *before* the
+skill runs, and its outcome is stored and committed (with the receipt) *before* the answer leaves, so a crash at
+any point leads to neither a second run nor a lost answer: on the next start :meth:`Callee.resume` runs again the
+tasks that were running (``ctx.attempt`` tells the skill) and sends their results on their own. A skill that runs
+longer than :data:`ACK_AFTER` gets a ``call.ack``; its progress reports are coalesced by :class:`_Reporter`.
+A ``call.cancel`` stops the skill; one that overtakes its request leaves a canceled record, so the request never runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from coworker._errors import CoworkerError, SkillFailed, SkillNotFound
+from coworker.core import protocol as proto
+from coworker.core.skills import CallContext, Skill
+from coworker.core.tasks import LIVE, Receipt, TaskState, json_size
+from coworker.core.trust import TrustTier
+from coworker.runtime.link import Link
+from coworker.store.sqlite import TaskRecord
+
+log = logging.getLogger("coworker.runtime")
+
+MAX_CONCURRENT_SKILLS = 256
+ACK_AFTER = 0.5  # seconds a skill runs before the callee tells the caller it is working on it
+PROGRESS_GAP = 0.1  # seconds between two progress messages of one task; reports in between are coalesced
+
+
+class _Reporter:
+    """The callee's side of a running skill's progress: coalesces reports into at most one ``call.progress``
+    message per :data:`PROGRESS_GAP` and numbers them, so that the caller can drop repeats and stale ones."""
+
+    def __init__(self, link: Link, task: TaskRecord) -> None:
+        self._link, self._task = link, task
+        self._loop = asyncio.get_running_loop()
+        self._seq = 0
+        self._index = 0  # partials sent so far
+        self._progress: float | None = None
+        self._message = ""
+        self._partials: list[Any] = []
+        self._dirty = False
+        self._handle: asyncio.TimerHandle | None = None
+        self._last = 0.0
+        self.closed = False
+
+    def report(self, progress: float | None, message: str) -> None:
+        """From the skill (any thread)."""
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._add(progress, message, ())
+        else:
+            self._loop.call_soon_threadsafe(self._add, progress, message, ())
+
+    def partial(self, value: Any) -> None:
+        """From an async generator skill, on the loop."""
+        self._add(self._progress, self._message, (value,))
+
+    def _add(self, progress: float | None, message: str, partials: tuple[Any, ...]) -> None:
+        if self.closed:
+            return
+        self._progress, self._message = progress, message
+        self._partials.extend(partials)
+        self._dirty = True
+        if self._handle is None:
+            wait = max(0.0, self._last + PROGRESS_GAP - self._loop.time())
+            self._handle = self._loop.call_later(wait, self._flush)
+
+    def _flush(self) -> None:
+        self._handle = None
+        if self.closed or not self._dirty:
+            return
+        self._seq += 1
+        body = {"task": self._task.id, "seq": self._seq, "progress": self._progress, "message": self._message,
+                "index": self._index, "partials": self._partials}
+        self._index += len(self._partials)
+        self._partials, self._dirty, self._last = [], False, self._loop.time()
+        self._link.spawn_notify(self._task.peer, "call.progress", body, self._task.id)
+
+    def close(self) -> None:
+        """The skill ended: its final answer carries everything, so pending reports are dropped."""
+        self.closed = True
+        if self._handle is not None:
+            self._handle.cancel()
+
+
+class Callee:
+    """Serves the tasks peers send us."""
+
+    def __init__(self, link: Link, skills: Mapping[str, Skill]) -> None:
+        self._link = link
+        self._skills = skills
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_SKILLS)
+        # served tasks whose skill runs, by (caller, task id): the coroutine and the record it holds
+        self._running: dict[tuple[str, str], tuple[asyncio.Task[Any], TaskRecord]] = {}
+
+    def resume(self) -> None:
+        """Run again the tasks we were serving when the agent last stopped or crashed."""
+        for task in self._link.store.live_tasks("in"):
+            log.info("running task %s (%s for %s) again after a restart", task.id, task.skill, task.peer)
+            self._link.store.update_task(task, attempts=task.attempts + 1, last_activity=self._link.clock())
+            self._link.tasks.spawn(self.execute(task, None), f"coworker-resume-{task.id}")
+
+    def reject(self, env: proto.Envelope, body: proto.CallRequestBody, peer: str, code: str, message: str,
+                     size: int, path: str = "") -> None:
+        now = self._link.clock()
+        self._link.store.add_task(TaskRecord(body.task or env.id, "in", peer, body.skill, TaskState.REJECTED,
+                                             body.input, now, updated_at=now, last_activity=now, error_code=code,
+                                             error_message=message, error_path=path or None, request_bytes=size))
+
+    async def serve(self, env: proto.Envelope, body: proto.CallRequestBody, peer: str, tier: TrustTier,
+                    size: int) -> None:
+        task_id = body.task or env.id
+        known = self._link.store.task("in", task_id, peer)
+        if known is not None:  # a repeat (a retry or a poll): answered from the store, never run again
+            await self._link.send_data(env.sender, self._task_answer(env, known))
+            return
+        skill = self._skills[body.skill]
+        now = self._link.clock()
+        task = TaskRecord(task_id, "in", peer, skill.name, TaskState.WORKING, body.input, now,
+                          version=skill.version, updated_at=now, last_activity=now, attempts=1, request_bytes=size)
+        try:
+            prepared = self._prepare(task, tier)
+        except CoworkerError as exc:
+            code, path = getattr(exc, "code", "INVALID_INPUT"), getattr(exc, "path", "")
+            self.reject(env, body, peer, code, str(exc), size, path)
+            await self._link.refuse(env, code, str(exc), task=task_id, path=path)
+            return
+        if not self._link.store.add_task(task):  # lost a race with a copy handled meanwhile (cannot happen on one loop)
+            return
+        self._link.store.flush()  # the key is durable before the skill runs: a crash now cannot lead to a second run
+        await self.execute(task, env, prepared)
+
+    def _prepare(self, task: TaskRecord, tier: TrustTier) -> tuple[Skill, dict[str, Any], _Reporter]:
+        """The skill, its bound arguments and the progress reporter for a served task.
+
+        Raises:
+            SkillNotFound: the skill is gone (after a restart).
+            InvalidInput: the input breaks the skill's schema.
+        """
+        skill = self._skills.get(task.skill)
+        if skill is None:
+            raise SkillNotFound(f"no skill named {task.skill!r} visible to you")
+        reporter = _Reporter(self._link, task)
+        ctx = CallContext(caller=task.peer, trust_tier=tier, call_id=task.id, skill=skill.name,
+                          attempt=task.attempts, _reporter=reporter.report)
+        return skill, skill.bind(task.input, ctx), reporter
+
+    async def execute(self, task: TaskRecord, request: proto.Envelope | None,
+                       prepared: tuple[Skill, dict[str, Any], _Reporter] | None = None) -> None:
+        """Run a stored ``working`` task, store its outcome, then send it (as a reply to ``request``, or on its
+        own after a restart)."""
+        key = (task.peer.lower(), task.id)
+        current = asyncio.current_task()
+        assert current is not None
+        self._running[key] = (current, task)
+        loop = asyncio.get_running_loop()
+        ack = None
+        if request is not None:
+            ack = loop.call_later(ACK_AFTER, lambda: self._link.tasks.spawn(self._ack(request, task), "coworker-ack"))
+        wall, started = self._link.clock(), time.perf_counter()
+        reporter: _Reporter | None = None
+        output: Any = None
+        error: CoworkerError | None = None
+        try:
+            skill, kwargs, reporter = prepared or self._prepare(task, self._link.store.trust_tier(task.peer))
+            async with self._slots:
+                output = await skill.run(kwargs, on_partial=reporter.partial)
+        except asyncio.CancelledError:
+            if task.state == TaskState.CANCELED:
+                return  # canceled by its caller, who has been told
+            raise  # the agent stops: the task stays working and runs again on the next start
+        except CoworkerError as exc:
+            if isinstance(exc, SkillFailed) and exc.__cause__ is not None:
+                log.warning("skill %s failed for %s", task.skill, task.peer, exc_info=exc.__cause__)
+            error = exc
+        finally:
+            self._running.pop(key, None)
+            if ack is not None:
+                ack.cancel()
+            if reporter is not None:
+                reporter.close()
+        duration = (time.perf_counter() - started) * 1000
+        data = self._finish(task, request, output, error, wall, duration)
+        await self._link.send_data(task.peer, data)  # stored first: the caller may look as soon as it has the answer
+
+    def _finish(self, task: TaskRecord, request: proto.Envelope | None, output: Any, error: CoworkerError | None,
+                wall: float, duration: float) -> bytes:
+        """Store a served task's outcome with its signed receipt; the answer's bytes (encoded once)."""
+        to = request or self._stub_request(task)
+        duration_ms = round(duration, 3)
+        data = b""
+        if error is None:
+            try:
+                output_bytes = json_size(output)
+            except (ValueError, TypeError) as exc:
+                error = SkillFailed(f"the result cannot be sent as JSON: {exc}")
+        if error is None:
+            receipt = self._receipt(task, TaskState.COMPLETED, wall, duration_ms, output_bytes)
+            body = {"task": task.id, "output": output, "duration_ms": duration_ms, "receipt": receipt}
+            encoded = self._link.encoded(to, "call.result", body)
+            if isinstance(encoded, str):
+                error = SkillFailed(encoded)
+            else:
+                data = encoded
+        if error is None:
+            changes: dict[str, Any] = {"state": TaskState.COMPLETED, "output": output}
+        else:
+            receipt = self._receipt(task, TaskState.FAILED, wall, duration_ms, 0)
+            code, path = getattr(error, "code", "SKILL_FAILED"), getattr(error, "path", "")
+            body = {**proto.error_body(code, str(error), path, task=task.id), "receipt": receipt}
+            data = self._link.encode_reply(to, "call.error", body)[1]
+            changes = {"state": TaskState.FAILED, "error_code": code, "error_message": str(error),
+                       "error_path": path or None}
+        self._link.store.update_task(task, updated_at=self._link.clock(), duration_ms=duration, receipt=receipt,
+                               response_bytes=len(data), **changes)
+        self._link.store.flush()  # the outcome is durable before it leaves: a crash now cannot lead to a second run
+        return data
+
+    def _receipt(self, task: TaskRecord, state: TaskState, wall: float, duration_ms: float,
+                 output_bytes: int) -> dict[str, Any]:
+        """The usage receipt of a served task, signed with our wallet."""
+        receipt = Receipt(task_id=task.id, caller=task.peer, provider=self._link.wallet, skill=task.skill,
+                          version=task.version or "", status=str(state), started_at=round(wall, 3),
+                          duration_ms=duration_ms, input_bytes=json_size(task.input), output_bytes=output_bytes)
+        return dataclasses.replace(receipt, signature=self._link.identity.sign_text(receipt.canonical())).to_dict()
+
+    def _stub_request(self, task: TaskRecord) -> proto.Envelope:
+        """A stand-in for a request we no longer have (a task resumed after a restart): answers go to its task."""
+        now = self._link.now_ms()
+        return proto.Envelope(task.id, "call.request", task.id, task.peer, self._link.wallet, now, now, {})
+
+    def _task_answer(self, to: proto.Envelope, task: TaskRecord) -> bytes:
+        """The bytes that tell the caller where a served task stands: its result, its error, or its state."""
+        if task.state == TaskState.COMPLETED:
+            body = {"task": task.id, "output": task.output, "duration_ms": round(task.duration_ms, 3),
+                    "receipt": task.receipt}
+            return self._link.encode_reply(to, "call.result", body)[1]
+        if TaskState(task.state).terminal:
+            body = proto.error_body(task.error_code or "CALL_ERROR", task.error_message or "",
+                                    task.error_path or "", task=task.id)
+            if task.receipt is not None:
+                body["receipt"] = task.receipt
+            return self._link.encode_reply(to, "call.error", body)[1]
+        return self._link.encode_reply(to, "call.ack", {"task": task.id, "state": task.state})[1]
+
+    async def _ack(self, request: proto.Envelope, task: TaskRecord) -> None:
+        if task.state in LIVE:
+            try:
+                await self._link.answer(request, "call.ack", {"task": task.id, "state": task.state})
+            except CoworkerError as exc:
+                log.info("could not acknowledge task %s: %s", task.id, exc)
+
+    async def cancel(self, env: proto.Envelope, body: proto.CallCancelBody, peer: str) -> None:
+        running = self._running.get((peer.lower(), body.task))
+        task = running[1] if running is not None else self._link.store.task("in", body.task, peer)
+        now = self._link.clock()
+        if task is None:
+            # The cancellation overtook its request: remember it, so that the request never runs.
+            task = TaskRecord(body.task, "in", peer, "", TaskState.CANCELED, {}, now, updated_at=now,
+                              last_activity=now, error_code="CANCELED", error_message="canceled by the caller")
+            self._link.store.add_task(task)
+            self._link.store.flush()
+        elif task.state in LIVE:
+            self._link.store.update_task(task, state=TaskState.CANCELED, updated_at=now, error_code="CANCELED",
+                                   error_message="canceled by the caller")
+            self._link.store.flush()
+            if running is not None:
+                running[0].cancel()
+            log.info("task %s (%s for %s) canceled by its caller", task.id, task.skill, peer)
+        await self._link.send_data(env.sender, self._task_answer(env, task))

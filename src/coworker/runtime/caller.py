@@ -1,0 +1,318 @@
+"""The caller's side of a task: store it, deliver it until it ends, take the peer's answers, expire it.
+
+Theory of operation. :meth:`Caller.submit` stores the task and commits it before anything is sent, then starts
+one *driver* coroutine for it (:meth:`Caller._drive`). The driver sends the request, sends it again (a new message,
+the same task id) on the retry schedule until the task ends, and expires it when neither an answer nor progress
+came in time. Answers (``call.result``, ``call.error``, ``call.ack``, ``call.progress``) come through
+:meth:`Caller.on_reply`, only from the wallet the task went to, and only move a live task forward; a result's
+receipt is checked before the task is stored as completed. Everything that changes a live task goes through the
+record its driver holds (in its :class:`_Watch`) and wakes the driver. Drivers are cancelled at once when the agent
+stops and started again, from the store, by :meth:`Caller.resume` on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from coworker._errors import (
+    ConfigurationError,
+    CoworkerError,
+    LocalProtocolError,
+    PeerUnreachable,
+    RemoteProtocolError,
+    TransportError,
+)
+from coworker.core import protocol as proto
+from coworker.core.tasks import (
+    DEFAULT_CAP_FACTOR,
+    LIVE,
+    Progress,
+    Receipt,
+    RetryPolicy,
+    TaskState,
+    advance,
+    expires_at,
+    state_for_error,
+)
+from coworker.runtime.link import Link
+from coworker.runtime.taskset import TaskSet
+from coworker.store.sqlite import TaskRecord
+
+log = logging.getLogger("coworker.runtime")
+
+WATCH_BUFFER = 1000  # progress reports kept per task for a late watcher
+
+
+@dataclass(eq=False)
+class _Watch:
+    """What the caller side keeps in memory for one of its live tasks: the record its driver holds (every
+    change goes through this object, so that the driver sees it), and who waits for what."""
+
+    task: TaskRecord
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    listeners: list[Callable[[Progress], None]] = field(default_factory=list)
+    backlog: collections.deque[Progress] = field(default_factory=lambda: collections.deque(maxlen=WATCH_BUFFER))
+    queues: list[asyncio.Queue[Progress | None]] = field(default_factory=list)
+    sent_ids: list[str] = field(default_factory=list)
+    seq: int = 0  # the last progress message taken
+    partials: int = 0  # partial results passed on so far
+    answered: bool = False  # the peer has said anything about the task
+
+
+class Caller:
+    """Delivers the tasks we send to peers."""
+
+    def __init__(self, link: Link, retry: RetryPolicy) -> None:
+        self._link = link
+        self._retry = retry
+        self._drivers = TaskSet()  # one per live task: cancelled at once on close, resumed on start
+        self._watches: dict[str, _Watch] = {}  # our live tasks, by task id
+        self._sent: dict[str, str] = {}  # message id of a call.request copy -> its task id
+
+    def resume(self) -> None:
+        """Drive on the tasks we had sent when the agent last stopped or crashed."""
+        for task in self._link.store.live_tasks("out"):
+            self._start_driver(task)
+
+    async def close(self) -> None:
+        """Stop every driver at once (the tasks stay live in the store)."""
+        await self._drivers.close(0)
+        self._watches.clear()
+        self._sent.clear()
+
+    def submit(self, peer: str, skill: str, input: dict[str, Any], *, version: str | None = None,
+               timeout: float | None = None, cap: float | None = None, task_id: str | None = None,
+               on_progress: Callable[[Progress], None] | None = None) -> str:
+        """Store a new task for ``peer`` and start delivering it; its id.
+
+        Raises:
+            ConfigurationError: the input cannot be sent as JSON, or ``task_id`` is taken.
+            LocalProtocolError: the request would be over the network's message size limit.
+        """
+        task_id = task_id or proto.new_id()
+        body = self._call_body(task_id, skill, input, version)
+        try:
+            size = len(proto.encode(proto.request("call.request", body, sender=self._link.wallet, recipient=peer,
+                                                  now_ms=self._link.now_ms())))
+        except ValueError as exc:
+            raise ConfigurationError(f"input cannot be sent as JSON: {exc}") from None
+        if size > proto.MAX_ENVELOPE_BYTES:
+            raise LocalProtocolError(f"message of {size} bytes exceeds the network limit of "
+                                     f"{proto.MAX_ENVELOPE_BYTES} bytes")
+        if cap is None and timeout is not None:
+            cap = timeout * DEFAULT_CAP_FACTOR
+        now = self._link.clock()
+        task = TaskRecord(task_id, "out", peer, skill, TaskState.SUBMITTED, input, now, version=version,
+                          updated_at=now, last_activity=now, timeout=timeout, cap=cap, request_bytes=size)
+        if not self._link.store.add_task(task):
+            raise ConfigurationError(f"a task with id {task_id} exists already")
+        self._link.store.flush()  # durable before the request leaves: after a crash the task is picked up again
+        watch = self._start_driver(task)
+        if on_progress is not None:
+            watch.listeners.append(on_progress)
+        return task_id
+
+    @staticmethod
+    def _call_body(task_id: str, skill: str, input: dict[str, Any], version: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"skill": skill, "input": input, "task": task_id}
+        if version is not None:
+            body["version"] = version
+        return body
+
+    def watch(self, task_id: str) -> _Watch | None:
+        """The in-memory state of one of our live tasks (None once it ended or when it is not ours)."""
+        return self._watches.get(task_id)
+
+    def _start_driver(self, task: TaskRecord) -> _Watch:
+        watch = self._watches[task.id] = _Watch(task)
+        self._drivers.spawn(self._drive(task, watch), f"coworker-task-{task.id}")
+        return watch
+
+    async def _drive(self, task: TaskRecord, watch: _Watch) -> None:
+        """Deliver one of our tasks: send the request, send it again until the task ends, expire it."""
+        body = self._call_body(task.id, task.skill, task.input, task.version)
+        loop = asyncio.get_running_loop()
+        copies, next_send = 0, loop.time()
+        try:
+            while True:
+                watch.changed.clear()  # before looking: a change from here on wakes the wait below
+                if task.state not in LIVE:
+                    break
+                now = loop.time()
+                ends = expires_at(task.created_at, task.last_activity, task.timeout, task.cap)
+                if ends is not None and self._link.clock() >= ends:
+                    self._expire(task, watch)
+                    break
+                if now >= next_send:
+                    # A send waits while the transport recovers (a sidecar restarting), never past the task's
+                    # expiry. Not bounded by the retry gap: a transport may go on with a send we stopped waiting
+                    # for (XMTP's sidecar does), so a copy abandoned every gap would pile up behind the others.
+                    bound = None if ends is None else max(ends - self._link.clock(), 0.05)
+                    try:
+                        async with asyncio.timeout(bound):
+                            await self._send_copy(task, watch, body)
+                    except (PeerUnreachable, LocalProtocolError) as exc:
+                        code = "PEER_UNREACHABLE" if isinstance(exc, PeerUnreachable) else "PROTOCOL_ERROR"
+                        self._end(task, watch, TaskState.REJECTED, error_code=code, error_message=str(exc))
+                        break
+                    except (TransportError, TimeoutError) as exc:
+                        log.info("could not send task %s to %s (will try again): %s", task.id, task.peer,
+                                 exc or "timed out")
+                    copies += 1
+                    next_send = loop.time() + self._retry.delay(copies)
+                wait = next_send - loop.time()
+                if ends is not None:
+                    wait = min(wait, ends - self._link.clock())
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await watch.changed.wait()
+        finally:
+            self._forget(task.id, watch)
+
+    async def _send_copy(self, task: TaskRecord, watch: _Watch, body: dict[str, Any]) -> None:
+        env = proto.request("call.request", body, sender=self._link.wallet, recipient=task.peer,
+                            now_ms=self._link.now_ms())
+        self._sent[env.id] = task.id
+        watch.sent_ids.append(env.id)
+        await self._link.send(env)
+
+    def _forget(self, task_id: str, watch: _Watch) -> None:
+        if self._watches.get(task_id) is watch:
+            del self._watches[task_id]
+        for mid in watch.sent_ids:
+            self._sent.pop(mid, None)
+        for queue in watch.queues:
+            queue.put_nowait(None)
+        watch.done.set()
+
+    def _expire(self, task: TaskRecord, watch: _Watch) -> None:
+        limit = task.timeout if task.timeout is not None else task.cap
+        if task.cap is not None and self._link.clock() >= task.created_at + task.cap:
+            message = f"the call to {task.skill} ran past its cap of {task.cap:g} s"
+        elif not watch.answered:
+            message = f"{task.peer} did not answer call.request within {limit:g} s"
+        else:
+            message = f"{task.peer} reported no progress on {task.skill} for {limit:g} s"
+        self._end(task, watch, TaskState.EXPIRED, error_code="TIMEOUT", error_message=message)
+        if watch.sent_ids:
+            self._send_cancel(task)
+
+    def _end(self, task: TaskRecord, watch: _Watch | None, state: TaskState, **changes: Any) -> None:
+        """Move one of our tasks to ``state`` (with ``changes``) and wake its driver; a task that has ended
+        already stays as it is (an answer may arrive while its driver was sending)."""
+        if task.state not in LIVE:
+            return
+        self._link.store.update_task(task, state=state, updated_at=self._link.clock(), **changes)
+        if watch is not None:
+            watch.changed.set()
+
+    def _send_cancel(self, task: TaskRecord) -> None:
+        async def send() -> None:
+            try:
+                await self._link.send(proto.request("call.cancel", {"task": task.id}, sender=self._link.wallet,
+                                               recipient=task.peer, now_ms=self._link.now_ms()))
+            except CoworkerError as exc:
+                log.info("could not send the cancellation of task %s: %s", task.id, exc)
+
+        self._link.tasks.spawn(send(), "coworker-cancel")
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel one of our live tasks (and tell the peer); False when it had ended already.
+
+        Raises:
+            ConfigurationError: no task of ours has that id.
+        """
+        task = self._live_record(task_id)
+        if task is None:
+            if self._link.store.task("out", task_id) is None:
+                raise ConfigurationError(f"no task {task_id} of ours")
+            return False
+        self._end(task, self._watches.get(task_id), TaskState.CANCELED, error_code="CANCELED",
+                  error_message="canceled by the caller")
+        if self._link.transport is not None:
+            self._send_cancel(task)
+        return True
+
+    def on_reply(self, env: proto.Envelope, peer: str, size: int) -> None:
+        try:
+            body = proto.parse_body(env)
+        except RemoteProtocolError as exc:
+            log.warning("ignored %s from %s: %s", env.type, peer, exc)
+            return
+        task_id = getattr(body, "task", None) or self._sent.get(env.corr)
+        task = self._live_record(task_id) if task_id else None
+        if task is None:
+            log.info("ignored %s %s from %s: no live task of ours", env.type, env.id, peer)
+            return
+        if task.peer.lower() != peer.lower():
+            log.warning("ignored %s about task %s from %s: the task went to %s", env.type, task.id, peer, task.peer)
+            return
+        watch = self._watches.get(task.id)
+        if watch is not None:
+            watch.answered = True
+        now = self._link.clock()
+        if env.type == "call.ack":
+            new = advance(TaskState(task.state), "need_input" if body.state == "input_required" else "accept")
+            if new is not None and new != task.state:
+                self._end(task, watch, new)
+        elif env.type == "call.progress":
+            self._progress(task, watch, body, now)
+        elif env.type == "call.result":
+            receipt, valid = self._check_receipt(task, body.receipt, "completed")
+            self._end(task, watch, TaskState.COMPLETED, output=body.output, duration_ms=body.duration_ms,
+                      response_bytes=size, receipt=receipt, receipt_valid=valid)
+        else:
+            receipt, valid = self._check_receipt(task, body.receipt, "failed")
+            self._end(task, watch, state_for_error(body.code), error_code=body.code, error_message=body.message,
+                      error_path=body.path or None, response_bytes=size, receipt=receipt, receipt_valid=valid)
+
+    def _live_record(self, task_id: str) -> TaskRecord | None:
+        """One of our live tasks: the driver's record while it runs, else the stored one."""
+        watch = self._watches.get(task_id)
+        task = watch.task if watch is not None else self._link.store.task("out", task_id)
+        return task if task is not None and task.state in LIVE else None
+
+    def _progress(self, task: TaskRecord, watch: _Watch | None, body: proto.CallProgressBody, now: float) -> None:
+        changes: dict[str, Any] = {"last_activity": max(now, task.last_activity)}
+        if task.state == TaskState.SUBMITTED:
+            changes["state"] = TaskState.WORKING
+        self._link.store.update_task(task, **changes)
+        if watch is None or body.seq <= watch.seq:
+            return  # a repeat, or overtaken by a later report
+        watch.seq = body.seq
+        fresh = body.partials[max(0, watch.partials - body.index):]
+        watch.partials = max(watch.partials, body.index + len(body.partials))
+        event = Progress(task.id, body.progress, body.message, list(fresh))
+        watch.backlog.append(event)
+        for queue in watch.queues:
+            queue.put_nowait(event)
+        for listener in list(watch.listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("progress callback for task %s failed", task.id)
+        watch.changed.set()
+
+    def _check_receipt(self, task: TaskRecord, data: dict[str, Any] | None,
+                       status: str) -> tuple[dict[str, Any] | None, bool | None]:
+        """The receipt as sent and whether it verifies: signed by the peer, about this task, caller and skill."""
+        if data is None:
+            return None, None
+        try:
+            receipt = Receipt.from_dict(data)
+        except ValueError as exc:
+            log.warning("task %s: the receipt from %s is malformed: %s", task.id, task.peer, exc)
+            return data, False
+        valid = (receipt.verify(task.peer) and receipt.task_id == task.id and receipt.skill == task.skill
+                 and receipt.caller.lower() == self._link.wallet.lower() and receipt.status == status)
+        if not valid:
+            log.warning("task %s: the receipt from %s does not verify", task.id, task.peer)
+        return data, valid

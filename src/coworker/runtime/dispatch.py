@@ -1,0 +1,337 @@
+"""The runtime: receives messages from a transport, admits or refuses them, runs handlers, correlates replies.
+
+Theory of operation. Every incoming message takes one path (:meth:`Runtime._dispatch`), in this order:
+
+1. decode (size, UTF-8 JSON, nesting, envelope schema) - failures are answered when the message names an id;
+2. the body's ``from`` must be one of the addresses the *transport* authenticated, and ``to`` must be us;
+3. freshness (creation time, expiry) - only fresh messages are remembered;
+4. replay defence: a message id seen before is ignored;
+5. replies about a task (``call.*``) update that task, and only if they come from the wallet it went to; other
+   replies resolve the pending request with that correlation id; requests go through
+   :func:`coworker.core.trust.decide`, the single trust choke point, and then to their handler.
+
+Calls are durable tasks (see :mod:`coworker.core.tasks` for the states and the delivery rules): the caller's
+side is :mod:`coworker.runtime.caller` (a driver per live task), the callee's side :mod:`coworker.runtime.callee`
+(store before run, answer repeats from the store); both pick up their live tasks again when the agent starts.
+Both send through one :class:`~coworker.runtime.link.Link`.
+
+Each message is handled in its own task, so a slow skill never holds up other messages. Tasks belong to the
+runtime's task set and are cancelled and awaited (with a bound) by :meth:`Runtime.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coworker._errors import CallTimeout, RemoteProtocolError, TransportError
+from coworker.core import protocol as proto
+from coworker.core.plans import check_proposal
+from coworker.core.skills import Skill
+from coworker.core.tasks import Progress, RetryPolicy
+from coworker.core.trust import TrustTier, decide, may_see, tier_after_request
+from coworker.core.wallets import checksum
+from coworker.runtime import taskset
+from coworker.runtime.callee import Callee
+from coworker.runtime.caller import Caller, _Watch
+from coworker.runtime.link import Link
+from coworker.store.identity import Identity
+from coworker.store.sqlite import Store, TrustRequest
+from coworker.transports.base import Incoming, Network, Transport
+
+log = logging.getLogger("coworker.runtime")
+
+PEER_TOUCH_INTERVAL = 60.0  # seconds between two last-seen updates of one peer
+
+
+@dataclass(frozen=True, slots=True)
+class TrustPolicy:
+    """How trust requests are answered."""
+
+    auto_accept: bool = False
+    max_auto_accept: TrustTier = TrustTier.KNOWN
+
+
+@dataclass(slots=True)
+class _Pending:
+    peer: str  # lower-case wallet the request went to
+    future: asyncio.Future[tuple[proto.Envelope, int]]
+
+
+class Runtime:
+    """Drives protocol v2 for one agent over one transport."""
+
+    def __init__(self, *, identity: Identity, name: str, store: Store, skills: Mapping[str, Skill],
+                 policy: TrustPolicy, clock: Callable[[], float] = time.time,
+                 retry: RetryPolicy | None = None) -> None:
+        self.identity = identity
+        self.wallet = identity.address
+        self.name = name
+        self.store = store
+        self.skills = skills
+        self.policy = policy
+        self.clock = clock
+        self.retry = retry or RetryPolicy()
+        self._link = Link(identity, store, clock)
+        self._callee = Callee(self._link, skills)
+        self._caller = Caller(self._link, self.retry)
+        self._pending: dict[str, _Pending] = {}
+        self._touched: dict[str, float] = {}
+        self._early: list[Incoming] | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._link.transport is not None
+
+    @property
+    def transport(self) -> Transport | None:
+        return self._link.transport
+
+    async def open(self, network: Network, data_dir: Path) -> None:
+        early: list[Incoming] = []  # messages a transport delivers while it opens (XMTP syncs on start)
+        self._early = early
+        try:
+            self._link.transport = await network.open(self.identity, data_dir, self._deliver)
+        finally:
+            self._early = None
+        self._caller.resume()
+        self._callee.resume()
+        for incoming in early:
+            self._deliver(incoming)
+
+    async def close(self) -> None:
+        transport, self._link.transport = self._link.transport, None
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(TransportError("agent stopped"))
+        await self._caller.close()
+        await self._link.tasks.close(taskset.SHUTDOWN_GRACE)
+        if transport is not None:
+            await transport.close()
+        self.store.flush()
+
+    # ---- sending ------------------------------------------------------------------------------------------
+
+
+    async def request(self, peer: str, kind: str, body: dict[str, Any],
+                      timeout: float) -> tuple[proto.Envelope, int, int]:
+        """Send a request and wait for its reply: (reply, bytes sent, bytes received).
+
+        An unanswered request is sent again, as a new message, on the retry schedule; the first reply to any
+        copy counts. Only for requests that may be repeated (ping, discover, trust, plans): calls are tasks.
+
+        Raises:
+            CallTimeout: no reply within ``timeout`` seconds.
+        """
+        ttl_ms = min(max(proto.DEFAULT_TTL_MS, int(timeout * 1000) + 60_000), proto.MAX_TTL_MS)
+        future: asyncio.Future[tuple[proto.Envelope, int]] = asyncio.get_running_loop().create_future()
+        ids: list[str] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    env = proto.request(kind, body, sender=self.wallet, recipient=peer, now_ms=self._link.now_ms(),
+                                        ttl_ms=ttl_ms)
+                    self._pending[env.id] = _Pending(peer.lower(), future)
+                    ids.append(env.id)
+                    sent = await self._link.send(env)
+                    done, _ = await asyncio.wait({future}, timeout=self.retry.delay(len(ids)))
+                    if done:
+                        reply, received = future.result()
+                        return reply, sent, received
+        except TimeoutError:
+            raise CallTimeout(f"{peer} did not answer {kind} within {timeout:g} s") from None
+        finally:
+            for mid in ids:
+                del self._pending[mid]
+
+
+    async def notify(self, peer: str, kind: str, body: dict[str, Any], corr: str) -> None:
+        """Send a one-way message that answers an earlier request ``corr`` (e.g. a later trust grant)."""
+        await self._link.notify(peer, kind, body, corr)
+
+    # ---- making calls (the caller's side of a task: :mod:`coworker.runtime.caller`) ---------------------------
+
+    def submit(self, peer: str, skill: str, input: dict[str, Any], *, version: str | None = None,
+               timeout: float | None = None, cap: float | None = None, task_id: str | None = None,
+               on_progress: Callable[[Progress], None] | None = None) -> str:
+        """Store a new task for ``peer`` and start delivering it; its id (see :meth:`Caller.submit`)."""
+        return self._caller.submit(peer, skill, input, version=version, timeout=timeout, cap=cap,
+                                   task_id=task_id, on_progress=on_progress)
+
+    def watch(self, task_id: str) -> _Watch | None:
+        """The in-memory state of one of our live tasks (None once it ended or when it is not ours)."""
+        return self._caller.watch(task_id)
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel one of our live tasks (and tell the peer); False when it had ended already."""
+        return self._caller.cancel(task_id)
+
+    # ---- receiving ----------------------------------------------------------------------------------------
+
+    def _deliver(self, incoming: Incoming) -> None:
+        if self._early is not None:
+            self._early.append(incoming)
+            return
+        self._link.tasks.spawn(self._handle(incoming), "coworker-message")
+
+
+    async def _handle(self, incoming: Incoming) -> None:
+        try:
+            await self._dispatch(incoming)
+        except TransportError as exc:
+            log.warning("could not answer %s: %s", sorted(incoming.sender.addresses), exc)
+
+    async def _dispatch(self, incoming: Incoming) -> None:
+        now_ms = self._link.now_ms()
+        addresses = incoming.sender.addresses
+        try:
+            env = proto.decode(incoming.data)
+        except RemoteProtocolError as exc:
+            log.warning("refused a message from %s: %s", sorted(addresses), exc)
+            await self._refuse_undecodable(incoming, str(exc))
+            return
+        if env.sender.lower() not in addresses:
+            log.warning("refused %s %s: body claims %s but the transport authenticated %s",
+                        env.type, env.id, env.sender, sorted(addresses))
+            if env.is_request:
+                forged = dataclasses.replace(env, sender=checksum(min(addresses)))
+                await self._link.refuse(forged, "SENDER_MISMATCH", "the sender in the message is not the sender "
+                                   "the network authenticated")
+            return
+        if env.recipient.lower() != self.wallet.lower():
+            log.warning("refused %s %s from %s: addressed to %s", env.type, env.id, env.sender, env.recipient)
+            if env.is_request:
+                await self._link.refuse(env, "WRONG_RECIPIENT", "message is addressed to another wallet")
+            return
+        stale = proto.check_fresh(env, now_ms)
+        if stale is not None:
+            log.warning("refused %s %s from %s: %s", env.type, env.id, env.sender, stale)
+            if env.is_request:
+                await self._link.refuse(env, "EXPIRED", stale)
+            return
+        peer = checksum(env.sender)
+        if env.is_reply:
+            # Not remembered: a reply counts only while its request waits for it, and only once (_resolve), or
+            # moves a task only forward (_task_reply), so a replayed reply changes nothing.
+            self._touch(peer)
+            if env.type in proto.TASK_REPLY_TYPES:
+                self._caller.on_reply(env, peer, len(incoming.data))
+            else:
+                self._resolve(env, peer, len(incoming.data))
+            return
+        if not self.store.remember(env.id, env.exp, now_ms):
+            log.info("ignored %s %s from %s: already seen", env.type, env.id, env.sender)
+            return
+        self._touch(peer)
+        await self._serve_request(env, peer, len(incoming.data))
+
+    async def _refuse_undecodable(self, incoming: Incoming, reason: str) -> None:
+        peeked = proto.peek_id(incoming.data)
+        if peeked is None or len(incoming.sender.addresses) != 1 or peeked[1] not in proto.REQUEST_TYPES:
+            return  # nothing to answer to: dropped (and logged above)
+        mid, kind = peeked
+        (address,) = incoming.sender.addresses
+        now = self._link.now_ms()
+        stub = proto.Envelope(mid, kind, mid, checksum(address), self.wallet, now, now, {})
+        await self._link.refuse(stub, "PROTOCOL_ERROR", reason[:500])
+
+    def _touch(self, peer: str) -> None:
+        now = self.clock()
+        key = peer.lower()
+        if now - self._touched.get(key, 0.0) >= PEER_TOUCH_INTERVAL:
+            self._touched[key] = now
+            self.store.touch_peer(peer, now)
+
+    def _resolve(self, env: proto.Envelope, peer: str, size: int) -> None:
+        pending = self._pending.get(env.corr)
+        if pending is None:
+            if env.type in ("trust.grant", "trust.deny"):
+                body = proto.parse_body(env)
+                state = "granted" if env.type == "trust.grant" else "denied"
+                self.store.set_standing(peer, state, TrustTier.parse(body.tier), self.clock())
+                log.info("%s %s our trust request", peer, state)
+            else:
+                log.info("ignored %s %s from %s: no request is waiting for it", env.type, env.id, peer)
+            return
+        if pending.peer != peer.lower():
+            log.warning("ignored %s from %s: the request went to %s", env.type, peer, pending.peer)
+            return
+        if pending.future.done():
+            log.info("ignored %s %s from %s: its request was already answered", env.type, env.id, peer)
+            return
+        pending.future.set_result((env, size))
+
+    # ---- requests -----------------------------------------------------------------------------------------
+
+    async def _serve_request(self, env: proto.Envelope, peer: str, size: int) -> None:
+        if env.type not in proto.REQUEST_TYPES:
+            await self._link.refuse(env, "UNSUPPORTED", f"unsupported request type {env.type!r}")
+            return
+        try:
+            body = proto.parse_body(env)
+        except RemoteProtocolError as exc:
+            await self._link.refuse(env, exc.code, str(exc))
+            return
+        tier = self.store.trust_tier(peer)
+        skill_name = body.skill if env.type == "call.request" else None
+        decision = decide(tier, env.type, skill_name, {n: s.min_trust_tier for n, s in self.skills.items()})
+        if not decision.allowed:
+            task_id = getattr(body, "task", None) or (env.id if env.type == "call.request" else None)
+            if env.type == "call.request" and task_id is not None:
+                self._callee.reject(env, body, peer, decision.code, decision.message, size)
+            await self._link.refuse(env, decision.code, decision.message, task=task_id)
+            return
+        if env.type == "ping":
+            await self._link.answer(env, "pong", {"message": body.message})
+        elif env.type == "discover":
+            cards = [s.card() for s in self.skills.values() if may_see(tier, s.min_trust_tier)]
+            await self._link.answer(env, "capabilities", {"name": self.name, "wallet": self.wallet, "skills": cards})
+        elif env.type == "trust.request":
+            await self._trust_request(env, body, peer, tier)
+        elif env.type == "call.request":
+            await self._callee.serve(env, body, peer, tier, size)
+        elif env.type == "call.cancel":
+            await self._callee.cancel(env, body, peer)
+        else:
+            await self._plan(env, body, tier)
+
+    async def _trust_request(self, env: proto.Envelope, body: proto.TrustRequestBody, peer: str,
+                             tier: TrustTier) -> None:
+        requested = TrustTier(body.tier)
+        outcome, new_tier = tier_after_request(tier, requested, self.policy.auto_accept, self.policy.max_auto_accept)
+        now = self.clock()
+        if outcome == "granted":
+            if new_tier != tier:
+                self.store.set_trust(peer, new_tier, now)
+                log.info("granted %s to %s automatically", new_tier.name, peer)
+            self.store.pop_trust_request(peer)
+            await self._link.answer(env, "trust.grant", {"tier": int(new_tier)})
+            return
+        request = TrustRequest(peer, requested, body.reason, env.id, now)
+        self.store.add_trust_request(request)
+        log.info("trust request from %s for %s: %r (pending approval)", peer, requested.name, body.reason)
+        await self._link.answer(env, "trust.pending", {"tier": int(requested)})
+
+    async def _plan(self, env: proto.Envelope, body: proto.PlanProposeBody, tier: TrustTier) -> None:
+        reason = check_proposal(body, self.wallet, env.sender, tier, self.skills)
+        if reason is None:
+            log.info("accepted plan %s from %s: %r", body.collaboration, env.sender, body.goal)
+            await self._link.answer(env, "plan.accept", {"collaboration": body.collaboration})
+        else:
+            log.info("rejected plan %s from %s: %s", body.collaboration, env.sender, reason)
+            await self._link.answer(env, "plan.reject", {"collaboration": body.collaboration, "reason": reason})
+
+    # ---- serving calls (the callee's side of a task) ------------------------------------------------------
+
+
+    # ---- making calls (the caller's side of a task) -------------------------------------------------------
+
+

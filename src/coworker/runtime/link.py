@@ -1,0 +1,94 @@
+"""What both sides of the runtime send through: the agent's wallet, store, clock and transport, and the
+encoding of requests, one-way messages and replies (a reply that cannot be sent becomes an error reply)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from coworker._errors import CoworkerError, LocalProtocolError, TransportError
+from coworker.core import protocol as proto
+from coworker.runtime.taskset import TaskSet
+from coworker.store.identity import Identity
+from coworker.store.sqlite import Store
+from coworker.transports.base import Transport
+
+log = logging.getLogger("coworker.runtime")
+
+
+class Link:
+    """One agent's outgoing side. ``transport`` is None while the agent is stopped; ``tasks`` owns every
+    background task the runtime spawns (handlers, acknowledgements, notifications)."""
+
+    def __init__(self, identity: Identity, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.identity = identity
+        self.wallet = identity.address
+        self.store = store
+        self.clock = clock
+        self.transport: Transport | None = None
+        self.tasks = TaskSet()
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    async def send(self, env: proto.Envelope) -> int:
+        data = proto.encode(env)
+        if len(data) > proto.MAX_ENVELOPE_BYTES:
+            raise LocalProtocolError(f"message of {len(data)} bytes exceeds the network limit of "
+                                     f"{proto.MAX_ENVELOPE_BYTES} bytes")
+        await self.send_data(env.recipient, data)
+        return len(data)
+
+    async def send_data(self, recipient: str, data: bytes) -> None:
+        if self.transport is None:
+            raise TransportError("agent is not started")
+        await self.transport.send(recipient, data)
+
+    async def notify(self, peer: str, kind: str, body: dict[str, Any], corr: str) -> None:
+        """Send a one-way message that answers an earlier request ``corr`` (e.g. a later trust grant)."""
+        now = self.now_ms()
+        env = proto.Envelope(proto.new_id(), kind, corr, self.wallet, peer, now, now + proto.DEFAULT_TTL_MS, body)
+        await self.send(env)
+
+    def spawn_notify(self, peer: str, kind: str, body: dict[str, Any], corr: str) -> None:
+        """:meth:`notify` in the background; a failure is logged (the peer can ask again)."""
+
+        async def send() -> None:
+            try:
+                await self.notify(peer, kind, body, corr)
+            except CoworkerError as exc:
+                log.info("could not send %s to %s: %s", kind, peer, exc)
+
+        self.tasks.spawn(send(), f"coworker-{kind}")
+
+    def encoded(self, to: proto.Envelope, kind: str, body: dict[str, Any]) -> bytes | str:
+        """The reply's bytes, or why it cannot be sent (a body JSON cannot carry, or one over the size limit)."""
+        try:
+            data = proto.encode(proto.reply(to, kind, body, now_ms=self.now_ms()))
+        except ValueError as exc:
+            log.warning("cannot encode %s reply: %s", kind, exc)
+            return f"the result cannot be sent as JSON: {exc}"
+        if len(data) > proto.MAX_ENVELOPE_BYTES:
+            return f"the result of {len(data)} bytes is over the {proto.MAX_ENVELOPE_BYTES}-byte message limit"
+        return data
+
+    def encode_reply(self, to: proto.Envelope, kind: str, body: dict[str, Any]) -> tuple[str, bytes]:
+        """The reply's type and bytes; a reply that cannot be sent becomes a SKILL_FAILED error."""
+        data = self.encoded(to, kind, body)
+        if isinstance(data, bytes):
+            return kind, data
+        error_kind = "call.error" if to.type in ("call.request", "call.cancel") else "error"
+        return error_kind, proto.encode(proto.reply(to, error_kind, proto.error_body(
+            "SKILL_FAILED", data, task=body.get("task")), now_ms=self.now_ms()))
+
+    async def answer(self, to: proto.Envelope, kind: str, body: dict[str, Any]) -> int:
+        _, data = self.encode_reply(to, kind, body)
+        await self.send_data(to.sender, data)
+        return len(data)
+
+    async def refuse(self, to: proto.Envelope, code: str, message: str, task: str | None = None,
+                      path: str = "") -> int:
+        kind = "call.error" if to.type in ("call.request", "call.cancel") else "error"
+        return await self.answer(to, kind, proto.error_body(code, message, path, task=task))
