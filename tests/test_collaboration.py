@@ -25,7 +25,8 @@ from coworker import (
     MemoryNetwork,
     TrustTier,
 )
-from coworker.core.plans import plan_from_answer, resolve
+from coworker.core.planning import plan_from_answer
+from coworker.core.plans import resolve
 from coworker.core.skills import build_skill
 from coworker.core.tasks import RetryPolicy
 

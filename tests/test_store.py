@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from coworker import StoreError, TrustTier
-from coworker.store.sqlite import MIGRATIONS, CallRecord, SQLiteStore, Store, TaskRecord, TrustRequest
+from coworker.store.records import CallRecord, Store, TaskRecord, TrustRequest
+from coworker.store.sqlite import MIGRATIONS, SQLiteStore
 
 A = "0xAbCdEf0123456789aBcDeF0123456789AbCdEf01"
 

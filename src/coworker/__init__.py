@@ -28,13 +28,15 @@ from coworker._errors import (
     TransportError,
 )
 from coworker._version import __version__
-from coworker.agent.agent import Agent, AsyncAgent, Peer
-from coworker.core.plans import KeywordPlanner
+from coworker.agent.agent import AsyncAgent
+from coworker.agent.blocking import Agent
+from coworker.agent.peer import Peer
+from coworker.core.planning import KeywordPlanner
 from coworker.core.skills import CallContext, Skill
 from coworker.core.tasks import Progress, Receipt, RetryPolicy, TaskState
 from coworker.core.trust import TrustTier
 from coworker.runtime.llm_planner import LLMPlanner
-from coworker.store.sqlite import CallRecord, PeerRecord, TrustRequest
+from coworker.store.records import CallRecord, PeerRecord, TrustRequest
 from coworker.transports.base import Network
 from coworker.transports.memory import MemoryNetwork
 from coworker.transports.xmtp.transport import XmtpNetwork

@@ -1,20 +1,22 @@
-"""The public agent API: :class:`AsyncAgent` (the implementation) and :class:`Agent` (its blocking facade)."""
+"""The public agent API: :class:`AsyncAgent`, the implementation (:class:`~coworker.agent.blocking.Agent` is its
+blocking facade).
+
+One piece: :class:`AsyncAgent` is the public surface, one class whose methods carry the documentation users read;
+what they do lives elsewhere (settings in :mod:`.config`, peers in :mod:`.peer`, the control port in :mod:`.control`,
+messages and tasks in :mod:`coworker.runtime`), so the length here is mostly docstrings.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import re
 import signal
-import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -29,8 +31,9 @@ from coworker._errors import (
     TransportError,
     error_from_wire,
 )
+from coworker.agent.config import LOCK_FILE, AgentLock, network_name, parse_tier, resolve_network, validate_agent_name
 from coworker.agent.control import ControlServer
-from coworker.agent.portal import Portal
+from coworker.agent.peer import Peer, task_dict
 from coworker.core.protocol import ErrorBody, parse_body
 from coworker.core.skills import Skill, SkillFunction, build_skill
 from coworker.core.tasks import LIVE, Progress, RetryPolicy, TaskState
@@ -39,181 +42,18 @@ from coworker.core.wallets import checksum
 from coworker.runtime.collaboration import Collaborations, Planner
 from coworker.runtime.dispatch import Runtime, TrustPolicy
 from coworker.store.identity import KEYSTORE_FILE, Identity
-from coworker.store.sqlite import CallRecord, PeerRecord, SQLiteStore, TaskRecord, TrustRequest
+from coworker.store.records import CallRecord, PeerRecord, TaskRecord, TrustRequest
+from coworker.store.sqlite import SQLiteStore
 from coworker.transports.base import Network, Transport
-from coworker.transports.xmtp.transport import XMTP_NETWORKS, XmtpNetwork
 
 log = logging.getLogger("coworker.agent")
 
 F = TypeVar("F", bound=SkillFunction)
 T = TypeVar("T")
 
-NETWORK_NAMES = XMTP_NETWORKS
-CONFIG_FILE = "config.json"
 DB_FILE = "coworker.db"
-LOCK_FILE = "agent.lock"
 DEFAULT_REQUEST_CAP = 24 * 3600.0  # seconds a request with no timeout may take
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
-_AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def validate_agent_name(name: str) -> str:
-    """Return ``name`` if it can name an agent (and its directory); raise ConfigurationError otherwise."""
-    if not isinstance(name, str) or not _AGENT_NAME.match(name):
-        raise ConfigurationError(f"invalid agent name {name!r}: use 1-64 letters, digits, '_', '.', '-', "
-                                 f"starting with a letter or digit")
-    return name
-
-
-def parse_tier(value: TrustTier | int | str, what: str = "tier") -> TrustTier:
-    """A trust tier from a tier, number or name; ConfigurationError otherwise."""
-    try:
-        return TrustTier.parse(value)
-    except ValueError as exc:
-        raise ConfigurationError(f"{what}: {exc}") from None
-
-
-def read_config(data_dir: Path) -> dict[str, Any]:
-    """The agent's ``config.json`` (written by ``coworker init``), or {} when there is none."""
-    path = data_dir / CONFIG_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigurationError(f"{path} does not hold a JSON object")
-    return data
-
-
-def write_config(data_dir: Path, config: dict[str, Any]) -> None:
-    """Write the agent's ``config.json``."""
-    path = data_dir / CONFIG_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def network_name(spec: str | Network | None, data_dir: Path) -> tuple[str, str]:
-    """The name of the network an agent is on and where that choice came from."""
-    if isinstance(spec, Network):
-        return spec.name, "argument"
-    if spec is not None:
-        return spec, "argument"
-    env = os.environ.get("COWORKER_NETWORK")
-    if env:
-        return env, "COWORKER_NETWORK"
-    configured = read_config(data_dir).get("network")
-    if isinstance(configured, str) and configured:
-        return configured, CONFIG_FILE
-    return "local", "default"
-
-
-def resolve_network(spec: str | Network | None, data_dir: Path) -> Network:
-    """The network object for ``spec`` (a name, a network object, or None for the configured default)."""
-    if isinstance(spec, Network):
-        return spec
-    name, source = network_name(spec, data_dir)
-    if name not in NETWORK_NAMES:
-        raise ConfigurationError(f"unknown network {name!r} (from {source}): use one of {', '.join(NETWORK_NAMES)} "
-                                 f"or a network object such as coworker.MemoryNetwork()")
-    return XmtpNetwork(name)
-
-
-@dataclass(frozen=True)
-class Peer:
-    """A peer's card, as returned by ``connect``. Works as a mapping too: ``peer["skills"]``.
-
-    Attributes:
-        name: the name the peer gives itself.
-        wallet: its checksummed wallet address.
-        skills: the names of the skills it lets us see.
-        skill_cards: full descriptions of those skills (description, JSON schemas, tier, version).
-        trust_tier: the tier *we* hold for this peer.
-        rtt_ms: the round trip of the discovery, in milliseconds.
-    """
-
-    name: str
-    wallet: str
-    skills: list[str]
-    skill_cards: list[dict[str, Any]] = field(repr=False)
-    trust_tier: TrustTier
-    rtt_ms: float = 0.0
-
-    _KEYS = ("name", "wallet", "skills", "skill_cards", "trust_tier", "rtt_ms")
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._KEYS:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def keys(self) -> tuple[str, ...]:
-        return self._KEYS
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._KEYS)
-
-    def skill(self, name: str) -> dict[str, Any]:
-        """The full card of one of the peer's skills."""
-        for card in self.skill_cards:
-            if card["name"] == name:
-                return card
-        raise KeyError(name)
-
-
-def task_dict(task: TaskRecord) -> dict[str, Any]:
-    """A task as ``get_result`` and ``list_tasks`` show it."""
-    error = None
-    if task.error_code is not None:
-        error = {"code": task.error_code, "message": task.error_message or "", "path": task.error_path or ""}
-    return {"task_id": task.id, "state": str(task.state), "result": task.output, "error": error,
-            "direction": task.direction, "peer": task.peer, "skill": task.skill, "created_at": task.created_at,
-            "updated_at": task.updated_at, "duration_ms": task.duration_ms, "attempts": task.attempts,
-            "receipt": task.receipt, "receipt_valid": task.receipt_valid}
-
-
-class _AgentLock:
-    """An exclusive lock on the agent's directory: one running process per agent."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise StoreError(f"the agent in {self.path.parent} is already running (pid {holder})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            os.close(self._fd)
-            self._fd = None
-
-    @staticmethod
-    def holder(path: Path) -> int | None:
-        """The pid of the process running the agent, or None when it is not running."""
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        finally:
-            os.close(fd)
-        return None
 
 
 class AsyncAgent:
@@ -259,7 +99,7 @@ class AsyncAgent:
         self._clock = clock
         self._retry = retry
         self._runtime: Runtime | None = None
-        self._lock = _AgentLock(self.data_dir / LOCK_FILE)
+        self._lock = AgentLock(self.data_dir / LOCK_FILE)
         self._start_lock: asyncio.Lock | None = None
         self._stopped: asyncio.Event | None = None
         self._control: ControlServer | None = None
@@ -792,218 +632,3 @@ class AsyncAgent:
         return self.store.calls(limit)
 
 
-class Agent:
-    """A CoWorker agent for ordinary (blocking) code; every method has an ``AsyncAgent`` twin.
-
-    Network methods start the agent on first use; :meth:`serve` blocks and answers peers until interrupted.
-    Takes the same arguments as :class:`AsyncAgent`.
-
-    Example::
-
-        agent = Agent("my-bot")
-
-        @agent.skill("summarize", description="Summarize text")
-        def summarize(text: str, max_words: int = 50) -> dict:
-            return {"summary": text[:100], "word_count": len(text.split())}
-
-        agent.serve()
-    """
-
-    def __init__(self, name: str, **options: Any) -> None:
-        self._portal = Portal.shared()
-        self._agent = AsyncAgent(name, **options)
-        self._serving = threading.Event()
-        self._agent._on_stop.append(self._serving.set)  # stopped from inside (the control endpoint's stop)
-
-    def __repr__(self) -> str:
-        return f"<Agent {self.name} {self.wallet}>"
-
-    @property
-    def aio(self) -> AsyncAgent:
-        """The async agent behind this facade (for use on the facade's own loop only)."""
-        return self._agent
-
-    name = property(lambda self: self._agent.name)
-    wallet = property(lambda self: self._agent.wallet)
-    data_dir = property(lambda self: self._agent.data_dir)
-    network_name = property(lambda self: self._agent.network_name)
-    running = property(lambda self: self._agent.running)
-    skills = property(lambda self: self._agent.skills)
-
-    def skill(self, name: str | None = None, **options: Any) -> Callable[[F], F]:
-        """Register the decorated function as a skill; see :meth:`AsyncAgent.skill`."""
-        return self._agent.skill(name, **options)
-
-    def add_skill(self, fn: SkillFunction, **options: Any) -> Skill:
-        """Register ``fn`` as a skill; see :meth:`AsyncAgent.add_skill`."""
-        return self._agent.add_skill(fn, **options)
-
-    def _run(self, fn: Callable[[], Any]) -> Any:
-        async def call() -> Any:
-            result = fn()
-            return await result if asyncio.iscoroutine(result) else result
-
-        return self._portal.run(call())
-
-    def start(self) -> None:
-        """Join the network and answer peers in the background."""
-        self._run(self._agent.start)
-        _started.add(self)
-
-    def stop(self) -> None:
-        """Leave the network (bounded: running calls get a few seconds)."""
-        self._run(self._agent.stop)
-        _started.discard(self)
-        self._serving.set()
-
-    def close(self) -> None:
-        """Stop and close the database."""
-        self.stop()
-        self._run(self._agent.close)
-
-    def serve(self) -> None:
-        """Start and answer peers until SIGINT or SIGTERM (or :meth:`stop` from another thread)."""
-        self.start()
-        self._serving.clear()
-        previous: dict[signal.Signals, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, lambda *_: self._serving.set())
-        try:
-            self._serving.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.stop()
-
-    def __enter__(self) -> Agent:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def ping(self, wallet: str, *, timeout: float = 30) -> float:
-        """See :meth:`AsyncAgent.ping`."""
-        return self._portal.run(self._agent.ping(wallet, timeout=timeout))
-
-    def connect(self, wallet: str, *, timeout: float = 30) -> Peer:
-        """See :meth:`AsyncAgent.connect`."""
-        _started.add(self)
-        return self._portal.run(self._agent.connect(wallet, timeout=timeout))
-
-    def call(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *, timeout: float = 30,
-             max_duration: float | None = None, on_progress: Callable[[Progress], None] | None = None,
-             version: str | None = None) -> Any:
-        """See :meth:`AsyncAgent.call` (``on_progress`` runs on the agent's event loop thread)."""
-        _started.add(self)
-        return self._portal.run(self._agent.call(wallet, skill, input, timeout=timeout, max_duration=max_duration,
-                                                 on_progress=on_progress, version=version))
-
-    def request(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *,
-                timeout: float | None = None, max_duration: float | None = None,
-                on_progress: Callable[[Progress], None] | None = None, version: str | None = None,
-                task_id: str | None = None) -> str:
-        """See :meth:`AsyncAgent.request`."""
-        _started.add(self)
-        return self._portal.run(self._agent.request(wallet, skill, input, timeout=timeout,
-                                                    max_duration=max_duration, on_progress=on_progress,
-                                                    version=version, task_id=task_id))
-
-    def wait(self, task_id: str, timeout: float | None = None) -> Any:
-        """See :meth:`AsyncAgent.wait`."""
-        _started.add(self)
-        return self._portal.run(self._agent.wait(task_id, timeout))
-
-    def get_result(self, task_id: str) -> dict[str, Any]:
-        """See :meth:`AsyncAgent.get_result`."""
-        return self._run(lambda: self._agent.get_result(task_id))  # type: ignore[no-any-return]
-
-    def list_tasks(self, state: str | None = None, limit: int = 20, *,
-                   direction: str | None = None) -> list[dict[str, Any]]:
-        """See :meth:`AsyncAgent.list_tasks`."""
-        return self._run(lambda: self._agent.list_tasks(state, limit, direction=direction))  # type: ignore[no-any-return]
-
-    def cancel(self, task_id: str) -> bool:
-        """See :meth:`AsyncAgent.cancel`."""
-        _started.add(self)
-        return self._portal.run(self._agent.cancel(task_id))
-
-    def watch(self, task_id: str) -> Iterator[Progress]:
-        """See :meth:`AsyncAgent.watch`."""
-        _started.add(self)
-        updates = self._agent.watch(task_id)
-
-        async def step() -> Progress:
-            return await anext(updates)
-
-        try:
-            while True:
-                try:
-                    yield self._portal.run(step())
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._portal.run(updates.aclose())
-
-    def request_trust(self, wallet: str, tier: TrustTier | int = TrustTier.KNOWN, reason: str = "", *,
-                      timeout: float = 30) -> str:
-        """See :meth:`AsyncAgent.request_trust`."""
-        _started.add(self)
-        return self._portal.run(self._agent.request_trust(wallet, tier, reason, timeout=timeout))
-
-    def trust_requests(self) -> list[TrustRequest]:
-        """See :meth:`AsyncAgent.trust_requests`."""
-        return self._run(self._agent.trust_requests)  # type: ignore[no-any-return]
-
-    def trust_tier(self, wallet: str) -> TrustTier:
-        """See :meth:`AsyncAgent.trust_tier`."""
-        return self._run(lambda: self._agent.trust_tier(wallet))  # type: ignore[no-any-return]
-
-    def set_trust(self, wallet: str, tier: TrustTier | int) -> None:
-        """See :meth:`AsyncAgent.set_trust`."""
-        self._run(lambda: self._agent.set_trust(wallet, tier))
-
-    def approve_trust(self, wallet: str, tier: TrustTier | int | None = None) -> TrustTier:
-        """See :meth:`AsyncAgent.approve_trust`."""
-        return self._portal.run(self._agent.approve_trust(wallet, tier))
-
-    def deny_trust(self, wallet: str) -> None:
-        """See :meth:`AsyncAgent.deny_trust`."""
-        self._portal.run(self._agent.deny_trust(wallet))
-
-    def peers(self) -> list[PeerRecord]:
-        """See :meth:`AsyncAgent.peers`."""
-        return self._run(self._agent.peers)  # type: ignore[no-any-return]
-
-    def calls(self, limit: int = 50) -> list[CallRecord]:
-        """See :meth:`AsyncAgent.calls`."""
-        return self._run(lambda: self._agent.calls(limit))  # type: ignore[no-any-return]
-
-    def collaborate(self, wallet: str, goal: str, *, plan: Any = None, planner: Planner | None = None,
-                    timeout: float = 300, collaboration_id: str | None = None) -> dict[str, Any]:
-        """See :meth:`AsyncAgent.collaborate`."""
-        _started.add(self)
-        return self._portal.run(self._agent.collaborate(wallet, goal, plan=plan, planner=planner, timeout=timeout,
-                                                        collaboration_id=collaboration_id))
-
-    def resume_collaboration(self, collaboration_id: str) -> dict[str, Any]:
-        """See :meth:`AsyncAgent.resume_collaboration`."""
-        _started.add(self)
-        return self._portal.run(self._agent.resume_collaboration(collaboration_id))
-
-    def collaborations(self, limit: int = 20) -> list[dict[str, Any]]:
-        """See :meth:`AsyncAgent.collaborations`."""
-        return self._run(lambda: self._agent.collaborations(limit))  # type: ignore[no-any-return]
-
-
-# Blocking agents that may be running; stopped at interpreter exit so that locks and databases close cleanly.
-_started: set[Agent] = set()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for agent in list(_started):
-        with contextlib.suppress(Exception):
-            agent.stop()

@@ -22,17 +22,44 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from coworker import _errors
 from coworker._errors import CoworkerError, InvalidInput, RemoteProtocolError, TransportError
+from coworker.agent.peer import Peer, peer_json
+from coworker.core.trust import TrustTier
 from coworker.store.identity import write_private
+from coworker.store.records import TrustRequest
 
-if TYPE_CHECKING:
-    from coworker.agent.agent import AsyncAgent, Peer
+
+class ControlledAgent(Protocol):
+    """What the control port needs of an agent (:class:`~coworker.agent.agent.AsyncAgent` is one)."""
+
+    name: str
+    wallet: str
+    data_dir: Path
+
+    @property
+    def network_name(self) -> str: ...
+    @property
+    def skills(self) -> Mapping[str, Any]: ...
+    @property
+    def transport(self) -> Any: ...
+    async def ping(self, wallet: str, *, timeout: float = 30) -> float: ...
+    async def connect(self, wallet: str, *, timeout: float = 30) -> Peer: ...
+    async def call(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *,
+                   timeout: float = 30) -> Any: ...
+    async def request_trust(self, wallet: str, tier: TrustTier | int = TrustTier.KNOWN, reason: str = "", *,
+                            timeout: float = 30) -> str: ...
+    async def collaborate(self, wallet: str, goal: str, *, plan: Any = None,
+                          timeout: float = 300) -> dict[str, Any]: ...
+    def trust_requests(self) -> list[TrustRequest]: ...
+    async def approve_trust(self, wallet: str, tier: TrustTier | int | None = None) -> TrustTier: ...
+    async def deny_trust(self, wallet: str) -> None: ...
+    def set_trust(self, wallet: str, tier: TrustTier | int) -> None: ...
 
 log = logging.getLogger("coworker.control")
 
@@ -43,7 +70,7 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 class ControlServer:
     """Serves one agent's control endpoint while the agent runs."""
 
-    def __init__(self, agent: AsyncAgent, on_stop: Callable[[], None]) -> None:
+    def __init__(self, agent: ControlledAgent, on_stop: Callable[[], None]) -> None:
         self._agent = agent
         self._on_stop = on_stop
         self._token = secrets.token_urlsafe(32)
@@ -140,11 +167,6 @@ class ControlServer:
 
     async def _stop(self, _: dict[str, Any]) -> None:
         asyncio.get_running_loop().call_soon(self._on_stop)
-
-
-def peer_json(peer: Peer) -> dict[str, Any]:
-    """A peer's card as JSON (the tier by name)."""
-    return {**dict(peer), "trust_tier": peer.trust_tier.name.lower()}
 
 
 def _failure(exc: CoworkerError) -> dict[str, Any]:

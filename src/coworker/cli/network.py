@@ -33,8 +33,12 @@ from typing import Any
 from coworker import _paths
 from coworker._errors import ConfigurationError, CoworkerError
 from coworker._process import NotReady, spawn_ready, wait_exit
-from coworker.agent.agent import LOCK_FILE, Agent, AsyncAgent, _AgentLock, network_name, validate_agent_name
-from coworker.agent.control import ControlClient, peer_json
+from coworker.agent.agent import AsyncAgent
+from coworker.agent.blocking import Agent
+from coworker.agent.config import LOCK_FILE, AgentLock, network_name, validate_agent_name
+from coworker.agent.control import ControlClient
+from coworker.agent.peer import peer_json
+from coworker.cli.common import CliError
 from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum, recover_signer
 from coworker.store.identity import Identity
@@ -45,10 +49,6 @@ INVITE_PREFIX = "cwi1."
 _NOT_RUNNING = 3
 _START_TIMEOUT = 90.0
 _STOP_TIMEOUT = 15.0
-
-
-class CliError(CoworkerError):
-    """An error of the command line itself."""
 
 
 # ---- invites --------------------------------------------------------------------------------------------------
@@ -295,7 +295,7 @@ def _cmd_bridge_start(args: argparse.Namespace, choose: Callable[[argparse.Names
     else:
         name = choose(args)
     data_dir = _paths.agent_dir(name)
-    pid = _AgentLock.holder(data_dir / LOCK_FILE)
+    pid = AgentLock.holder(data_dir / LOCK_FILE)
     if pid is not None:
         print(f"agent {name} is already running (pid {pid})", file=sys.stderr)
         return 1
@@ -318,7 +318,7 @@ def _cmd_bridge_start(args: argparse.Namespace, choose: Callable[[argparse.Names
 def _cmd_bridge_stop(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
     name = choose(args)
     data_dir = _paths.agent_dir(name)
-    pid = _AgentLock.holder(data_dir / LOCK_FILE)
+    pid = AgentLock.holder(data_dir / LOCK_FILE)
     if pid is None:
         print(f"agent {name} is not running")
         return 0

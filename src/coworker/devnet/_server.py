@@ -1,5 +1,9 @@
 """The devnet's gRPC server: XMTP's v3 node API on localhost, backed by :class:`Store`.
 
+One piece: it is one gRPC service surface, an RPC per method of XMTP's node API in the order of the protos, and
+the handlers share the server's state (subscriptions, rate limits, the refusal log); split, each part would
+reach into the others.
+
 Theory of operation
 -------------------
 Every RPC the official clients use (listed in ``_RPCS`` at the bottom) is a coroutine that takes a

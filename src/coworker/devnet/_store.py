@@ -1,5 +1,7 @@
 """The devnet's storage: every SQL statement of the node lives in this module.
 
+One piece: keeping all of the node's SQL (schema, migrations, queries) in one module is the point of it.
+
 One SQLite database (WAL, file mode 0600) or, for tests, an in-memory one. The schema is created
 by numbered migrations tracked with ``PRAGMA user_version``. Ids are SQLite rowids: global,
 increasing, never reused (``AUTOINCREMENT``), so they serve as the clients' cursors and survive a

@@ -25,7 +25,7 @@ from coworker.core.skills import CallContext, Skill
 from coworker.core.tasks import LIVE, Receipt, TaskState, json_size
 from coworker.core.trust import TrustTier
 from coworker.runtime.link import Link
-from coworker.store.sqlite import TaskRecord
+from coworker.store.records import TaskRecord
 
 log = logging.getLogger("coworker.runtime")
 

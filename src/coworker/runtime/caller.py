@@ -42,7 +42,7 @@ from coworker.core.tasks import (
 )
 from coworker.runtime.link import Link
 from coworker.runtime.taskset import TaskSet
-from coworker.store.sqlite import TaskRecord
+from coworker.store.records import TaskRecord
 
 log = logging.getLogger("coworker.runtime")
 

@@ -17,12 +17,12 @@ import dataclasses
 import inspect
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from coworker._errors import CallTimeout, ConfigurationError, CoworkerError, PlanRejected, SkillFailed, error_from_wire
+from coworker.core.planning import KeywordPlanner
 from coworker.core.plans import (
-    KeywordPlanner,
     check_collaboration_id,
     check_goal,
     collaboration_after,
@@ -40,16 +40,13 @@ from coworker.core.plans import (
     step_outputs,
 )
 from coworker.core.protocol import ErrorBody, PlanAnswerBody, new_id, parse_body
-from coworker.core.skills import CallContext
+from coworker.core.skills import CallContext, Skill
 from coworker.core.tasks import TaskState
 from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum, same_wallet
+from coworker.runtime.dispatch import Runtime
 from coworker.runtime.llm_planner import BASE_URL_VARIABLE, LLMPlanner
-from coworker.store.sqlite import CollaborationRecord
-
-if TYPE_CHECKING:
-    from coworker.agent.agent import AsyncAgent
-    from coworker.runtime.dispatch import Runtime
+from coworker.store.records import CollaborationRecord, Store, TaskRecord
 
 log = logging.getLogger("coworker.collaboration")
 
@@ -76,10 +73,31 @@ def view(collab: CollaborationRecord) -> dict[str, Any]:
                               collab.updated_at)
 
 
+class CollaborationHost(Protocol):
+    """What a collaboration needs of the agent that runs it (:class:`~coworker.agent.agent.AsyncAgent` is one)."""
+
+    @property
+    def wallet(self) -> str: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def skills(self) -> Mapping[str, Skill]: ...
+    @property
+    def _clock(self) -> Callable[[], float]: ...
+    async def _live(self) -> Runtime: ...
+    def _task(self, task_id: str) -> TaskRecord | None: ...
+    async def connect(self, wallet: str, *, timeout: float = 30) -> Any: ...
+    async def request(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *,
+                      timeout: float | None = 30, task_id: str | None = None) -> str: ...
+    async def wait(self, task_id: str, timeout: float | None = None) -> Any: ...
+
+
 class Collaborations:
     """The collaborations one agent starts: runs them and resumes them. One run per collaboration at a time."""
 
-    def __init__(self, agent: AsyncAgent) -> None:
+    def __init__(self, agent: CollaborationHost) -> None:
         self._agent = agent
         self._active: set[str] = set()
 

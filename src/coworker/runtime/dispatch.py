@@ -42,7 +42,7 @@ from coworker.runtime.callee import Callee
 from coworker.runtime.caller import Caller, _Watch
 from coworker.runtime.link import Link
 from coworker.store.identity import Identity
-from coworker.store.sqlite import Store, TrustRequest
+from coworker.store.records import Store, TrustRequest
 from coworker.transports.base import Incoming, Network, Transport
 
 log = logging.getLogger("coworker.runtime")

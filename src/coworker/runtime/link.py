@@ -12,7 +12,7 @@ from coworker._errors import CoworkerError, LocalProtocolError, TransportError
 from coworker.core import protocol as proto
 from coworker.runtime.taskset import TaskSet
 from coworker.store.identity import Identity
-from coworker.store.sqlite import Store
+from coworker.store.records import Store
 from coworker.transports.base import Transport
 
 log = logging.getLogger("coworker.runtime")

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from coworker._errors import ConfigurationError
-from coworker.core.plans import plan_from_answer, planner_messages
+from coworker.core.planning import plan_from_answer, planner_messages
 
 log = logging.getLogger("coworker.planner")
 

@@ -1,4 +1,5 @@
-"""The agent's state: the ``Store`` interface and its SQLite implementation. All SQL lives here.
+"""The agent's state in SQLite: :class:`SQLiteStore` implements :class:`~coworker.store.records.Store`. All SQL
+lives here and in :mod:`coworker.store.migrations`.
 
 Theory of operation. One SQLite database per agent, in WAL mode, so that the CLI and the dashboard can read
 (and set trust) while the agent serves. Schema changes are numbered migrations applied in order and recorded in
@@ -21,235 +22,18 @@ import logging
 import os
 import sqlite3
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from coworker._errors import StoreError
 from coworker.core.trust import TrustTier
+from coworker.store.migrations import MIGRATIONS
+from coworker.store.records import CallRecord, CollaborationRecord, PeerRecord, TaskRecord, TrustRequest
 
 log = logging.getLogger("coworker.store")
 
-MIGRATIONS: tuple[str, ...] = (
-    # 1: first schema
-    """
-    CREATE TABLE peers (
-        wallet      TEXT PRIMARY KEY,          -- lower-case address
-        address     TEXT NOT NULL,             -- checksummed address
-        name        TEXT NOT NULL DEFAULT '',
-        card        TEXT,                      -- JSON: the skills the peer showed us
-        first_seen  REAL NOT NULL,
-        last_seen   REAL NOT NULL
-    );
-    CREATE TABLE trust (
-        wallet      TEXT PRIMARY KEY,
-        tier        INTEGER NOT NULL,
-        updated_at  REAL NOT NULL
-    );
-    CREATE TABLE trust_requests (
-        wallet      TEXT PRIMARY KEY,
-        address     TEXT NOT NULL,
-        tier        INTEGER NOT NULL,
-        reason      TEXT NOT NULL,
-        request_id  TEXT NOT NULL,
-        received_at REAL NOT NULL
-    );
-    CREATE TABLE standing (                    -- what peers answered to our trust requests
-        wallet      TEXT PRIMARY KEY,
-        state       TEXT NOT NULL,
-        tier        INTEGER NOT NULL,
-        updated_at  REAL NOT NULL
-    );
-    CREATE TABLE calls (
-        id             TEXT PRIMARY KEY,
-        direction      TEXT NOT NULL CHECK (direction IN ('in', 'out')),
-        peer           TEXT NOT NULL,
-        skill          TEXT NOT NULL,
-        status         TEXT NOT NULL,
-        error_code     TEXT,
-        started_at     REAL NOT NULL,
-        duration_ms    REAL NOT NULL,
-        request_bytes  INTEGER NOT NULL,
-        response_bytes INTEGER NOT NULL
-    );
-    CREATE INDEX calls_started ON calls (started_at);
-    CREATE TABLE seen (
-        id          TEXT PRIMARY KEY,
-        expires_at  INTEGER NOT NULL           -- ms since epoch
-    ) WITHOUT ROWID;
-    CREATE INDEX seen_expiry ON seen (expires_at);
-    CREATE TABLE settings (
-        key         TEXT PRIMARY KEY,
-        value       TEXT NOT NULL
-    );
-    """,
-    # 2: calls become durable tasks (both directions); collaborations
-    """
-    CREATE TABLE tasks (
-        id             TEXT NOT NULL,          -- the caller's task id, also the idempotency key
-        direction      TEXT NOT NULL CHECK (direction IN ('in', 'out')),
-        peer           TEXT NOT NULL,          -- lower-case wallet of the other side
-        address        TEXT NOT NULL,          -- its checksummed address
-        skill          TEXT NOT NULL,
-        version        TEXT,
-        state          TEXT NOT NULL,
-        input          TEXT NOT NULL,          -- JSON
-        output         TEXT,                   -- JSON, once completed
-        error_code     TEXT,
-        error_message  TEXT,
-        error_path     TEXT,
-        created_at     REAL NOT NULL,
-        updated_at     REAL NOT NULL,
-        last_activity  REAL NOT NULL,          -- start or last progress: the timeout counts from here
-        timeout        REAL,
-        cap            REAL,
-        attempts       INTEGER NOT NULL DEFAULT 0,
-        duration_ms    REAL NOT NULL DEFAULT 0,
-        request_bytes  INTEGER NOT NULL DEFAULT 0,
-        response_bytes INTEGER NOT NULL DEFAULT 0,
-        receipt        TEXT,                   -- JSON, signed by the provider
-        receipt_valid  INTEGER,                -- caller side: did the receipt verify
-        PRIMARY KEY (direction, peer, id)
-    );
-    CREATE UNIQUE INDEX tasks_out_id ON tasks (id) WHERE direction = 'out';
-    CREATE INDEX tasks_created ON tasks (created_at);
-    CREATE INDEX tasks_state ON tasks (direction, state);
-    INSERT INTO tasks (id, direction, peer, address, skill, state, input, error_code, created_at, updated_at,
-                       last_activity, attempts, duration_ms, request_bytes, response_bytes)
-        SELECT id, direction, lower(peer), peer, skill,
-               CASE status WHEN 'refused' THEN 'rejected' WHEN 'timeout' THEN 'expired' ELSE status END,
-               '{}', error_code, started_at, started_at, started_at, 1, duration_ms, request_bytes,
-               response_bytes
-        FROM calls;
-    DROP TABLE calls;
-    CREATE TABLE collaborations (
-        id          TEXT PRIMARY KEY,
-        peer        TEXT NOT NULL,             -- checksummed address of the other agent
-        goal        TEXT NOT NULL,
-        state       TEXT NOT NULL,
-        record      TEXT NOT NULL,             -- JSON: plan, steps and their outcomes
-        created_at  REAL NOT NULL,
-        updated_at  REAL NOT NULL
-    );
-    CREATE INDEX collaborations_created ON collaborations (created_at);
-    """,
-)
-
 PRUNE_EVERY = 1000  # remember-seen inserts between two deletions of expired ids
 CHECKPOINT_EVERY = 200  # commits between two WAL checkpoints
-
-
-@dataclass(frozen=True, slots=True)
-class TrustRequest:
-    """A pending request from a peer for a trust tier."""
-
-    wallet: str
-    tier: TrustTier
-    reason: str
-    request_id: str
-    received_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """One call, made (``out``) or served (``in``): a summary of its task. ``status`` is the task's state."""
-
-    id: str
-    direction: str
-    peer: str
-    skill: str
-    status: str
-    error_code: str | None
-    started_at: float
-    duration_ms: float
-    request_bytes: int
-    response_bytes: int
-
-
-@dataclass(slots=True)
-class TaskRecord:
-    """One task as one side sees it (``direction`` ``out``: we called; ``in``: we served)."""
-
-    id: str
-    direction: str
-    peer: str  # checksummed address
-    skill: str
-    state: str
-    input: Any
-    created_at: float
-    version: str | None = None
-    output: Any = None
-    error_code: str | None = None
-    error_message: str | None = None
-    error_path: str | None = None
-    updated_at: float = 0.0
-    last_activity: float = 0.0
-    timeout: float | None = None
-    cap: float | None = None
-    attempts: int = 0
-    duration_ms: float = 0.0
-    request_bytes: int = 0
-    response_bytes: int = 0
-    receipt: dict[str, Any] | None = None
-    receipt_valid: bool | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CollaborationRecord:
-    """A collaboration as its initiator keeps it; ``record`` holds the plan and the steps' outcomes."""
-
-    id: str
-    peer: str
-    goal: str
-    state: str
-    record: dict[str, Any]
-    created_at: float
-    updated_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class PeerRecord:
-    """What we know of a peer."""
-
-    wallet: str
-    name: str
-    card: dict[str, Any] | None
-    first_seen: float
-    last_seen: float
-
-
-class Store(Protocol):
-    """What the runtime needs to remember. ``SQLiteStore`` is the implementation."""
-
-    @property
-    def closed(self) -> bool: ...
-    def close(self) -> None: ...
-    def flush(self) -> None: ...
-    def trust_tier(self, wallet: str) -> TrustTier: ...
-    def set_trust(self, wallet: str, tier: TrustTier, now: float) -> None: ...
-    def trusted_peers(self) -> list[tuple[str, TrustTier]]: ...
-    def add_trust_request(self, req: TrustRequest) -> None: ...
-    def trust_requests(self) -> list[TrustRequest]: ...
-    def pop_trust_request(self, wallet: str) -> TrustRequest | None: ...
-    def set_standing(self, wallet: str, state: str, tier: TrustTier, now: float) -> None: ...
-    def standing(self, wallet: str) -> tuple[str, TrustTier] | None: ...
-    def touch_peer(self, address: str, now: float, name: str | None = None,
-                   card: dict[str, Any] | None = None) -> None: ...
-    def peer(self, wallet: str) -> PeerRecord | None: ...
-    def peers(self) -> list[PeerRecord]: ...
-    def remember(self, message_id: str, expires_at_ms: int, now_ms: int) -> bool: ...
-    def add_task(self, task: TaskRecord) -> bool: ...
-    def task(self, direction: str, task_id: str, peer: str | None = None) -> TaskRecord | None: ...
-    def update_task(self, task: TaskRecord, **changes: Any) -> None: ...
-    def tasks(self, direction: str | None = None, state: str | None = None, limit: int = 20) -> list[TaskRecord]: ...
-    def live_tasks(self, direction: str) -> list[TaskRecord]: ...
-    def calls(self, limit: int = 50) -> list[CallRecord]: ...
-    def call_counts(self) -> dict[str, int]: ...
-    def save_collaboration(self, collab: CollaborationRecord) -> None: ...
-    def collaboration(self, collab_id: str) -> CollaborationRecord | None: ...
-    def collaborations(self, limit: int = 20) -> list[CollaborationRecord]: ...
-    def get_setting(self, key: str) -> str | None: ...
-    def set_setting(self, key: str, value: str) -> None: ...
 
 
 def _key(wallet: str) -> str:

@@ -1,0 +1,227 @@
+"""``coworker init``, ``status``, ``skills``, ``tasks`` and ``task``: an agent's own state, read through the library."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+from typing import Any
+
+from coworker import _paths
+from coworker.agent.agent import AsyncAgent
+from coworker.agent.config import (
+    LOCK_FILE,
+    AgentLock,
+    network_name,
+    read_config,
+    validate_agent_name,
+    write_config,
+)
+from coworker.cli.common import (
+    CliError,
+    count,
+    key_kind,
+    open_agent,
+    print_json,
+    published_skills,
+    tier_text,
+)
+from coworker.cli.network import bridge_status
+from coworker.core.tasks import Receipt
+from coworker.core.trust import TrustTier
+from coworker.store.identity import Identity
+
+# ---- init -----------------------------------------------------------------------------------------------------
+
+
+def _passphrase_for_init(encrypt: bool) -> str:
+    """COWORKER_PASSPHRASE if set, else (with --encrypt) one typed twice at the terminal, else "" (no encryption)."""
+    env = os.environ.get("COWORKER_PASSPHRASE")
+    if env:
+        return env
+    if not encrypt:
+        return ""
+    first = getpass.getpass("Passphrase for the new wallet: ")
+    if not first:
+        raise CliError("the passphrase is empty")
+    if getpass.getpass("Repeat the passphrase: ") != first:
+        raise CliError("the passphrases differ; nothing was created")
+    return first
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    name = validate_agent_name(args.name)
+    data_dir = _paths.agent_dir(name)
+    if Identity.exists(data_dir):
+        agent = AsyncAgent(name, passphrase="")
+        try:
+            config = read_config(data_dir)
+            if args.network is not None and config.get("network") != args.network:
+                write_config(data_dir, {**config, "name": name, "network": args.network})
+                print(f"agent {name!r} already exists; its network is now {args.network}")
+            else:
+                print(f"agent {name!r} already exists; its wallet is kept")
+            _print_agent(agent)
+        finally:
+            agent.close()
+        return 0
+    passphrase = _passphrase_for_init(args.encrypt)
+    agent = AsyncAgent(name, passphrase=passphrase)
+    try:
+        write_config(agent.data_dir, {"name": name, "network": args.network or "local"})
+        print(f"created agent {name!r}")
+        _print_agent(agent)
+    finally:
+        agent.close()
+    return 0
+
+
+def _print_agent(agent: AsyncAgent) -> None:
+    kind, key_path = key_kind(agent.data_dir)
+    net, source = network_name(None, agent.data_dir)
+    print(f"  wallet:    {agent.wallet}")
+    print(f"  directory: {agent.data_dir}")
+    print(f"  key:       {key_path} ({kind})")
+    print(f"  network:   {net} (from {source})")
+
+
+# ---- status ---------------------------------------------------------------------------------------------------
+
+
+def _status(agent: AsyncAgent) -> dict[str, Any]:
+    net, source = network_name(None, agent.data_dir)
+    kind, key_path = key_kind(agent.data_dir)
+    pid = AgentLock.holder(agent.data_dir / LOCK_FILE)
+    counts = agent.store.call_counts()
+    made = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("out:")}
+    served = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("in:")}
+    trusted = [(w, t) for w, t in agent.store.trusted_peers() if t > TrustTier.UNTRUSTED]
+    return {
+        "name": agent.name,
+        "wallet": agent.wallet,
+        "network": net,
+        "network_source": source,
+        "last_network": agent.store.get_setting("network"),
+        "data_dir": str(agent.data_dir),
+        "key": {"kind": "encrypted" if kind == "encrypted keystore" else "plain", "path": str(key_path)},
+        "running": pid is not None,
+        "pid": pid if pid is not None and pid > 0 else None,
+        "trusted_peers": len(trusted),
+        "pending_trust_requests": len(agent.trust_requests()),
+        "calls": {"made": sum(made.values()), "served": sum(served.values()),
+                  "made_by_status": made, "served_by_status": served},
+        "skills": published_skills(agent),
+        "xmtp": (bridge_status(agent.name) or {}).get("xmtp") if pid is not None else None,
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with open_agent(args) as agent:
+        status = _status(agent)
+    if args.json:
+        print_json(status)
+        return 0
+
+    def breakdown(by_status: dict[str, int]) -> str:
+        return f" ({', '.join(f'{n} {s}' for s, n in sorted(by_status.items()))})" if by_status else ""
+
+    pid = f" (pid {status['pid']})" if status["pid"] else ""
+    running = f"yes{pid}" if status["running"] else "no"
+    key_kind = "encrypted keystore" if status["key"]["kind"] == "encrypted" else "plain file"
+    last = f", last run on {status['last_network']}" if status["last_network"] else ""
+    skills = status["skills"]
+    calls = status["calls"]
+    print(f"agent:     {status['name']}")
+    print(f"wallet:    {status['wallet']}")
+    print(f"network:   {status['network']} (from {status['network_source']}{last})")
+    print(f"data dir:  {status['data_dir']}")
+    print(f"key:       {status['key']['path']} ({key_kind})")
+    print(f"running:   {running}")
+    xmtp = status["xmtp"]
+    if isinstance(xmtp, dict) and "inboxId" in xmtp:
+        print(f"XMTP:      inbox {xmtp['inboxId']}, installation {xmtp['installationId']}, sidecar pid {xmtp['pid']}")
+    print(f"trust:     {count(status['trusted_peers'], 'trusted peer')}, "
+          f"{count(status['pending_trust_requests'], 'pending request')}")
+    print(f"calls:     {calls['made']} made{breakdown(calls['made_by_status'])}, "
+          f"{calls['served']} served{breakdown(calls['served_by_status'])}")
+    if skills is None:
+        print("skills:    none published yet (the agent has not run)")
+    else:
+        names = ", ".join(c.get("name", "?") for c in skills) or "none"
+        print(f"skills:    {len(skills)} published on the last run: {names}")
+    return 0
+
+
+# ---- skills ---------------------------------------------------------------------------------------------------
+
+
+def cmd_skills(args: argparse.Namespace) -> int:
+    with open_agent(args) as agent:
+        name = agent.name
+        cards = published_skills(agent)
+    if args.json:
+        print_json(cards or [])
+        return 0
+    if cards is None:
+        print(f"agent {name!r} has not run yet: skills are published when it starts")
+        return 0
+    if not cards:
+        print(f"agent {name!r} published no skills on its last run")
+        return 0
+    rows = [(str(c.get("name", "?")), tier_text(TrustTier.parse(c.get("min_trust_tier", 1))),
+             str(c.get("version", "")), str(c.get("description", "")).splitlines()[0] if c.get("description") else "")
+            for c in cards]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(("NAME", "MIN TIER", "VERSION"))]
+    print(f"{'NAME':<{widths[0]}}  {'MIN TIER':<{widths[1]}}  {'VERSION':<{widths[2]}}  DESCRIPTION")
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
+    return 0
+
+
+# ---- tasks ----------------------------------------------------------------------------------------------------
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    with open_agent(args) as agent:
+        tasks = agent.list_tasks(args.state, args.limit, direction=args.direction)
+    if args.json:
+        print_json(tasks)
+        return 0
+    if not tasks:
+        print("no tasks" + (f" in state {args.state}" if args.state else ""))
+        return 0
+    print(f"{'TASK':<32}  {'DIR':<3}  {'STATE':<14}  {'SKILL':<20}  {'MS':>9}  PEER")
+    for t in tasks:
+        print(f"{t['task_id']:<32}  {t['direction']:<3}  {t['state']:<14}  {t['skill'][:20]:<20}  "
+              f"{t['duration_ms']:>9.1f}  {t['peer']}")
+    return 0
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    with open_agent(args) as agent:
+        task = agent.get_result(args.task_id)
+        provider = task["peer"] if task["direction"] == "out" else agent.wallet
+    receipt = task["receipt"]
+    task["receipt_verifies"] = None
+    if receipt is not None:
+        try:
+            task["receipt_verifies"] = Receipt.from_dict(receipt).verify(provider)
+        except ValueError:
+            task["receipt_verifies"] = False
+    if args.json:
+        print_json(task)
+        return 0
+    print(f"task      {task['task_id']} ({'ours' if task['direction'] == 'out' else 'served'})")
+    print(f"peer      {task['peer']}")
+    print(f"skill     {task['skill']}")
+    print(f"state     {task['state']}" + (f" after {task['attempts']} runs" if task["attempts"] > 1 else ""))
+    if task["error"] is not None:
+        error = task["error"]
+        print(f"error     {error['code']}: {error['message']}" + (f" (at {error['path']})" if error["path"] else ""))
+    if task["state"] == "completed":
+        print(f"result    {json.dumps(task['result'], ensure_ascii=False)}")
+    if receipt is not None:
+        verdict = "signature verifies" if task["receipt_verifies"] else "SIGNATURE DOES NOT VERIFY"
+        print(f"receipt   {receipt['status']}, {receipt['duration_ms']} ms, {receipt['input_bytes']} B in, "
+              f"{receipt['output_bytes']} B out, signed by {receipt['provider']}: {verdict}")
+    return 0

@@ -1,0 +1,122 @@
+"""What the commands share: finding the agent a command works on, opening it, printing."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from coworker import _paths
+from coworker._errors import ConfigurationError, CoworkerError
+from coworker.agent.agent import DB_FILE, AsyncAgent
+from coworker.agent.config import (
+    validate_agent_name,
+)
+from coworker.core.trust import TrustTier
+from coworker.store.identity import KEY_FILE, KEYSTORE_FILE, Identity
+
+
+class CliError(CoworkerError):
+    """An error of the command line itself."""
+
+
+def agents_root() -> Path:
+    return _paths.home() / "agents"
+
+
+def agent_names() -> list[str]:
+    """The agents under ``$COWORKER_HOME/agents``: directories with a valid name that hold a wallet."""
+    root = agents_root()
+    if not root.is_dir():
+        return []
+    names = []
+    for child in sorted(root.iterdir()):
+        with contextlib.suppress(ConfigurationError):
+            if child.is_dir() and validate_agent_name(child.name) and Identity.exists(child):
+                names.append(child.name)
+    return names
+
+
+def choose_agent(args: argparse.Namespace) -> str:
+    """The agent a command works on: ``--agent``, else ``COWORKER_AGENT``, else the only one there is."""
+    name = getattr(args, "agent", None) or os.environ.get("COWORKER_AGENT")
+    names = agent_names()
+    if name:
+        validate_agent_name(name)
+        if name not in names:
+            data_dir = _paths.agent_dir(name)
+            if data_dir.is_dir():
+                raise CliError(f"{data_dir} holds no wallet: run `coworker init --name {name}`")
+            known = f"agents: {', '.join(names)}" if names else "there are none yet"
+            raise CliError(f"no agent named {name!r} in {agents_root()} ({known}); "
+                           f"create it with `coworker init --name {name}`")
+        return name
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise CliError(f"no agent in {agents_root()}: create one with `coworker init --name NAME`")
+    raise CliError(f"several agents in {agents_root()} ({', '.join(names)}): choose one with --agent NAME "
+                   f"or COWORKER_AGENT")
+
+
+@contextlib.contextmanager
+def open_agent(args: argparse.Namespace) -> Iterator[AsyncAgent]:
+    """Open an existing agent without starting it, and close its database afterwards.
+
+    The empty passphrase reads an encrypted wallet's address from its keystore without decrypting it: these
+    commands never sign anything, so they neither ask for the passphrase nor pay for scrypt.
+    """
+    agent = AsyncAgent(choose_agent(args), passphrase="")
+    try:
+        yield agent
+    finally:
+        agent.close()
+
+
+def key_kind(data_dir: Path) -> tuple[str, Path]:
+    if (data_dir / KEYSTORE_FILE).exists():
+        return "encrypted keystore", data_dir / KEYSTORE_FILE
+    return "plain file", data_dir / KEY_FILE
+
+
+def published_skills(agent: AsyncAgent) -> list[dict[str, Any]] | None:
+    """The skill cards the agent published on its last run, or None when it has never run."""
+    text = agent.store.get_setting("skills")
+    if text is None:
+        return None
+    try:
+        cards = json.loads(text)
+    except ValueError:
+        raise CliError(f"the skills recorded in {agent.data_dir / DB_FILE} are not valid JSON") from None
+    return [c for c in cards if isinstance(c, dict)] if isinstance(cards, list) else []
+
+
+def tier_text(tier: TrustTier) -> str:
+    return f"{tier.name.lower()} ({int(tier)})"
+
+
+def age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def parse_tier(text: str) -> TrustTier:
+    try:
+        return TrustTier.parse(text)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None

@@ -1,0 +1,108 @@
+"""The database schema, as numbered migrations applied in order (``PRAGMA user_version`` records how many ran)."""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: first schema
+    """
+    CREATE TABLE peers (
+        wallet      TEXT PRIMARY KEY,          -- lower-case address
+        address     TEXT NOT NULL,             -- checksummed address
+        name        TEXT NOT NULL DEFAULT '',
+        card        TEXT,                      -- JSON: the skills the peer showed us
+        first_seen  REAL NOT NULL,
+        last_seen   REAL NOT NULL
+    );
+    CREATE TABLE trust (
+        wallet      TEXT PRIMARY KEY,
+        tier        INTEGER NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE TABLE trust_requests (
+        wallet      TEXT PRIMARY KEY,
+        address     TEXT NOT NULL,
+        tier        INTEGER NOT NULL,
+        reason      TEXT NOT NULL,
+        request_id  TEXT NOT NULL,
+        received_at REAL NOT NULL
+    );
+    CREATE TABLE standing (                    -- what peers answered to our trust requests
+        wallet      TEXT PRIMARY KEY,
+        state       TEXT NOT NULL,
+        tier        INTEGER NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE TABLE calls (
+        id             TEXT PRIMARY KEY,
+        direction      TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+        peer           TEXT NOT NULL,
+        skill          TEXT NOT NULL,
+        status         TEXT NOT NULL,
+        error_code     TEXT,
+        started_at     REAL NOT NULL,
+        duration_ms    REAL NOT NULL,
+        request_bytes  INTEGER NOT NULL,
+        response_bytes INTEGER NOT NULL
+    );
+    CREATE INDEX calls_started ON calls (started_at);
+    CREATE TABLE seen (
+        id          TEXT PRIMARY KEY,
+        expires_at  INTEGER NOT NULL           -- ms since epoch
+    ) WITHOUT ROWID;
+    CREATE INDEX seen_expiry ON seen (expires_at);
+    CREATE TABLE settings (
+        key         TEXT PRIMARY KEY,
+        value       TEXT NOT NULL
+    );
+    """,
+    # 2: calls become durable tasks (both directions); collaborations
+    """
+    CREATE TABLE tasks (
+        id             TEXT NOT NULL,          -- the caller's task id, also the idempotency key
+        direction      TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+        peer           TEXT NOT NULL,          -- lower-case wallet of the other side
+        address        TEXT NOT NULL,          -- its checksummed address
+        skill          TEXT NOT NULL,
+        version        TEXT,
+        state          TEXT NOT NULL,
+        input          TEXT NOT NULL,          -- JSON
+        output         TEXT,                   -- JSON, once completed
+        error_code     TEXT,
+        error_message  TEXT,
+        error_path     TEXT,
+        created_at     REAL NOT NULL,
+        updated_at     REAL NOT NULL,
+        last_activity  REAL NOT NULL,          -- start or last progress: the timeout counts from here
+        timeout        REAL,
+        cap            REAL,
+        attempts       INTEGER NOT NULL DEFAULT 0,
+        duration_ms    REAL NOT NULL DEFAULT 0,
+        request_bytes  INTEGER NOT NULL DEFAULT 0,
+        response_bytes INTEGER NOT NULL DEFAULT 0,
+        receipt        TEXT,                   -- JSON, signed by the provider
+        receipt_valid  INTEGER,                -- caller side: did the receipt verify
+        PRIMARY KEY (direction, peer, id)
+    );
+    CREATE UNIQUE INDEX tasks_out_id ON tasks (id) WHERE direction = 'out';
+    CREATE INDEX tasks_created ON tasks (created_at);
+    CREATE INDEX tasks_state ON tasks (direction, state);
+    INSERT INTO tasks (id, direction, peer, address, skill, state, input, error_code, created_at, updated_at,
+                       last_activity, attempts, duration_ms, request_bytes, response_bytes)
+        SELECT id, direction, lower(peer), peer, skill,
+               CASE status WHEN 'refused' THEN 'rejected' WHEN 'timeout' THEN 'expired' ELSE status END,
+               '{}', error_code, started_at, started_at, started_at, 1, duration_ms, request_bytes,
+               response_bytes
+        FROM calls;
+    DROP TABLE calls;
+    CREATE TABLE collaborations (
+        id          TEXT PRIMARY KEY,
+        peer        TEXT NOT NULL,             -- checksummed address of the other agent
+        goal        TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        record      TEXT NOT NULL,             -- JSON: plan, steps and their outcomes
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE INDEX collaborations_created ON collaborations (created_at);
+    """,
+)

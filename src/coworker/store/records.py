@@ -1,0 +1,122 @@
+"""What the store keeps, as values: trust requests, tasks, collaborations, peers; and the :class:`Store`
+interface that :class:`~coworker.store.sqlite.SQLiteStore` implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from coworker.core.trust import TrustTier
+
+
+@dataclass(frozen=True, slots=True)
+class TrustRequest:
+    """A pending request from a peer for a trust tier."""
+
+    wallet: str
+    tier: TrustTier
+    reason: str
+    request_id: str
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One call, made (``out``) or served (``in``): a summary of its task. ``status`` is the task's state."""
+
+    id: str
+    direction: str
+    peer: str
+    skill: str
+    status: str
+    error_code: str | None
+    started_at: float
+    duration_ms: float
+    request_bytes: int
+    response_bytes: int
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """One task as one side sees it (``direction`` ``out``: we called; ``in``: we served)."""
+
+    id: str
+    direction: str
+    peer: str  # checksummed address
+    skill: str
+    state: str
+    input: Any
+    created_at: float
+    version: str | None = None
+    output: Any = None
+    error_code: str | None = None
+    error_message: str | None = None
+    error_path: str | None = None
+    updated_at: float = 0.0
+    last_activity: float = 0.0
+    timeout: float | None = None
+    cap: float | None = None
+    attempts: int = 0
+    duration_ms: float = 0.0
+    request_bytes: int = 0
+    response_bytes: int = 0
+    receipt: dict[str, Any] | None = None
+    receipt_valid: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CollaborationRecord:
+    """A collaboration as its initiator keeps it; ``record`` holds the plan and the steps' outcomes."""
+
+    id: str
+    peer: str
+    goal: str
+    state: str
+    record: dict[str, Any]
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """What we know of a peer."""
+
+    wallet: str
+    name: str
+    card: dict[str, Any] | None
+    first_seen: float
+    last_seen: float
+
+
+class Store(Protocol):
+    """What the runtime needs to remember. ``SQLiteStore`` is the implementation."""
+
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+    def flush(self) -> None: ...
+    def trust_tier(self, wallet: str) -> TrustTier: ...
+    def set_trust(self, wallet: str, tier: TrustTier, now: float) -> None: ...
+    def trusted_peers(self) -> list[tuple[str, TrustTier]]: ...
+    def add_trust_request(self, req: TrustRequest) -> None: ...
+    def trust_requests(self) -> list[TrustRequest]: ...
+    def pop_trust_request(self, wallet: str) -> TrustRequest | None: ...
+    def set_standing(self, wallet: str, state: str, tier: TrustTier, now: float) -> None: ...
+    def standing(self, wallet: str) -> tuple[str, TrustTier] | None: ...
+    def touch_peer(self, address: str, now: float, name: str | None = None,
+                   card: dict[str, Any] | None = None) -> None: ...
+    def peer(self, wallet: str) -> PeerRecord | None: ...
+    def peers(self) -> list[PeerRecord]: ...
+    def remember(self, message_id: str, expires_at_ms: int, now_ms: int) -> bool: ...
+    def add_task(self, task: TaskRecord) -> bool: ...
+    def task(self, direction: str, task_id: str, peer: str | None = None) -> TaskRecord | None: ...
+    def update_task(self, task: TaskRecord, **changes: Any) -> None: ...
+    def tasks(self, direction: str | None = None, state: str | None = None, limit: int = 20) -> list[TaskRecord]: ...
+    def live_tasks(self, direction: str) -> list[TaskRecord]: ...
+    def calls(self, limit: int = 50) -> list[CallRecord]: ...
+    def call_counts(self) -> dict[str, int]: ...
+    def save_collaboration(self, collab: CollaborationRecord) -> None: ...
+    def collaboration(self, collab_id: str) -> CollaborationRecord | None: ...
+    def collaborations(self, limit: int = 20) -> list[CollaborationRecord]: ...
+    def get_setting(self, key: str) -> str | None: ...
+    def set_setting(self, key: str, value: str) -> None: ...
