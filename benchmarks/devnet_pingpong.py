@@ -1,6 +1,6 @@
 """DM ping-pong through the devnet between two real ``@xmtp/node-sdk`` clients: the XMTP reference.
 
-Two ``node/driver.mjs`` processes (fresh wallets, ``env: "local"``, databases in a temporary directory)
+Two ``driver.mjs`` processes (fresh wallets, ``env: "local"``, databases in a temporary directory)
 talk through an in-memory devnet on port 5556, driven from this process over their JSON-lines pipes, the
 way CoWorker's XMTP transport drives its sidecar:
 
@@ -14,7 +14,7 @@ way CoWorker's XMTP transport drives its sidecar:
 Also reported: client creation and first-DM times. The XMTP transport's benchmark compares its own figures
 with these (same machine, same run). Figures are information only, never an exit status.
 
-Run: ``python benchmarks/devnet_pingpong.py`` (``--quick`` for a smoke run; needs ``npm ci`` in ``node/``
+Run: ``python benchmarks/devnet_pingpong.py`` (``--quick`` for a smoke run; needs ``coworker setup``
 and port 5556 free). Import: ``run()`` returns the figures as a dict, ``render(figures)`` formats them.
 """
 
@@ -63,7 +63,7 @@ async def run_async(seq: int = 200, total: int = 300, in_flight: int = 16, warmu
     node in one run); by default one is started in memory for the run and stopped after it.
     """
     if not node_sdk_available():
-        return {"skipped": "Node or @xmtp/node-sdk is missing: run `npm ci` in node/"}
+        return {"skipped": "Node or @xmtp/node-sdk is missing: run `coworker setup`"}
     figures: dict[str, Any] = {
         "seq": seq,
         "total": total,

@@ -4,12 +4,12 @@ Both contenders run in one process, one event loop and one run, through the same
 (``coworker.devnet.running_devnet()``), so all traffic stays on loopback and the ratio compares like with like:
 
 ``raw``
-    ``devnet_pingpong.run_async``: two ``node/driver.mjs`` clients; alice sends ``ping i`` in a DM, bob's live
+    ``devnet_pingpong.run_async``: two ``driver.mjs`` clients; alice sends ``ping i`` in a DM, bob's live
     stream delivers it, bob answers ``pong i``, alice's stream delivers that (round trip p50, p99); then a burst
     of one-way messages with ``in_flight`` sends outstanding (messages/s). The floor: the XMTP SDK alone.
 ``coworker``
     Two :class:`coworker.AsyncAgent` on ``XmtpNetwork("local", start_devnet=False)``, each with its own sidecar
-    (``node/sidecar.mjs``) and its own temporary ``data_dir`` (SQLite on, call records kept). Agent A serves
+    (``sidecar.mjs``) and its own temporary ``data_dir`` (SQLite on, call records kept). Agent A serves
     ``async def echo(text: str)`` and trusts B at ``KNOWN`` (the trust check runs on every call); B calls
     ``await b.call(a.wallet, "echo", {"text": "hello"})``: a request message and a reply message, each through
     the devnet. After ``warmup`` untimed calls: ``seq`` sequential calls (p50, p99), then ``total`` calls with
@@ -20,7 +20,7 @@ ping-pong's p50 measured in the same run. For context, the original CoWorker spe
 
 ``COWORKER_HOME`` points into the run's temporary directory while it runs, so nothing touches ``~/.coworker``.
 
-Run: ``python benchmarks/xmtp_calls.py`` (``--quick`` for a smoke run; needs ``npm ci`` in ``node/`` and port
+Run: ``python benchmarks/xmtp_calls.py`` (``--quick`` for a smoke run; needs ``coworker setup`` and port
 5556 free). Import: ``run()`` returns the figures as a dict, ``render(figures)`` formats them.
 """
 
@@ -145,7 +145,7 @@ async def coworker_calls(data_dir: Path, *, seq: int, total: int, in_flight: int
 async def run_async(*, seq: int = 200, total: int = 400, in_flight: int = 16, warmup: int = 10) -> dict[str, Any]:
     """Measure both contenders through one devnet in this loop; see :func:`run`."""
     if not node_sdk_available():
-        return {"skipped": "Node or @xmtp/node-sdk is missing: run `npm ci` in node/"}
+        return {"skipped": "Node or @xmtp/node-sdk is missing: run `coworker setup`"}
     with tempfile.TemporaryDirectory(prefix="coworker-bench-") as tmp, _private_environment(Path(tmp) / "home"):
         async with running_devnet() as devnet:
             raw = await pingpong.run_async(seq=seq, total=total, in_flight=in_flight, warmup=warmup, devnet=devnet)

@@ -87,7 +87,7 @@ class NodeDriver:
         """
         directory = node_dir or default_node_dir()
         if not node_sdk_available(directory):
-            raise NodeDriverError(f"the Node SDK is not installed: run `npm ci` in {directory}")
+            raise NodeDriverError(f"the Node SDK is not installed in {directory}: run `coworker setup`")
         process = await asyncio.create_subprocess_exec(
             "node",
             str(directory / "driver.mjs"),
