@@ -120,3 +120,12 @@ def test_the_checks_above_can_fail() -> None:
     assert "coworker.runtime.dispatch" in graph["coworker.agent.agent"]
     assert "coworker.core.protocol" in graph["coworker.runtime.dispatch"]
     assert _layer("coworker.runtime.dispatch") > _layer("coworker.core.protocol")
+
+
+def test_the_readme_picture_of_the_package_names_every_subpackage_and_only_those() -> None:
+    readme = (PACKAGE.parents[1] / "README.md").read_text()
+    picture = readme[readme.index("## Layout"):].split("```")[1]
+    drawn = {line.split()[0].rstrip("/") for line in picture.splitlines()
+             if line.startswith("  ") and line.split()[0].endswith("/")}
+    actual = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert drawn == actual
