@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from coworker import _paths
 from coworker._process import NotReady, spawn_ready, wait_exit
 from coworker.devnet._server import (
@@ -31,6 +33,7 @@ from coworker.devnet._server import (
     DevnetConfig,
     DevnetError,
     DevnetServer,
+    PortInUseError,
 )
 from coworker.devnet._store import DB_FILENAME, Store
 
@@ -38,6 +41,9 @@ PID_FILENAME = "devnet.pid"
 LOG_FILENAME = "devnet.log"
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 10.0
+_PROBE_TIMEOUT_S = 5.0  # a devnet answers in milliseconds; only a program that accepts and stays silent waits this
+# One RPC every XMTP node serves, cheap with an empty request: the probe that tells a node from another program.
+_PROBE_METHOD = "/xmtp.identity.api.v1.IdentityApi/GetInboxIds"
 _NOT_RUNNING = 3  # the LSB status code for "not running"
 
 
@@ -164,6 +170,10 @@ def run_command(args: argparse.Namespace) -> int:
     if other is not None and other.pid != os.getpid():
         print(f"error: a devnet is already running from {data_dir} (pid {other.pid})", file=sys.stderr)
         return 1
+    problem = _port_problem(args.port)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     config = DevnetConfig(
         port=args.port,
         data_dir=None if args.memory else data_dir,
@@ -209,6 +219,10 @@ def start_command(args: argparse.Namespace) -> int:
     if other is not None:
         print(f"a devnet is already running (pid {other.pid}, port {other.port})", file=sys.stderr)
         return 1
+    problem = _port_problem(args.port)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     try:
         pid, port = start_background(data_dir, port=args.port, memory=args.memory,
                                      max_message_bytes=args.max_message_bytes, rate_limit=args.rate_limit,
@@ -220,6 +234,15 @@ def start_command(args: argparse.Namespace) -> int:
     print(f"devnet started: pid {pid}, port {port} on 127.0.0.1 and ::1, data in {where}, "
           f"log {data_dir / LOG_FILENAME}")
     return 0
+
+
+def _port_problem(port: int) -> str | None:
+    """Why a devnet cannot listen on ``port`` (None when it is free, or 0: any free port)."""
+    holder = port_user(port) if port else "nobody"
+    if holder == "node":
+        return (f"an XMTP node already answers on port {port} (a devnet started from another data directory?): "
+                f"stop it first")
+    return not_a_devnet(port) if holder == "other" else None
 
 
 def start_background(data_dir: Path, *, port: int = DEFAULT_PORT, memory: bool = False,
@@ -257,31 +280,74 @@ def listening(port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def node_answers(port: int = DEFAULT_PORT, host: str = "127.0.0.1", timeout: float = _PROBE_TIMEOUT_S) -> bool:
+    """True when an XMTP node API (a devnet's) answers one cheap RPC on ``host:port``.
+
+    ``listening`` only says that something accepts connections; a web server or a database on the port does too.
+    """
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        rpc = channel.unary_unary(_PROBE_METHOD, request_serializer=bytes, response_deserializer=bytes)
+        try:
+            rpc(b"", timeout=timeout)  # an empty GetInboxIdsRequest
+        except grpc.RpcError:
+            return False
+    return True
+
+
+def port_user(port: int = DEFAULT_PORT) -> str:
+    """Who holds ``port`` on 127.0.0.1: ``"nobody"``, ``"node"`` (an XMTP node answers: a devnet) or ``"other"``."""
+    if not listening(port):
+        return "nobody"
+    return "node" if node_answers(port) else "other"
+
+
+def not_a_devnet(port: int = DEFAULT_PORT) -> str:
+    """The one line that says ``port`` is held by a program that does not speak the XMTP node API."""
+    return (f"port {port} is in use by another program (not a CoWorker devnet): stop it or free the port "
+            f"(`ss -ltnp 'sport = :{port}'` names the program)")
+
+
 def ensure_running(data_dir: Path | None = None, port: int = DEFAULT_PORT) -> int | None:
     """Make sure a local node listens on ``port``: start one in the background (SQLite in ``data_dir``) if not.
 
-    Returns the pid of the devnet started, or None when one was listening already. Safe to call from several
+    Returns the pid of the devnet started, or None when one was answering already. Safe to call from several
     processes at once: one of them starts it, the others wait for it.
 
     Raises:
+        PortInUseError: a program that is not an XMTP node holds the port.
         DevnetError: it could not be started.
     """
-    if listening(port):
+    directory = data_dir if data_dir is not None else _paths.devnet_dir()
+    if _check_port(directory, port):
         return None
-    directory = _paths.ensure_private_dir(data_dir if data_dir is not None else _paths.devnet_dir())
+    directory = _paths.ensure_private_dir(directory)
     fd = os.open(directory / "start.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes
-        if listening(port):
+        if _check_port(directory, port):
             return None
-        info = _running(directory)
-        if info is not None:
-            raise DevnetError(f"a devnet (pid {info.pid}) runs from {directory} but does not answer on port {port}; "
-                              f"stop it with `coworker devnet stop`")
         pid, _ = start_background(directory, port=port)
         return pid
     finally:
         os.close(fd)
+
+
+def _check_port(directory: Path, port: int) -> bool:
+    """True when a node answers on ``port``, False when the port is free.
+
+    Raises:
+        PortInUseError: something else holds it (named as our devnet when its pidfile says so).
+    """
+    holder = port_user(port)
+    if holder == "nobody":
+        return False
+    if holder == "node":
+        return True
+    info = _running(directory)
+    if info is not None and info.port == port:
+        raise PortInUseError(f"a devnet (pid {info.pid}) runs from {directory} but does not answer on port {port}; "
+                             f"stop it with `coworker devnet stop`")
+    raise PortInUseError(not_a_devnet(port))
 
 
 def stop_command(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import secrets
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,29 +95,40 @@ def autostart_allowed() -> bool:
 
 
 def ensure_local_node(start: bool = True) -> int | None:
-    """Make sure the local XMTP node listens on port 5556, starting it in the background when ``start``.
+    """Make sure the local XMTP node answers on port 5556, starting it in the background when ``start``.
 
-    Returns the pid of the node started, or None when one was listening already.
+    Returns the pid of the node started, or None when one was answering already.
 
     Raises:
-        TransportError: none listens, and it may not or could not be started.
+        TransportError: none answers, and it may not or could not be started; or another program holds the port.
     """
-    from coworker.devnet._cli import ensure_running, listening
-    from coworker.devnet._server import DevnetError
+    from coworker.devnet._cli import ensure_running, not_a_devnet, port_user
+    from coworker.devnet._server import DevnetError, PortInUseError
 
     if not start:
-        if listening():
+        holder = port_user()
+        if holder == "node":
             return None
+        if holder == "other":
+            raise TransportError(not_a_devnet())
         raise TransportError("the local XMTP node is not running: start it with `coworker devnet start` "
                              "(agents start it themselves unless COWORKER_DEVNET_AUTOSTART=0)")
     try:
-        pid = ensure_running()
+        return ensure_running()
+    except PortInUseError as exc:
+        raise TransportError(str(exc)) from None
     except DevnetError as exc:
         raise TransportError(f"the local XMTP node is not running and could not be started: {exc}") from None
-    if pid is not None:
-        log.info("started the local XMTP node (coworker devnet, pid %d) in the background; "
-                 "`coworker devnet stop` stops it", pid)
-    return pid
+
+
+def _say_node_started(pid: int) -> None:
+    """Tell the user, once, that an agent left a devnet running in the background (stderr: seen whatever the
+    log level, and not mixed with a command's output)."""
+    from coworker.devnet._cli import LOG_FILENAME
+
+    log_path = _paths.devnet_dir() / LOG_FILENAME
+    print(f"coworker: started the local XMTP node in the background (coworker devnet, pid {pid}, log {log_path}); "
+          f"`coworker devnet stop` stops it", file=sys.stderr, flush=True)
 
 
 class XmtpNetwork(Network):
@@ -151,7 +163,9 @@ class XmtpNetwork(Network):
 
     async def open(self, identity: Identity, data_dir: Path, deliver: Deliver) -> XmtpTransport:
         if self.name == "local":
-            await asyncio.to_thread(ensure_local_node, self.start_devnet)
+            started = await asyncio.to_thread(ensure_local_node, self.start_devnet)
+            if started is not None:
+                _say_node_started(started)
         transport = XmtpTransport(self, identity, data_dir, deliver)
         await transport.start()
         return transport
