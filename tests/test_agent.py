@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import signal
 import stat
 from pathlib import Path
 from typing import Any
@@ -177,6 +180,48 @@ def test_blocking_agent_starts_on_first_use_and_serves_until_stopped(tmp_path: P
         serving.join(timeout=10)
     assert not serving.is_alive()
     server.close()
+
+
+class CtrlCAfter(io.StringIO):
+    """A stdout that sends this process SIGINT once ``marker`` was written: a user who reads the banner and
+    presses Ctrl-C."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+        self.sent = False
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if not self.sent and self.marker in self.getvalue():
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return written
+
+
+def test_serve_says_who_serves_on_which_network_and_how_to_stop_it(tmp_path: Path) -> None:
+    agent = Agent("alice", network=MemoryNetwork(), data_dir=tmp_path / "alice")
+    agent.add_skill(lambda text: text, name="echo")
+    stdout = CtrlCAfter("Ctrl-C")
+    with contextlib.redirect_stdout(stdout):
+        agent.serve()  # returns on the SIGINT
+    assert stdout.getvalue() == f"serving alice ({agent.wallet}) on memory\nskills: echo\nCtrl-C stops it\n"
+    assert not agent.running
+    agent.close()
+
+
+async def test_async_serve_says_it_once_and_names_the_cli_command_that_stops_it(home: Path) -> None:
+    agent = AsyncAgent("alice", network=MemoryNetwork())  # in $COWORKER_HOME/agents, where the CLI finds it
+    stdout = CtrlCAfter("Ctrl-C")
+    with contextlib.redirect_stdout(stdout):
+        await agent.serve()
+    assert stdout.getvalue().splitlines() == [
+        f"serving alice ({agent.wallet}) on memory",
+        "skills: none",
+        "Ctrl-C stops it (or `coworker bridge stop --agent alice` from another shell)",
+    ]
+    assert not agent.running
+    agent.close()
 
 
 def test_keys_never_appear_in_logs_or_repr(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

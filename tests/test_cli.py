@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import runpy
+import signal
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -386,6 +389,29 @@ def test_a_bad_wallet_address_is_a_clear_error(capsys: Capture) -> None:
     code, _, err = run(capsys, "trust", "set", "0xnope", "known")
     assert code == 1
     assert err.startswith("coworker: error: not a wallet address: '0xnope'")
+
+
+# ---- serve ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["Agent", "AsyncAgent"])
+def test_serve_prints_its_banner_once_and_stops_on_ctrl_c(kind: str, home: Path, tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(f"from coworker import {kind}, MemoryNetwork\n\nagent = {kind}('ann', network=MemoryNetwork())\n")
+    env = {**os.environ, "COWORKER_HOME": str(home)}
+    with subprocess.Popen([sys.executable, "-m", "coworker", "serve", str(app)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env) as serving:
+        assert serving.stdout is not None
+        lines = [serving.stdout.readline()]
+        while lines[-1] and "Ctrl-C" not in lines[-1]:
+            lines.append(serving.stdout.readline())
+        serving.send_signal(signal.SIGINT)
+        out, err = serving.communicate(timeout=30)
+    assert serving.returncode == 0, err
+    assert "".join(lines).startswith("serving ann (0x")
+    assert lines[-1] == "Ctrl-C stops it (or `coworker bridge stop --agent ann` from another shell)\n"
+    assert "serving" not in out and "Ctrl-C" not in out  # said once
+    assert "Traceback" not in err
 
 
 # ---- the rest ----------------------------------------------------------------------------------------

@@ -245,7 +245,8 @@ class AsyncAgent:
         self.store.close()
 
     async def serve(self) -> None:
-        """Start (if needed) and answer peers until SIGINT or SIGTERM, or until :meth:`stop`."""
+        """Start (if needed), say so on stdout (name, wallet, network, how to stop it) and answer peers until
+        SIGINT or SIGTERM, or until :meth:`stop`."""
         await self.start()
         loop = asyncio.get_running_loop()
         stopped = self._stopped
@@ -258,11 +259,23 @@ class AsyncAgent:
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 pass
         try:
+            print(self._banner(ctrl_c=bool(installed)), flush=True)
             await stopped.wait()
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+    def _banner(self, *, ctrl_c: bool) -> str:
+        """What :meth:`serve` (and the blocking facade's) prints once the agent is on the network."""
+        info = getattr(self.transport, "info", None)
+        where = f", XMTP inbox {info.inbox_id[:16]}..., sidecar pid {info.pid}" if info is not None else ""
+        logs = self.data_dir / "logs"
+        skills = f"skills: {', '.join(sorted(self._skills)) or 'none'}" + (f"; logs in {logs}" if logs.is_dir() else "")
+        stop = "Ctrl-C stops it" if ctrl_c else "stop() stops it"
+        if self.data_dir.resolve() == _paths.agent_dir(self.name).resolve():  # where the CLI finds it
+            stop += f" (or `coworker bridge stop --agent {self.name}` from another shell)"
+        return "\n".join((f"serving {self.name} ({self.wallet}) on {self.network_name}{where}", skills, stop))
 
     async def __aenter__(self) -> AsyncAgent:
         await self.start()

@@ -92,14 +92,16 @@ class Agent:
         self._run(self._agent.close)
 
     def serve(self) -> None:
-        """Start and answer peers until SIGINT or SIGTERM (or :meth:`stop` from another thread)."""
+        """Start, say so on stdout (name, wallet, network, how to stop it) and answer peers until SIGINT or
+        SIGTERM (or :meth:`stop` from another thread)."""
+        self._serving.clear()  # before start: a stop() from another thread as soon as it runs is not missed
         self.start()
-        self._serving.clear()
         previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, lambda *_: self._serving.set())
         try:
+            print(self._agent._banner(ctrl_c=bool(previous)), flush=True)
             self._serving.wait()
         finally:
             for sig, handler in previous.items():

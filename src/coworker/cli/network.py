@@ -258,28 +258,24 @@ def _log_to_file(data_dir: Path) -> Path:
 
 def _cmd_serve(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
     app = load_app(Path(args.file), getattr(args, "agent", None)) if args.file is not None else Agent(choose(args))
-    log_path = _log_to_file(app.data_dir)
+    _log_to_file(app.data_dir)
     if isinstance(app, AsyncAgent):
-        return asyncio.run(_serve_async(app, args, log_path))
+        return asyncio.run(_serve_async(app, args))
     app.start()
-    _announce(app.aio, args, log_path)
-    app.serve()
+    _report_ready(args)
+    app.serve()  # says what it serves and how to stop it
     return 0
 
 
-async def _serve_async(agent: AsyncAgent, args: argparse.Namespace, log_path: Path) -> int:
+async def _serve_async(agent: AsyncAgent, args: argparse.Namespace) -> int:
     await agent.start()
-    _announce(agent, args, log_path)
+    _report_ready(args)
     await agent.serve()
     return 0
 
 
-def _announce(agent: AsyncAgent, args: argparse.Namespace, log_path: Path) -> None:
-    info = getattr(agent.transport, "info", None)
-    where = f", inbox {info.inbox_id[:16]}..., sidecar pid {info.pid}" if info is not None else ""
-    print(f"serving {agent.name} ({agent.wallet}) on {agent.network_name}{where}", flush=True)
-    print(f"skills: {', '.join(sorted(agent.skills)) or 'none'}; log: {log_path}; "
-          f"Ctrl-C or `coworker bridge stop` stops it", flush=True)
+def _report_ready(args: argparse.Namespace) -> None:
+    """Tell ``coworker bridge start``, through the inherited pipe, that the agent is on the network."""
     if args.ready_fd is not None:
         with os.fdopen(args.ready_fd, "w") as ready:
             ready.write(f"ready {os.getpid()}\n")
