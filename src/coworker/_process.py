@@ -22,7 +22,8 @@ def spawn_ready(command: Callable[[int], list[str]], log_path: Path, timeout: fl
     """Start ``command(ready_fd)`` detached and wait for its ``ready`` line: (pid, the line).
 
     Raises:
-        NotReady: no ``ready`` line within ``timeout`` seconds (the child is terminated).
+        NotReady: no ``ready`` line within ``timeout`` seconds (the child is terminated, as it is when the wait is
+            interrupted).
     """
     read_end, write_end = os.pipe()
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -34,6 +35,9 @@ def spawn_ready(command: Callable[[int], list[str]], log_path: Path, timeout: fl
         os.close(write_end)
     try:
         line = read_line(read_end, timeout)
+    except BaseException:  # interrupted (Ctrl-C) before it was ready: nobody else would stop it
+        child.terminate()
+        raise
     finally:
         os.close(read_end)
     if not line.startswith("ready"):

@@ -17,8 +17,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ from coworker._errors import CoworkerError
 from coworker._process import read_line, tail
 from coworker.agent.agent import AsyncAgent
 from coworker.agent.control import ControlClient
+
+log = logging.getLogger("coworker.demo")
 
 _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 10.0
@@ -75,17 +79,51 @@ DEMO_TEXT = ("Hello world from the coworker demo: two agents find each other, ag
 
 
 async def _serve(role: str, data_dir: Path) -> None:
-    """Run one demo agent: report on stdout once it is on the network, then serve until stopped."""
+    """Run one demo agent: report on stdout once it is on the network, then serve until stopped.
+
+    It also stops when its stdin closes: the demo holds the other end, so an agent never outlives the demo, even
+    one that was killed.
+    """
     agent = AsyncAgent(role, network="local", data_dir=data_dir, passphrase="")
     for skill in ROLES[role]:
         agent.add_skill(skill)
-    await agent.start()
-    info = getattr(agent.transport, "info", None)
-    print(json.dumps({"wallet": agent.wallet, "pid": os.getpid(), "inbox": getattr(info, "inbox_id", None),
-                      "installation": getattr(info, "installation_id", None),
-                      "sidecar": getattr(info, "pid", None)}), flush=True)
-    await agent.serve()
-    agent.close()
+    try:
+        await agent.start()
+        info = getattr(agent.transport, "info", None)
+        print(json.dumps({"wallet": agent.wallet, "pid": os.getpid(), "inbox": getattr(info, "inbox_id", None),
+                          "installation": getattr(info, "installation_id", None),
+                          "sidecar": getattr(info, "pid", None)}), flush=True)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the ready line only; the banner goes to the log
+            await _serve_while_stdin_open(agent)
+    finally:
+        agent.close()
+
+
+async def _serve_while_stdin_open(agent: AsyncAgent) -> None:
+    loop = asyncio.get_running_loop()
+    orphaned = asyncio.Event()
+
+    def read_stdin() -> None:
+        try:
+            data = os.read(0, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(0)
+            orphaned.set()
+
+    loop.add_reader(0, read_stdin)
+    serving = asyncio.create_task(agent.serve(), name="coworker-demo-serve")
+    watching = asyncio.create_task(orphaned.wait(), name="coworker-demo-stdin")
+    try:
+        await asyncio.wait({serving, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loop.remove_reader(0)
+        watching.cancel()
+    if not serving.done():
+        log.warning("the demo went away: stopping")
+        await agent.stop()
+    await serving
 
 
 # ---- the orchestrator -----------------------------------------------------------------------------------------
@@ -95,12 +133,14 @@ async def _serve(role: str, data_dir: Path) -> None:
 class _Process:
     role: str
     data_dir: Path
+    log_path: Path
     popen: subprocess.Popen[bytes]
     info: dict[str, Any] | None = None
     control: ControlClient | None = None
 
     def ask(self, cmd: str, timeout: float = 40.0, **args: Any) -> Any:
-        assert self.control is not None
+        if self.control is None:
+            raise CoworkerError(f"the {self.role} process of the demo is not ready")
         return self.control.request(cmd, timeout, **args)
 
 
@@ -120,49 +160,107 @@ class _Steps:
             print(f"    {line}", flush=True)
 
 
-def _spawn(role: str, root: Path) -> _Process:
+def _agent_command(role: str, data_dir: Path) -> list[str]:
+    """The command line of one demo agent process."""
+    return [sys.executable, "-m", "coworker.cli.demo", role, str(data_dir)]
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block ends (then raise it), so that a process started in the block is always
+    recorded, and stopped, before the interrupt unwinds the demo."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
+def _spawn(role: str, root: Path, processes: list[_Process]) -> None:
+    """Start one agent process and add it to ``processes``.
+
+    Each agent gets a session of its own, so a Ctrl-C at the terminal reaches the demo alone, which stops the
+    agents in order (:func:`_stop`); its stdin is a pipe from the demo, and it stops when that closes.
+    """
     data_dir = _paths.ensure_private_dir(root / role)
     log_path = _paths.ensure_private_dir(data_dir / "logs") / "agent.log"
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        popen = subprocess.Popen([sys.executable, "-m", "coworker.cli.demo", role, str(data_dir)],
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_fd)
+        with _interrupts_held():
+            popen = subprocess.Popen(_agent_command(role, data_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=log_fd, start_new_session=True)
+            processes.append(_Process(role, data_dir, log_path, popen))
     finally:
         os.close(log_fd)
-    return _Process(role, data_dir, popen)
 
 
 def _await_ready(processes: list[_Process], timeout: float) -> None:
-    """Read each process's ready line (they start side by side; bounded); raise with its log if one fails."""
+    """Read each process's ready line (they start side by side; bounded); raise, in one line, if one fails."""
     deadline = time.monotonic() + timeout
     for process in processes:
-        assert process.popen.stdout is not None
-        line = read_line(process.popen.stdout.fileno(), max(deadline - time.monotonic(), 0.0))
-        log_path = process.data_dir / "logs" / "agent.log"
+        stdout = process.popen.stdout
+        line = read_line(stdout.fileno(), max(deadline - time.monotonic(), 0.0)) if stdout is not None else ""
+        where = f"see {process.log_path}"
         if not line:
-            raise CoworkerError(f"the {process.role} process did not get ready within {timeout:g} s; "
-                                f"the end of its log:\n{tail(log_path, 15)}")
-        process.info = json.loads(line)
+            raise CoworkerError(_not_ready(process, timeout))
+        try:
+            process.info = json.loads(line)
+        except ValueError:
+            raise CoworkerError(f"the {process.role} process of the demo wrote {line[:60]!r} instead of its ready "
+                                f"line; {where}") from None
         process.control = ControlClient.find(process.data_dir)
         if process.control is None:
-            raise CoworkerError(f"the {process.role} process has no control endpoint")
+            raise CoworkerError(f"the {process.role} process of the demo has no control endpoint; {where}")
+
+
+def _not_ready(process: _Process, timeout: float) -> str:
+    """Why a process gave no ready line: it exited (with the last line of its log: the cause), or stayed silent."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.popen.wait(_STOP_TIMEOUT)  # its stdout closed: it is exiting
+    code = process.popen.returncode
+    if code is None:
+        return f"the {process.role} process of the demo did not get ready within {timeout:g} s; see {process.log_path}"
+    lines = [line for line in tail(process.log_path, 5).splitlines() if line.strip()]
+    cause = f": {lines[-1].strip()}" if lines else ""
+    return f"the {process.role} process of the demo exited with code {code} before it was ready{cause}; " \
+           f"see {process.log_path}"
 
 
 def _stop(processes: list[_Process]) -> None:
-    for process in processes:
-        if process.popen.poll() is None:
+    """Stop the agent processes and wait for them (bounded): each is asked to stop, so that it leaves the network
+    cleanly; one not ready yet, or not answering, is terminated; one still there after the wait, killed. A second
+    Ctrl-C meanwhile kills them all at once."""
+    try:
+        for process in processes:
+            if process.popen.poll() is None:
+                try:
+                    process.ask("stop", 10)
+                except CoworkerError:
+                    process.popen.terminate()
+        for process in processes:
             try:
-                process.ask("stop", 10)
-            except CoworkerError:
-                process.popen.terminate()
-    for process in processes:
-        try:
-            process.popen.wait(_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.popen.kill()
+                process.popen.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+                process.popen.wait()
+    except KeyboardInterrupt:
+        for process in processes:
+            if process.popen.poll() is None:
+                process.popen.kill()
+        for process in processes:
             process.popen.wait()
-        if process.popen.stdout is not None:
-            process.popen.stdout.close()
+        raise
+    finally:
+        for process in processes:
+            for pipe in (process.popen.stdin, process.popen.stdout):
+                if pipe is not None:
+                    pipe.close()
 
 
 def run_demo() -> bool:
@@ -185,7 +283,8 @@ def run_demo() -> bool:
             out.append("already running" if pid is None else
                        f"started in the background (pid {pid}); `coworker devnet stop` stops it")
         with steps.step("2. start assistant and researcher (2 processes)") as out:
-            processes = [_spawn("assistant", root), _spawn("researcher", root)]
+            _spawn("assistant", root, processes)
+            _spawn("researcher", root, processes)
             _await_ready(processes, _START_TIMEOUT)
             for process in processes:
                 info = process.info or {}
