@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import socketserver
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from coworker import AsyncAgent, TransportError
+from coworker._process import spawn_ready
 from coworker.cli.main import main
 from coworker.devnet import DEFAULT_PORT
 from coworker.devnet._cli import PID_FILENAME, port_user
@@ -133,3 +135,12 @@ def test_an_agent_that_starts_the_devnet_says_so_once_on_stderr(
     assert err.splitlines() == [line]
     assert "XMTP node" not in out
     assert not exited(pid, 0) and os.getpid() != pid
+
+
+def test_a_background_child_interrupted_before_it_is_ready_is_not_left_running(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    script = ("import os, signal, sys; open(sys.argv[1], 'w').write(str(os.getpid())); "
+              "os.kill(os.getppid(), signal.SIGINT); signal.pause()")  # Ctrl-C while the devnet starts
+    with pytest.raises(KeyboardInterrupt):
+        spawn_ready(lambda ready_fd: [sys.executable, "-c", script, str(pidfile)], tmp_path / "child.log", 60)
+    assert exited(int(pidfile.read_text()))
