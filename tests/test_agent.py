@@ -42,7 +42,7 @@ async def test_approval_and_denial_reach_the_requester(tmp_path: Path) -> None:
             AsyncAgent("c", network=net, data_dir=tmp_path / "c") as c:
         assert await b.request_trust(a.wallet) == "pending"
         assert await c.request_trust(a.wallet) == "pending"
-        with pytest.raises(coworker.ConfigurationError, match="not a trust tier"):
+        with pytest.raises(coworker.ConfigurationError, match="invalid tier 'admin': use untrusted"):
             await a.approve_trust(b.wallet, "admin")
         assert {r.wallet for r in a.trust_requests()} == {b.wallet, c.wallet}  # a bad tier loses no request
         await a.deny_trust(c.wallet)

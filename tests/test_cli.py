@@ -380,8 +380,7 @@ def test_trust_set_rejects_an_unknown_tier(capsys: Capture) -> None:
     code, out, err = run(capsys, "trust", "set", "0x" + "ef" * 20, "friend")
     assert code == 1
     assert out == ""
-    assert err == ("coworker: error: not a trust tier: 'friend' "
-                   "(use one of untrusted, known, internal, privileged or 0-3)\n")
+    assert err == "coworker: error: invalid tier 'friend': use untrusted, known, internal, privileged or 0-3\n"
 
 
 def test_a_bad_wallet_address_is_a_clear_error(capsys: Capture) -> None:

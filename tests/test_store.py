@@ -79,6 +79,16 @@ def test_tasks_round_trip_and_summarise_as_calls(store: Store) -> None:
         store.update_task(task, colour="red")
 
 
+def test_task_ids_are_found_by_their_first_digits_in_both_directions(store: Store) -> None:
+    for task_id, direction, peer in (("ab1" + "0" * 29, "out", A), ("ab2" + "0" * 29, "in", A),
+                                     ("ab2" + "0" * 29, "in", "0x" + "11" * 20), ("cd" + "0" * 30, "out", A)):
+        assert store.add_task(TaskRecord(task_id, direction, peer, "echo", "working", {}, 5.0))
+    assert store.task_ids_starting("ab") == (2, ["ab1" + "0" * 29, "ab2" + "0" * 29])  # an id served twice counts once
+    assert store.task_ids_starting("ab", limit=1) == (2, ["ab1" + "0" * 29])
+    assert store.task_ids_starting("cd" + "0" * 30) == (1, ["cd" + "0" * 30])
+    assert store.task_ids_starting("ef") == (0, [])
+
+
 def test_peers_standing_and_settings_round_trip(store: Store) -> None:
     store.touch_peer(A, 1.0)
     store.touch_peer(A, 2.0, name="alice", card={"skills": []})

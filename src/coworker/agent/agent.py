@@ -567,9 +567,15 @@ class AsyncAgent:
 
     async def request_trust(self, wallet: str, tier: TrustTier | int = TrustTier.KNOWN, reason: str = "", *,
                             timeout: float = 30) -> str:
-        """Ask a peer to trust us at ``tier``: returns ``"granted"``, ``"pending"`` or ``"denied"``."""
-        wanted = parse_tier(tier)
-        runtime, peer = await self._live(), checksum(wallet)
+        """Ask a peer to trust us at ``tier``: returns ``"granted"``, ``"pending"`` or ``"denied"``.
+
+        Raises:
+            ConfigurationError: a bad tier, or ``wallet`` is our own (nothing is sent).
+        """
+        wanted, peer = parse_tier(tier), checksum(wallet)
+        if peer.lower() == self.wallet.lower():
+            raise ConfigurationError(f"{peer} is this agent's own wallet: an agent does not ask itself for trust")
+        runtime = await self._live()
         reply, _, _ = await runtime.request(peer, "trust.request", {"tier": int(wanted), "reason": reason}, timeout)
         self._raise_for_error(reply)
         state = {"trust.grant": "granted", "trust.pending": "pending", "trust.deny": "denied"}.get(reply.type)
@@ -606,7 +612,7 @@ class AsyncAgent:
         chosen = None if tier is None else parse_tier(tier)  # before the request is taken off the list
         request = self.store.pop_trust_request(peer)
         if request is None:
-            raise ConfigurationError(f"no pending trust request from {peer} (use set_trust to set a tier)")
+            raise ConfigurationError(f"no pending trust request from {peer} (set_trust sets a tier without one)")
         new = max(chosen or request.tier, self.store.trust_tier(peer))
         self.store.set_trust(peer, new, self._clock())
         self.store.flush()

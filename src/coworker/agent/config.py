@@ -35,7 +35,7 @@ def parse_tier(value: TrustTier | int | str, what: str = "tier") -> TrustTier:
     try:
         return TrustTier.parse(value)
     except ValueError as exc:
-        raise ConfigurationError(f"{what}: {exc}") from None
+        raise ConfigurationError(str(exc) if what == "tier" else f"{what}: {exc}") from None
 
 
 def read_config(data_dir: Path) -> dict[str, Any]:
@@ -81,8 +81,11 @@ def resolve_network(spec: str | Network | None, data_dir: Path) -> Network:
         return spec
     name, source = network_name(spec, data_dir)
     if name not in NETWORK_NAMES:
+        also = {"argument": "or a network object such as coworker.MemoryNetwork()",
+                "COWORKER_NETWORK": "(change or unset COWORKER_NETWORK)"}.get(
+            source, f"(`coworker init --name {data_dir.name} --network local` changes it)")
         raise ConfigurationError(f"unknown network {name!r} (from {source}): use one of {', '.join(NETWORK_NAMES)} "
-                                 f"or a network object such as coworker.MemoryNetwork()")
+                                 f"{also}")
     return XmtpNetwork(name)
 
 

@@ -197,9 +197,23 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _full_task_id(agent: AsyncAgent, given: str) -> str:
+    """The id of the one task whose id starts with ``given`` (a whole id, or enough of its first digits)."""
+    prefix = given.strip().lower()
+    if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+        raise CliError(f"not a task id: {given!r} (task ids are 32 hex digits; their first few are enough)")
+    found, first = agent.store.task_ids_starting(prefix)
+    if found == 0:
+        raise CliError(f"no task {prefix}" if len(prefix) == 32 else f"no task id starts with {prefix!r}")
+    if found > 1:
+        shown = ", ".join(first) + (", ..." if found > len(first) else "")
+        raise CliError(f"{found} tasks have an id starting with {prefix!r} ({shown}): give more digits")
+    return first[0]
+
+
 def cmd_task(args: argparse.Namespace) -> int:
     with open_agent(args) as agent:
-        task = agent.get_result(args.task_id)
+        task = agent.get_result(_full_task_id(agent, args.task_id))
         provider = task["peer"] if task["direction"] == "out" else agent.wallet
     receipt = task["receipt"]
     task["receipt_verifies"] = None

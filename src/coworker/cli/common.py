@@ -63,6 +63,13 @@ def choose_agent(args: argparse.Namespace) -> str:
                    f"or COWORKER_AGENT")
 
 
+def suggest(args: argparse.Namespace, name: str, command: str) -> str:
+    """A command to suggest, quoted: ``--agent NAME`` is in it when the user chose the agent with it or when
+    several agents exist, so that it runs as it is."""
+    chosen = bool(getattr(args, "agent", None)) or len(agent_names()) > 1
+    return f"`coworker {f'--agent {name} ' if chosen else ''}{command}`"
+
+
 @contextlib.contextmanager
 def open_agent(args: argparse.Namespace) -> Iterator[AsyncAgent]:
     """Open an existing agent without starting it, and close its database afterwards.

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.set_defaults(func=cmd_tasks)
 
     task = commands.add_parser("task", parents=[common], help="one task: its state, result or error, receipt")
-    task.add_argument("task_id")
+    task.add_argument("task_id", help="the task's id, or enough of its first digits to tell it from the others")
     task.add_argument("--json", action="store_true", help="machine-readable output")
     task.set_defaults(func=cmd_task)
 

@@ -38,7 +38,7 @@ from coworker.agent.blocking import Agent
 from coworker.agent.config import LOCK_FILE, AgentLock, network_name, validate_agent_name
 from coworker.agent.control import ControlClient
 from coworker.agent.peer import peer_json
-from coworker.cli.common import CliError
+from coworker.cli.common import CliError, open_agent, suggest
 from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum, recover_signer
 from coworker.store.identity import Identity
@@ -141,7 +141,8 @@ def _cmd_connect(args: argparse.Namespace, choose: Callable[[argparse.Namespace]
     cards = peer["skill_cards"]
     if not cards:
         print("skills:     none visible to us: the peer does not trust us yet.")
-        print(f"            ask it with `coworker trust request {peer['wallet']}`")
+        ask = suggest(args, name, f"trust request {peer['wallet']}")
+        print(f"            ask it with {ask}")
         return 0
     print(f"skills:     {len(cards)} visible to us")
     width = max(len(c["name"]) for c in cards)
@@ -177,7 +178,10 @@ def _cmd_call(args: argparse.Namespace, choose: Callable[[argparse.Namespace], s
         name, lambda c: c.request("call", timeout + 10, wallet=wallet, skill=args.skill, input=payload,
                                   timeout=timeout),
         lambda a: a.call(wallet, args.skill, payload, timeout=timeout))
-    print(json.dumps(output, indent=2, ensure_ascii=False))
+    if isinstance(output, str) and not args.json:
+        print(output)  # text as it is
+    else:
+        print(json.dumps(output, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -185,6 +189,9 @@ def _cmd_trust_request(args: argparse.Namespace, choose: Callable[[argparse.Name
     name = choose(args)
     wallet, _ = _peer_wallet(args.target, network_name(None, _paths.agent_dir(name))[0])
     tier = TrustTier.parse(args.tier)
+    with open_agent(args) as me:  # refused before the agent starts or anything is sent
+        if me.wallet.lower() == wallet.lower():
+            raise CliError(f"{wallet} is agent {name}'s own wallet: an agent does not ask itself for trust")
     state = _run_with_agent(
         name, lambda c: c.request("request_trust", 40, wallet=wallet, tier=int(tier), reason=args.reason),
         lambda a: a.request_trust(wallet, tier, args.reason))
@@ -417,11 +424,13 @@ def register(commands: Any, common: argparse.ArgumentParser, choose: Callable[[a
     connect.add_argument("--json", action="store_true", help="machine-readable output")
     connect.set_defaults(func=bind(_cmd_connect))
 
-    call = commands.add_parser("call", parents=[common], help="run a peer's skill and print its output as JSON")
+    call = commands.add_parser("call", parents=[common], help="run a peer's skill and print its output (text as it "
+                                                              "is, anything else as JSON)")
     call.add_argument("target", metavar="WALLET|INVITE", help="the peer's wallet address or invite code")
     call.add_argument("skill", help="the skill's name")
     call.add_argument("--input", default="{}", help="the input, a JSON object, or @FILE to read it from a file")
     call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the result (default 30)")
+    call.add_argument("--json", action="store_true", help="print the output as JSON, text included")
     call.set_defaults(func=bind(_cmd_call))
 
     invite = commands.add_parser("invite", parents=[common], help="print an invite code (wallet, name, network, "

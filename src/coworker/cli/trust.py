@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from coworker import _paths
+from coworker._errors import ConfigurationError
 from coworker.agent.agent import AsyncAgent
 from coworker.agent.config import (
     LOCK_FILE,
@@ -14,11 +15,13 @@ from coworker.agent.config import (
 )
 from coworker.agent.control import ControlClient
 from coworker.cli.common import (
+    CliError,
     age,
     choose_agent,
     open_agent,
     parse_tier,
     print_json,
+    suggest,
     tier_text,
 )
 from coworker.core.trust import TrustTier
@@ -50,6 +53,10 @@ def cmd_trust_list(args: argparse.Namespace) -> int:
         print(f"  {req.wallet}  asks for {tier_text(req.tier)}  {age(now - req.received_at)} ago{reason}")
     if not pending:
         print("  none")
+        return 0
+    wallet = pending[0].wallet if len(pending) == 1 else "WALLET"
+    print(f"approve with {suggest(args, agent.name, f'trust approve {wallet}')} (--tier T to grant another tier), "
+          f"or refuse with {suggest(args, agent.name, f'trust deny {wallet}')}")
     return 0
 
 
@@ -63,16 +70,24 @@ def _note_running(agent: AsyncAgent) -> None:
 
 def cmd_trust_approve(args: argparse.Namespace) -> int:
     tier = parse_tier(args.tier) if args.tier is not None else None
-    running = ControlClient.find(_paths.agent_dir(choose_agent(args)))
-    if running is not None:  # the running agent records it and tells the peer at once
-        granted = running.request("approve", 30, wallet=checksum(args.wallet), tier=None if tier is None else int(tier))
-        print(f"approved {checksum(args.wallet)} at tier {tier_text(TrustTier.parse(granted))}; "
-              f"the running agent (pid {running.pid}) told the peer")
-        return 0
-    with open_agent(args) as agent:
-        granted = asyncio.run(agent.approve_trust(args.wallet, tier))
-        print(f"approved {checksum(args.wallet)} at tier {tier_text(granted)}")
-        _note_running(agent)
+    name, wallet = choose_agent(args), checksum(args.wallet)
+    running = ControlClient.find(_paths.agent_dir(name))
+    try:
+        if running is not None:  # the running agent records it and tells the peer at once
+            granted = running.request("approve", 30, wallet=wallet, tier=None if tier is None else int(tier))
+            print(f"approved {wallet} at tier {tier_text(TrustTier.parse(granted))}; "
+                  f"the running agent (pid {running.pid}) told the peer")
+            return 0
+        with open_agent(args) as agent:
+            print(f"approved {wallet} at tier {tier_text(asyncio.run(agent.approve_trust(wallet, tier)))}")
+            _note_running(agent)
+    except ConfigurationError:
+        with open_agent(args) as agent:
+            asked = any(r.wallet == wallet for r in agent.trust_requests())
+        if asked:
+            raise
+        raise CliError(f"no pending trust request from {wallet}: set its tier without one with "
+                       f"{suggest(args, name, f'trust set {wallet} TIER')}") from None
     return 0
 
 

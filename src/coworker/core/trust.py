@@ -27,20 +27,16 @@ class TrustTier(enum.IntEnum):
         """Accept a tier, its number or its name (any case); raise ValueError otherwise."""
         if isinstance(value, TrustTier):
             return value
-        if isinstance(value, bool):
-            raise ValueError(f"not a trust tier: {value!r}")
-        if isinstance(value, int):
-            return cls(value)
-        if isinstance(value, str):
-            text = value.strip()
-            if text.isdigit():
-                return cls(int(text))
-            try:
-                return cls[text.upper()]
-            except KeyError:
-                pass
+        try:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return cls(value)
+            if isinstance(value, str):
+                text = value.strip()
+                return cls(int(text)) if text.isdigit() else cls[text.upper()]
+        except (ValueError, KeyError):
+            pass
         names = ", ".join(t.name.lower() for t in cls)
-        raise ValueError(f"not a trust tier: {value!r} (use one of {names} or 0-3)")
+        raise ValueError(f"invalid tier {value!r}: use {names} or 0-3")
 
 
 # Request kinds that any peer, trusted or not, may send.

@@ -284,6 +284,14 @@ class SQLiteStore:
                                 f"LIMIT ?", (*params, limit)).fetchall()
         return [_task(r) for r in rows]
 
+    def task_ids_starting(self, prefix: str, limit: int = 5) -> tuple[int, list[str]]:
+        """How many task ids (ours and served) start with ``prefix``, and the first ``limit`` of them."""
+        where = "FROM tasks WHERE substr(id, 1, ?) = ?"
+        params = (len(prefix), prefix)
+        count = self._db.execute(f"SELECT COUNT(DISTINCT id) {where}", params).fetchone()[0]
+        rows = self._db.execute(f"SELECT DISTINCT id {where} ORDER BY id LIMIT ?", (*params, limit)).fetchall()
+        return int(count), [str(r[0]) for r in rows]
+
     def live_tasks(self, direction: str) -> list[TaskRecord]:
         """Tasks of one direction that have not ended, oldest first."""
         rows = self._db.execute(f"SELECT {_TASK_SELECT} FROM tasks WHERE direction = ? AND state IN "
