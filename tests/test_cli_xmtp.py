@@ -237,7 +237,7 @@ def test_first_contact_trust_request_approval_and_a_call(alice: Alice, capsys: C
     assert code == 0, err
     assert "peer:       alice\n" in out and f"wallet:     {alice.wallet}" in out
     assert "skills:     none visible to us: the peer does not trust us yet." in out
-    assert f"ask it with `coworker trust request {alice.wallet}`" in out
+    assert f"ask it with `coworker --agent bob trust request {alice.wallet}`" in out  # bob was chosen with --agent
 
     code, out, err = run(capsys, "trust", "request", alice.wallet, "--agent", "bob", "--reason", "tests")
     assert code == 0, err
