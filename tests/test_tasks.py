@@ -43,9 +43,12 @@ def test_errors_map_to_final_states() -> None:
     assert state_for_error("CANCELED") == TaskState.CANCELED
 
 
-def test_retries_back_off_to_a_maximum() -> None:
+def test_retries_back_off_to_a_maximum_and_never_come_sooner_than_the_last_send_took() -> None:
     policy = RetryPolicy(first=1.0, factor=2.0, maximum=5.0)
     assert [policy.delay(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    # never sooner than the copy took to send: its answer comes back through a send as slow
+    assert [policy.delay(n, send_took=3.0) for n in range(1, 6)] == [3.0, 3.0, 4.0, 5.0, 5.0]
+    assert policy.delay(5, send_took=12.0) == 12.0
     with pytest.raises(ValueError):
         RetryPolicy(first=0)
 
@@ -449,6 +452,78 @@ async def test_an_answer_that_arrives_while_the_request_is_still_being_sent_ends
     async with alice, bob:
         task_id = await bob.request(alice.wallet, "echo", {"text": "quick"})
         assert await bob.wait(task_id, timeout=3) == "quick"  # not after the next copy, 30 s away
+    for agent in (alice, bob):
+        agent.close()
+
+
+class _LateAnswerNetwork(coworker.Network):
+    """A memory network on which the callee's answer leaves only once the caller is sending a second copy of its
+    request, and that copy's send lasts until the test releases it: the answer arrives while a copy that nobody
+    needs any more is still being sent (as on a loaded XMTP sidecar, where a send waits seconds in its queue)."""
+
+    name = "late-answer"
+
+    def __init__(self) -> None:
+        self.inner = MemoryNetwork()
+        self.copies = 0
+        self.second_copy_sending = asyncio.Event()
+        self.release = asyncio.Event()
+        self.second_copy_ended = asyncio.Event()
+        self.second_copy: str | None = None  # how its send ended: "sent" or "abandoned"
+
+    async def open(self, identity: Identity, data_dir: Path, deliver: Any) -> coworker.transports.base.Transport:
+        inner, network = await self.inner.open(identity, data_dir, deliver), self
+
+        class Transport(coworker.transports.base.Transport):
+            async def send(self, recipient: str, data: bytes) -> None:
+                if b'"call.result"' in data:
+                    await network.second_copy_sending.wait()
+                elif b'"call.request"' in data:
+                    network.copies += 1
+                    if network.copies == 2:
+                        await network._send_second_copy()
+                await inner.send(recipient, data)
+
+            async def close(self) -> None:
+                await inner.close()
+
+        return Transport()
+
+    async def _send_second_copy(self) -> None:
+        self.second_copy_sending.set()
+        try:
+            await self.release.wait()
+            self.second_copy = "sent"
+        except asyncio.CancelledError:
+            self.second_copy = "abandoned"
+            raise
+        finally:
+            self.second_copy_ended.set()
+
+
+async def test_an_answer_that_arrives_while_a_later_copy_is_being_sent_ends_the_call_and_the_copy_still_goes(
+        tmp_path: Path) -> None:
+    net = _LateAnswerNetwork()
+    alice = AsyncAgent("alice", network=net, data_dir=tmp_path / "alice", retry=FAST)
+    bob = AsyncAgent("bob", network=net, data_dir=tmp_path / "bob", retry=FAST)
+    alice.set_trust(bob.wallet, TrustTier.KNOWN)
+
+    @alice.skill()
+    def echo(text: str) -> str:
+        return text
+
+    async with alice, bob:
+        task_id = await bob.request(alice.wallet, "echo", {"text": "quick"})
+        # The call ends with its answer, not once the copy nobody needs has been sent (it never is, here).
+        assert await bob.wait(task_id, timeout=5) == "quick"
+        assert bob.get_result(task_id)["state"] == "completed"
+        assert net.second_copy is None
+        net.release.set()
+        await asyncio.wait_for(net.second_copy_ended.wait(), 5)
+        # Nor was it cut short: a transport may send a copy whose sender stopped waiting for it all the same,
+        # so a driver that abandoned its copies would pile them up.
+        assert net.second_copy == "sent"
+        assert net.copies == 2
     for agent in (alice, bob):
         agent.close()
 

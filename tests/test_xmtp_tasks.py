@@ -317,6 +317,9 @@ async def test_a_burst_of_calls_whose_retry_gap_is_shorter_than_an_xmtp_send_doe
     counted = FaultyNetwork(XmtpNetwork("local"))  # no faults: it counts the messages
     outputs, stats = await burst(counted, tmp_path, 100)
     assert outputs == [{"n": 2 * i} for i in range(100)]
-    # A copy goes again only once the previous send has returned. A driver that stopped waiting for a send after
-    # each retry gap left it queued in the sidecar all the same: sends piled up, and calls timed out.
+    # A copy goes again only once the previous send has returned, no sooner than that send took, and a call ends
+    # with its answer, not once a copy under way has gone. A driver that stopped waiting for a send after each
+    # retry gap left it queued in the sidecar all the same: sends piled up, and calls timed out. One that re-sent
+    # 0.2 s after sends of 10 s queued a copy nobody needed (and an answer to it) for most calls, then held the
+    # caller until that copy had gone, or cut it short at the call's timeout.
     assert stats["abandoned"] == 0

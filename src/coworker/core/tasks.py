@@ -108,7 +108,8 @@ class Progress:
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """When an unanswered request is sent again: ``first`` seconds after the first copy, then each gap
-    ``factor`` times the previous one, never more than ``maximum``.
+    ``factor`` times the previous one, never more than ``maximum``; and never sooner than the previous copy took
+    to send (see :meth:`delay`).
 
     The defaults suit XMTP (messages take tens of milliseconds; a copy is rarely lost); tests on a lossy
     in-memory network use much shorter gaps.
@@ -122,9 +123,12 @@ class RetryPolicy:
         if not (self.first > 0 and self.factor >= 1 and self.maximum >= self.first):
             raise ValueError(f"invalid retry policy {self}: need first > 0, factor >= 1, maximum >= first")
 
-    def delay(self, sent: int) -> float:
-        """Seconds to wait after the ``sent``-th copy (1-based) before sending the next."""
-        return min(self.maximum, self.first * self.factor ** max(0, sent - 1))
+    def delay(self, sent: int, send_took: float = 0.0) -> float:
+        """Seconds to wait after the ``sent``-th copy (1-based) was sent before sending the next; at least
+        ``send_took``, the seconds that copy's send took. The answer comes back through a send on the peer's
+        side, as slow as ours when the network is loaded (an XMTP sidecar with a queue): a copy sent sooner
+        would only wait behind the ones under way and draw one more answer."""
+        return max(send_took, min(self.maximum, self.first * self.factor ** max(0, sent - 1)))
 
 
 DEFAULT_CAP_FACTOR: Final = 10  # progress may keep a call alive for this many times its timeout

@@ -136,53 +136,67 @@ class Caller:
         return watch
 
     async def _drive(self, task: TaskRecord, watch: _Watch) -> None:
-        """Deliver one of our tasks: send the request, send it again until the task ends, expire it."""
+        """Deliver one of our tasks: send the request, send it again until the task ends, expire it.
+
+        One copy at a time: the next copy goes only once the previous one's send has returned, and no sooner than
+        that send took (:meth:`RetryPolicy.delay`). A copy's send is waited for while the transport recovers (a
+        sidecar restarting), never past the task's expiry, where it is cancelled. When the task ends while a copy
+        is being sent, the driver ends at once, so that whoever waits for the task has its answer, and leaves that
+        send to finish: it may be in the transport's hands already (XMTP's sidecar sends what it has been given
+        whether or not anyone waits), so cutting it short would gain nothing. Close cancels it with the driver."""
         body = self._call_body(task.id, task.skill, task.input, task.version)
         loop = asyncio.get_running_loop()
         copies, next_send = 0, loop.time()
+        sending: asyncio.Task[CoworkerError | None] | None = None
+        started = 0.0
         try:
             while True:
                 watch.changed.clear()  # before looking: a change from here on wakes the wait below
+                if sending is not None and sending.done():
+                    error = TransportError("cancelled") if sending.cancelled() else sending.result()
+                    took, sending = loop.time() - started, None
+                    if isinstance(error, PeerUnreachable | LocalProtocolError):
+                        code = "PEER_UNREACHABLE" if isinstance(error, PeerUnreachable) else "PROTOCOL_ERROR"
+                        self._end(task, watch, TaskState.REJECTED, error_code=code, error_message=str(error))
+                    elif error is not None:
+                        log.info("could not send task %s to %s (will try again): %s", task.id, task.peer, error)
+                    copies += 1
+                    next_send = loop.time() + self._retry.delay(copies, took)
                 if task.state not in LIVE:
-                    break
+                    break  # a copy still being sent goes on by itself (see above)
                 now = loop.time()
                 ends = expires_at(task.created_at, task.last_activity, task.timeout, task.cap)
                 if ends is not None and self._link.clock() >= ends:
+                    if sending is not None:
+                        sending.cancel()
                     self._expire(task, watch)
                     break
-                if now >= next_send:
-                    # A send waits while the transport recovers (a sidecar restarting), never past the task's
-                    # expiry. Not bounded by the retry gap: a transport may go on with a send we stopped waiting
-                    # for (XMTP's sidecar does), so a copy abandoned every gap would pile up behind the others.
-                    bound = None if ends is None else max(ends - self._link.clock(), 0.05)
-                    try:
-                        async with asyncio.timeout(bound):
-                            await self._send_copy(task, watch, body)
-                    except (PeerUnreachable, LocalProtocolError) as exc:
-                        code = "PEER_UNREACHABLE" if isinstance(exc, PeerUnreachable) else "PROTOCOL_ERROR"
-                        self._end(task, watch, TaskState.REJECTED, error_code=code, error_message=str(exc))
-                        break
-                    except (TransportError, TimeoutError) as exc:
-                        log.info("could not send task %s to %s (will try again): %s", task.id, task.peer,
-                                 exc or "timed out")
-                    copies += 1
-                    next_send = loop.time() + self._retry.delay(copies)
-                wait = next_send - loop.time()
+                if sending is None and now >= next_send:
+                    started = now
+                    sending = self._drivers.spawn(self._send_copy(task, watch, body), f"coworker-copy-{task.id}")
+                    sending.add_done_callback(lambda _: watch.changed.set())
+                wait = None if sending is not None else next_send - loop.time()
                 if ends is not None:
-                    wait = min(wait, ends - self._link.clock())
-                if wait > 0:
+                    wait = ends - self._link.clock() if wait is None else min(wait, ends - self._link.clock())
+                if wait is None or wait > 0:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(wait):
                             await watch.changed.wait()
         finally:
             self._forget(task.id, watch)
 
-    async def _send_copy(self, task: TaskRecord, watch: _Watch, body: dict[str, Any]) -> None:
+    async def _send_copy(self, task: TaskRecord, watch: _Watch, body: dict[str, Any]) -> CoworkerError | None:
+        """Send one copy of a task's request; why it could not be sent (returned, not raised: the driver may
+        have ended and left it to finish on its own)."""
         env = proto.request("call.request", body, sender=self._link.wallet, recipient=task.peer,
                             now_ms=self._link.now_ms())
         self._sent[env.id] = task.id
         watch.sent_ids.append(env.id)
-        await self._link.send(env)
+        try:
+            await self._link.send(env)
+        except CoworkerError as exc:
+            return exc
+        return None
 
     def _forget(self, task_id: str, watch: _Watch) -> None:
         if self._watches.get(task_id) is watch:

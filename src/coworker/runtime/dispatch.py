@@ -132,7 +132,8 @@ class Runtime:
             CallTimeout: no reply within ``timeout`` seconds.
         """
         ttl_ms = min(max(proto.DEFAULT_TTL_MS, int(timeout * 1000) + 60_000), proto.MAX_TTL_MS)
-        future: asyncio.Future[tuple[proto.Envelope, int]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[proto.Envelope, int]] = loop.create_future()
         ids: list[str] = []
         try:
             async with asyncio.timeout(timeout):
@@ -141,8 +142,9 @@ class Runtime:
                                         ttl_ms=ttl_ms)
                     self._pending[env.id] = _Pending(peer.lower(), future)
                     ids.append(env.id)
+                    started = loop.time()
                     sent = await self._link.send(env)
-                    done, _ = await asyncio.wait({future}, timeout=self.retry.delay(len(ids)))
+                    done, _ = await asyncio.wait({future}, timeout=self.retry.delay(len(ids), loop.time() - started))
                     if done:
                         reply, received = future.result()
                         return reply, sent, received
