@@ -83,11 +83,24 @@ def test_a_receipt_verifies_against_its_provider_and_not_once_changed() -> None:
 
 # ---- two agents ------------------------------------------------------------------------------------------
 
-async def agents(net: MemoryNetwork, tmp_path: Path, **options: Any) -> tuple[AsyncAgent, AsyncAgent]:
+async def agents(net: coworker.Network, tmp_path: Path, *, retry: RetryPolicy = FAST,
+                 **options: Any) -> tuple[AsyncAgent, AsyncAgent]:
     """alice serves, bob calls; bob is KNOWN to alice."""
-    alice = AsyncAgent("alice", network=net, data_dir=tmp_path / "alice", retry=FAST, **options)
-    bob = AsyncAgent("bob", network=net, data_dir=tmp_path / "bob", retry=FAST, **options)
+    alice = AsyncAgent("alice", network=net, data_dir=tmp_path / "alice", retry=retry, **options)
+    bob = AsyncAgent("bob", network=net, data_dir=tmp_path / "bob", retry=retry, **options)
     alice.set_trust(bob.wallet, TrustTier.KNOWN)
+    return alice, bob
+
+
+async def echo_agents(net: coworker.Network, tmp_path: Path, *,
+                      retry: RetryPolicy = FAST) -> tuple[AsyncAgent, AsyncAgent]:
+    """:func:`agents`, with alice serving ``echo``."""
+    alice, bob = await agents(net, tmp_path, retry=retry)
+
+    @alice.skill()
+    def echo(text: str) -> str:
+        return text
+
     return alice, bob
 
 
@@ -441,14 +454,7 @@ class _SlowSendNetwork(coworker.Network):
 async def test_an_answer_that_arrives_while_the_request_is_still_being_sent_ends_the_call(tmp_path: Path) -> None:
     net = _SlowSendNetwork()
     slow_retries = RetryPolicy(first=30.0, maximum=30.0)  # a missed wake-up would wait 30 s, past the timeout
-    alice = AsyncAgent("alice", network=net, data_dir=tmp_path / "alice", retry=slow_retries)
-    bob = AsyncAgent("bob", network=net, data_dir=tmp_path / "bob", retry=slow_retries)
-    alice.set_trust(bob.wallet, TrustTier.KNOWN)
-
-    @alice.skill()
-    def echo(text: str) -> str:
-        return text
-
+    alice, bob = await echo_agents(net, tmp_path, retry=slow_retries)
     async with alice, bob:
         task_id = await bob.request(alice.wallet, "echo", {"text": "quick"})
         assert await bob.wait(task_id, timeout=3) == "quick"  # not after the next copy, 30 s away
@@ -504,14 +510,7 @@ class _LateAnswerNetwork(coworker.Network):
 async def test_an_answer_that_arrives_while_a_later_copy_is_being_sent_ends_the_call_and_the_copy_still_goes(
         tmp_path: Path) -> None:
     net = _LateAnswerNetwork()
-    alice = AsyncAgent("alice", network=net, data_dir=tmp_path / "alice", retry=FAST)
-    bob = AsyncAgent("bob", network=net, data_dir=tmp_path / "bob", retry=FAST)
-    alice.set_trust(bob.wallet, TrustTier.KNOWN)
-
-    @alice.skill()
-    def echo(text: str) -> str:
-        return text
-
+    alice, bob = await echo_agents(net, tmp_path)
     async with alice, bob:
         task_id = await bob.request(alice.wallet, "echo", {"text": "quick"})
         # The call ends with its answer, not once the copy nobody needs has been sent (it never is, here).
