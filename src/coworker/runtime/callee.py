@@ -32,6 +32,9 @@ log = logging.getLogger("coworker.runtime")
 MAX_CONCURRENT_SKILLS = 256
 ACK_AFTER = 0.5  # seconds a skill runs before the callee tells the caller it is working on it
 PROGRESS_GAP = 0.1  # seconds between two progress messages of one task; reports in between are coalesced
+# What the caller hears when finishing a task broke on our side (logged here; no traceback crosses the wire).
+INTERNAL_FAILURE = "internal error while finishing the task (the provider logged it)"
+REFUSAL_MESSAGE_CHARS = 500  # of a refused call's error message and path, as kept and sent
 
 
 class _Reporter:
@@ -112,11 +115,16 @@ class Callee:
             self._link.tasks.spawn(self.execute(task, None), f"coworker-resume-{task.id}")
 
     def reject(self, env: proto.Envelope, body: proto.CallRequestBody, peer: str, code: str, message: str,
-                     size: int, path: str = "") -> None:
+                     size: int, path: str = "") -> str:
+        """Keep a refused call as a small record and return its message as kept (cut to
+        :data:`REFUSAL_MESSAGE_CHARS`), which is also the one to send: a refusal keeps no input, and the store
+        keeps only the latest refusals, so a flood of big calls from strangers costs no disk."""
         now = self._link.clock()
-        self._link.store.add_task(TaskRecord(body.task or env.id, "in", peer, body.skill, TaskState.REJECTED,
-                                             body.input, now, updated_at=now, last_activity=now, error_code=code,
-                                             error_message=message, error_path=path or None, request_bytes=size))
+        message, path = message[:REFUSAL_MESSAGE_CHARS], path[:REFUSAL_MESSAGE_CHARS]
+        self._link.store.add_refusal(TaskRecord(body.task or env.id, "in", peer, body.skill, TaskState.REJECTED,
+                                                {}, now, updated_at=now, last_activity=now, error_code=code,
+                                                error_message=message, error_path=path or None, request_bytes=size))
+        return message
 
     async def serve(self, env: proto.Envelope, body: proto.CallRequestBody, peer: str, tier: TrustTier,
                     size: int) -> None:
@@ -133,8 +141,8 @@ class Callee:
             prepared = self._prepare(task, tier)
         except CoworkerError as exc:
             code, path = getattr(exc, "code", "INVALID_INPUT"), getattr(exc, "path", "")
-            self.reject(env, body, peer, code, str(exc), size, path)
-            await self._link.refuse(env, code, str(exc), task=task_id, path=path)
+            message = self.reject(env, body, peer, code, str(exc), size, path)
+            await self._link.refuse(env, code, message, task=task_id, path=path[:REFUSAL_MESSAGE_CHARS])
             return
         if not self._link.store.add_task(task):  # lost a race with a copy handled meanwhile (cannot happen on one loop)
             return
@@ -191,7 +199,11 @@ class Callee:
             if reporter is not None:
                 reporter.close()
         duration = (time.perf_counter() - started) * 1000
-        data = self._finish(task, request, output, error, wall, duration)
+        try:
+            data = self._finish(task, request, output, error, wall, duration)
+        except Exception:  # the task's top boundary: a bug here must not leave it working, re-run on every start
+            log.exception("task %s (%s for %s) broke while being finished", task.id, task.skill, task.peer)
+            data = self._broken(task, request)
         await self._link.send_data(task.peer, data)  # stored first: the caller may look as soon as it has the answer
 
     def _finish(self, task: TaskRecord, request: proto.Envelope | None, output: Any, error: CoworkerError | None,
@@ -226,6 +238,15 @@ class Callee:
                                response_bytes=len(data), **changes)
         self._link.store.flush()  # the outcome is durable before it leaves: a crash now cannot lead to a second run
         return data
+
+    def _broken(self, task: TaskRecord, request: proto.Envelope | None) -> bytes:
+        """Store a served task that broke on our side as failed (no receipt: building it may be what broke); the
+        answer's bytes. A task already ended (its outcome stored before the break) is answered as stored."""
+        if task.state in LIVE:
+            self._link.store.update_task(task, state=TaskState.FAILED, updated_at=self._link.clock(),
+                                         error_code="SKILL_FAILED", error_message=INTERNAL_FAILURE)
+            self._link.store.flush()
+        return self._task_answer(request or self._stub_request(task), task)
 
     def _receipt(self, task: TaskRecord, state: TaskState, wall: float, duration_ms: float,
                  output_bytes: int) -> dict[str, Any]:

@@ -34,6 +34,8 @@ log = logging.getLogger("coworker.store")
 
 PRUNE_EVERY = 1000  # remember-seen inserts between two deletions of expired ids
 CHECKPOINT_EVERY = 200  # commits between two WAL checkpoints
+REFUSALS_KEPT = 1000  # refused calls kept (the latest ones): strangers may send as many as they like
+PRUNE_EVERY_REFUSALS = 100  # refused calls stored between two deletions of the oldest beyond REFUSALS_KEPT
 
 
 def _key(wallet: str) -> str:
@@ -66,6 +68,7 @@ class SQLiteStore:
         self._commits = 0
         self._checkpointer: threading.Thread | None = None
         self._inserts_since_prune = 0
+        self._refusals_since_prune = 0
 
     # ---- plumbing -----------------------------------------------------------------------------------------
 
@@ -242,6 +245,18 @@ class SQLiteStore:
             f"VALUES (?, {', '.join('?' * len(_TASK_COLUMNS))})",
             (_key(task.peer), *(_task_value(c, getattr(task, _TASK_FIELD.get(c, c))) for c in _TASK_COLUMNS)))
         return cur.rowcount == 1
+
+    def add_refusal(self, task: TaskRecord) -> bool:
+        """Insert a call refused before it ran (as :meth:`add_task`); only the latest :data:`REFUSALS_KEPT` are
+        kept, the oldest deleted first, every :data:`PRUNE_EVERY_REFUSALS` insertions."""
+        added = self.add_task(task)
+        self._refusals_since_prune += 1
+        if self._refusals_since_prune >= PRUNE_EVERY_REFUSALS:
+            self._refusals_since_prune = 0
+            self._write("DELETE FROM tasks WHERE direction = 'in' AND state = 'rejected' AND rowid NOT IN "
+                        "(SELECT rowid FROM tasks WHERE direction = 'in' AND state = 'rejected' "
+                        "ORDER BY created_at DESC, rowid DESC LIMIT ?)", (REFUSALS_KEPT,))
+        return added
 
     def task(self, direction: str, task_id: str, peer: str | None = None) -> TaskRecord | None:
         """A task by id: ours (``out``) by id alone, a served one (``in``) by its caller and id (or the first

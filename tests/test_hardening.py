@@ -1,0 +1,92 @@
+"""Attacks from hostile peers that must cost the agent a bounded amount of disk and memory, and never its service:
+refused calls with big inputs, trust escalation by timing, malformed unsolicited answers, floods of progress, and a
+WAL under constant writes. Everything runs on the in-memory network."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coworker import AsyncAgent, InvalidInput, MemoryNetwork, Network
+from coworker.core import protocol as proto
+from coworker.store import sqlite as sqlite_module
+
+from .conftest import RawClient
+
+
+@pytest.fixture
+def network() -> Network:
+    """These attacks are about what the agent keeps, not about a transport: the in-memory network only."""
+    return MemoryNetwork()
+
+
+def envelope(raw: RawClient, to: str, kind: str, body: dict[str, Any], *, corr: str | None = None) -> bytes:
+    """A request (or, with ``corr``, an answer) from ``raw``."""
+    now = int(time.time() * 1000)
+    if corr is None:
+        return proto.encode(proto.request(kind, body, sender=raw.wallet, recipient=to, now_ms=now))
+    return proto.encode(proto.Envelope(proto.new_id(), kind, corr, raw.wallet, to, now, now + 60_000, body))
+
+
+async def ping_through(raw: RawClient, agent: AsyncAgent) -> None:
+    """A fresh ping answered: the agent still serves, and has handled what came before."""
+    ping = envelope(raw, agent.wallet, "ping", {"message": "still there?"})
+    mid = json.loads(ping)["id"]
+    await raw.send(agent.wallet, ping)
+    while True:
+        reply = await raw.receive()
+        if reply["corr"] == mid:
+            assert reply["type"] == "pong"
+            return
+
+
+def db_path(agent: AsyncAgent) -> Path:
+    path = agent.store.path
+    assert isinstance(path, Path | str) and path != ":memory:"
+    return Path(path)
+
+
+# ---- 1. refused calls keep no input -------------------------------------------------------------------------
+
+async def test_refused_calls_from_strangers_keep_no_input_and_a_bounded_number_of_rows(
+        pair: tuple[AsyncAgent, AsyncAgent], make_raw: Callable[[], Awaitable[RawClient]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_module, "REFUSALS_KEPT", 50)
+    alice, _ = pair
+    strangers = [await make_raw() for _ in range(4)]
+    big = "x" * 100_000
+    calls = 200
+    for i in range(calls):
+        raw = strangers[i % len(strangers)]
+        await raw.send(alice.wallet, envelope(raw, alice.wallet, "call.request",
+                                              {"skill": "echo", "input": {"text": big}, "task": proto.new_id()}))
+    for raw in strangers:
+        for _ in range(calls // len(strangers)):
+            refused = await raw.receive()
+            assert (refused["type"], refused["body"]["code"]) == ("call.error", "ACCESS_DENIED")
+    alice.store.flush()
+    with sqlite3.connect(db_path(alice)) as db:
+        rows, input_bytes, error_bytes = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length(input)), 0), COALESCE(SUM(length(error_message)), 0) "
+            "FROM tasks WHERE direction = 'in' AND state = 'rejected'").fetchone()
+    # before: 200 rows holding 20 MB of input
+    assert input_bytes <= 10 * rows
+    assert error_bytes <= 500 * rows
+    assert rows <= 50 + sqlite_module.PRUNE_EVERY_REFUSALS
+
+
+async def test_a_refused_call_keeps_no_input_and_its_error_cut_short(pair: tuple[AsyncAgent, AsyncAgent]) -> None:
+    alice, bob = pair
+    with pytest.raises(InvalidInput) as refused:  # the schema's message quotes the 5,000 characters
+        await bob.call(alice.wallet, "summarize", {"text": "z" * 100_000, "max_words": "y" * 5000}, timeout=5)
+    assert refused.value.path == "max_words"
+    (task,) = alice.list_tasks(direction="in", state="rejected")
+    stored = alice.store.task("in", task["task_id"], bob.wallet)
+    assert stored is not None and stored.input == {}
+    assert stored.error_code == "INVALID_INPUT" and len(stored.error_message or "") <= 500
