@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from coworker import AsyncAgent, InvalidInput, MemoryNetwork, Network
+from coworker import AsyncAgent, InvalidInput, MemoryNetwork, Network, TrustTier
 from coworker.core import protocol as proto
 from coworker.store import sqlite as sqlite_module
 
@@ -90,3 +90,38 @@ async def test_a_refused_call_keeps_no_input_and_its_error_cut_short(pair: tuple
     stored = alice.store.task("in", task["task_id"], bob.wallet)
     assert stored is not None and stored.input == {}
     assert stored.error_code == "INVALID_INPUT" and len(stored.error_message or "") <= 500
+
+
+# ---- 2. approval grants what the owner saw ------------------------------------------------------------------
+
+async def test_a_request_sent_again_for_a_higher_tier_does_not_raise_what_approval_grants(tmp_path: Path) -> None:
+    net = MemoryNetwork()
+    async with AsyncAgent("alice", network=net, data_dir=tmp_path / "alice") as alice, \
+            AsyncAgent("bob", network=net, data_dir=tmp_path / "bob") as bob:
+        assert await bob.request_trust(alice.wallet, TrustTier.KNOWN, "to collaborate") == "pending"
+        (seen,) = alice.trust_requests()  # the owner reads: bob asks for KNOWN
+        assert seen.tier == TrustTier.KNOWN
+        assert await bob.request_trust(alice.wallet, TrustTier.PRIVILEGED, "to collaborate") == "pending"
+        (still,) = alice.trust_requests()
+        assert still == seen  # the waiting request stands as the owner saw it
+        assert await alice.approve_trust(bob.wallet) == TrustTier.KNOWN  # before: PRIVILEGED
+        assert alice.trust_tier(bob.wallet) == TrustTier.KNOWN
+        # once the first is decided, a new request for more waits for its own approval
+        assert await bob.request_trust(alice.wallet, TrustTier.INTERNAL, "more") == "pending"
+        assert [r.tier for r in alice.trust_requests()] == [TrustTier.INTERNAL]
+        assert await alice.approve_trust(bob.wallet) == TrustTier.INTERNAL
+    alice.close()
+    bob.close()
+
+
+async def test_a_request_sent_again_for_a_lower_tier_replaces_the_waiting_one(tmp_path: Path) -> None:
+    net = MemoryNetwork()
+    async with AsyncAgent("alice", network=net, data_dir=tmp_path / "alice") as alice, \
+            AsyncAgent("bob", network=net, data_dir=tmp_path / "bob") as bob:
+        await bob.request_trust(alice.wallet, TrustTier.INTERNAL, "first")
+        await bob.request_trust(alice.wallet, TrustTier.KNOWN, "less will do")
+        (waiting,) = alice.trust_requests()
+        assert (waiting.tier, waiting.reason) == (TrustTier.KNOWN, "less will do")
+        assert await alice.approve_trust(bob.wallet) == TrustTier.KNOWN
+    alice.close()
+    bob.close()

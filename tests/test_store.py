@@ -44,10 +44,13 @@ async def test_closing_inside_a_loop_commits_and_a_scheduled_commit_finds_nothin
 
 
 def test_trust_requests_are_kept_once_per_wallet_and_popped(store: Store) -> None:
-    store.add_trust_request(TrustRequest(A, TrustTier.KNOWN, "first", "1" * 32, 1.0))
-    store.add_trust_request(TrustRequest(A, TrustTier.INTERNAL, "second", "2" * 32, 2.0))
+    first = TrustRequest(A, TrustTier.INTERNAL, "first", "1" * 32, 1.0)
+    assert store.add_trust_request(first) == first
+    assert store.add_trust_request(TrustRequest(A, TrustTier.PRIVILEGED, "more", "2" * 32, 2.0)) == first
+    lower = TrustRequest(A, TrustTier.KNOWN, "less", "3" * 32, 3.0)
+    assert store.add_trust_request(lower) == lower  # a higher tier never replaces a waiting request, a lower one does
     (only,) = store.trust_requests()
-    assert (only.tier, only.reason) == (TrustTier.INTERNAL, "second")
+    assert (only.tier, only.reason) == (TrustTier.KNOWN, "less")
     assert store.pop_trust_request(A.lower()) == only
     assert store.pop_trust_request(A) is None
     assert store.trust_requests() == []

@@ -603,7 +603,10 @@ class AsyncAgent:
     async def approve_trust(self, wallet: str, tier: TrustTier | int | None = None) -> TrustTier:
         """Grant a pending trust request (at the tier asked for, or ``tier``); tell the peer if we are running.
 
-        A grant never lowers the tier already held. Returns the tier now held.
+        Without ``tier`` the grant is the tier :meth:`trust_requests` lists, never more: a peer that asks again
+        for a higher tier while its request waits leaves the waiting one as it is (asking again for the same
+        tier or a lower one replaces it), so a request cannot be raised between the owner's look and the
+        approval. A grant never lowers the tier already held. Returns the tier now held.
 
         Raises:
             ConfigurationError: no pending request from ``wallet``.

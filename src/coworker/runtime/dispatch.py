@@ -317,10 +317,13 @@ class Runtime:
             self.store.pop_trust_request(peer)
             await self._link.answer(env, "trust.grant", {"tier": int(new_tier)})
             return
-        request = TrustRequest(peer, requested, body.reason, env.id, now)
-        self.store.add_trust_request(request)
-        log.info("trust request from %s for %s: %r (pending approval)", peer, requested.name, body.reason)
-        await self._link.answer(env, "trust.pending", {"tier": int(requested)})
+        waiting = self.store.add_trust_request(TrustRequest(peer, requested, body.reason, env.id, now))
+        if waiting.tier < requested:  # the owner may have seen the waiting one listed: approval grants no more
+            log.info("trust request from %s for %s: its request for %s still waits for approval", peer,
+                     requested.name, waiting.tier.name)
+        else:
+            log.info("trust request from %s for %s: %r (pending approval)", peer, requested.name, body.reason)
+        await self._link.answer(env, "trust.pending", {"tier": int(waiting.tier)})
 
     async def _plan(self, env: proto.Envelope, body: proto.PlanProposeBody, tier: TrustTier) -> None:
         reason = check_proposal(body, self.wallet, env.sender, tier, self.skills)

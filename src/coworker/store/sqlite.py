@@ -169,25 +169,35 @@ class SQLiteStore:
             "WHERE t.tier > 0 ORDER BY t.tier DESC, t.wallet").fetchall()
         return [(r[0], TrustTier(r[1])) for r in rows]
 
-    def add_trust_request(self, req: TrustRequest) -> None:
+    def add_trust_request(self, req: TrustRequest) -> TrustRequest:
+        """Keep a peer's request for approval, one per peer; the request now waiting.
+
+        A new request replaces a waiting one only when it asks for the same tier or a lower one: what the owner
+        has seen listed is never raised by a request that arrives before the approval."""
         self._write("INSERT INTO trust_requests (wallet, address, tier, reason, request_id, received_at) "
                     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (wallet) DO UPDATE SET tier = excluded.tier, "
                     "reason = excluded.reason, request_id = excluded.request_id, "
-                    "received_at = excluded.received_at",
+                    "received_at = excluded.received_at WHERE excluded.tier <= trust_requests.tier",
                     (_key(req.wallet), req.wallet, int(req.tier), req.reason, req.request_id, req.received_at))
+        waiting = self._trust_request(req.wallet)
+        assert waiting is not None
+        return waiting
 
     def trust_requests(self) -> list[TrustRequest]:
         rows = self._db.execute("SELECT address, tier, reason, request_id, received_at FROM trust_requests "
                                 "ORDER BY received_at").fetchall()
         return [TrustRequest(r[0], TrustTier(r[1]), r[2], r[3], r[4]) for r in rows]
 
-    def pop_trust_request(self, wallet: str) -> TrustRequest | None:
+    def _trust_request(self, wallet: str) -> TrustRequest | None:
         row = self._db.execute("SELECT address, tier, reason, request_id, received_at FROM trust_requests "
                                "WHERE wallet = ?", (_key(wallet),)).fetchone()
-        if row is None:
-            return None
-        self._write("DELETE FROM trust_requests WHERE wallet = ?", (_key(wallet),))
-        return TrustRequest(row[0], TrustTier(row[1]), row[2], row[3], row[4])
+        return None if row is None else TrustRequest(row[0], TrustTier(row[1]), row[2], row[3], row[4])
+
+    def pop_trust_request(self, wallet: str) -> TrustRequest | None:
+        request = self._trust_request(wallet)
+        if request is not None:
+            self._write("DELETE FROM trust_requests WHERE wallet = ?", (_key(wallet),))
+        return request
 
     def set_standing(self, wallet: str, state: str, tier: TrustTier, now: float) -> None:
         self._write("INSERT INTO standing (wallet, state, tier, updated_at) VALUES (?, ?, ?, ?) "
