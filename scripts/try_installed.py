@@ -92,8 +92,9 @@ def main(wheel: Path) -> int:
             raise Failed("coworker demo did not end with OK")
 
         (work / "alice.py").write_text(ALICE)
-        alice = subprocess.Popen([python, "alice.py"], cwd=work, env=env, stdin=subprocess.DEVNULL,
-                                 stdout=open(work / "alice.out", "w"), stderr=subprocess.STDOUT, text=True)
+        with open(work / "alice.out", "w") as alice_out:  # the child keeps its own copy of the descriptor
+            alice = subprocess.Popen([python, "alice.py"], cwd=work, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=alice_out, stderr=subprocess.STDOUT, text=True)
         alice_wallet = wait_serving(env, work, coworker, alice)
         print(f"alice serving as {alice_wallet}:\n  " + (work / "alice.out").read_text().rstrip()
               .replace("\n", "\n  "), flush=True)
