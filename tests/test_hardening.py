@@ -5,9 +5,10 @@ WAL under constant writes. Everything runs on the in-memory network."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,44 @@ async def test_a_request_sent_again_for_a_lower_tier_replaces_the_waiting_one(tm
         assert await alice.approve_trust(bob.wallet) == TrustTier.KNOWN
     alice.close()
     bob.close()
+
+
+# ---- 3. malformed unsolicited answers -----------------------------------------------------------------------
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def logged() -> Iterator[list[logging.LogRecord]]:
+    handler = _Records()
+    logger = logging.getLogger("coworker")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler.records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.mark.parametrize("kind", ["trust.grant", "trust.deny"])
+@pytest.mark.parametrize("body", [{"tier": 9}, {"tier": "admin"}, {"reason": ["not", "text"]}])
+async def test_malformed_unsolicited_trust_answers_are_refused_and_logged_once(
+        pair: tuple[AsyncAgent, AsyncAgent], raw: RawClient, logged: list[logging.LogRecord], kind: str,
+        body: dict[str, Any]) -> None:
+    alice, _ = pair
+    for _ in range(3):
+        await raw.send(alice.wallet, envelope(raw, alice.wallet, kind, body, corr=proto.new_id()))
+    await ping_through(raw, alice)
+    assert alice._runtime is not None
+    await alice._runtime._link.tasks.idle(10)
+    assert [r.getMessage() for r in logged if r.levelno >= logging.ERROR] == []  # before: 3 unhandled errors
+    refusals = [r for r in logged if r.levelno == logging.WARNING and kind in r.getMessage()]
+    assert len(refusals) == 3  # one line per message, no traceback
+    assert all(r.exc_info is None for r in refusals)
+    assert alice.store.standing(raw.wallet) is None

@@ -256,7 +256,11 @@ class Runtime:
         pending = self._pending.get(env.corr)
         if pending is None:
             if env.type in ("trust.grant", "trust.deny"):
-                body = proto.parse_body(env)
+                try:
+                    body = proto.parse_body(env)
+                except RemoteProtocolError as exc:  # a reply is never answered: refused, and logged like a request
+                    log.warning("refused %s %s from %s: %s", env.type, env.id, peer, exc)
+                    return
                 state = "granted" if env.type == "trust.grant" else "denied"
                 self.store.set_standing(peer, state, TrustTier.parse(body.tier), self.clock())
                 log.info("%s %s our trust request", peer, state)
