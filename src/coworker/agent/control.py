@@ -10,6 +10,13 @@ can drive it, and every request must carry the token. The protocol is one JSON o
 
 Commands: status, ping, connect, call, request_trust, trust_requests, approve, deny, set_trust, stop.
 :class:`ControlClient` raises the same :class:`CoworkerError` subclasses the agent raised.
+
+Any local process can connect before it shows a token, so what one connection may cost is bounded: a request line
+holds at most :data:`MAX_REQUEST_BYTES` (a longer one closes the connection), at most :data:`MAX_CONNECTIONS` are
+served at once (more are told so and closed at once), a connection that sends no whole line for
+:data:`READ_TIMEOUT` seconds is closed, a line is parsed by a parser with a fixed depth limit (not ``json.loads``,
+which a deeply nested line drives past the C stack once py_ecc has raised the recursion limit), and tokens are
+compared as bytes in constant time.
 """
 
 from __future__ import annotations
@@ -27,9 +34,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+import pydantic_core
+
 from coworker import _errors
-from coworker._errors import CoworkerError, InvalidInput, RemoteProtocolError, TransportError
+from coworker._errors import (
+    ConfigurationError,
+    CoworkerError,
+    InvalidInput,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TransportError,
+)
 from coworker.agent.peer import Peer, peer_json
+from coworker.core.protocol import MAX_ENVELOPE_BYTES
 from coworker.core.trust import TrustTier
 from coworker.store.identity import write_private
 from coworker.store.records import TrustRequest
@@ -64,16 +81,28 @@ class ControlledAgent(Protocol):
 log = logging.getLogger("coworker.control")
 
 CONTROL_FILE = "control.json"
-MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# The largest request the CLI sends is a call whose input fits in one network message (1,000,000 bytes of compact
+# UTF-8 JSON, protocol.MAX_ENVELOPE_BYTES). ControlClient encodes it the same way, so its line is that input plus
+# the token, wallet, skill and timeout: 1 MiB leaves 48 KiB for those. A trust request's reason and a
+# collaboration's plan travel in one network message too.
+MAX_REQUEST_BYTES = 1024 * 1024
+MAX_REPLY_BYTES = 8 * 1024 * 1024  # what the client reads of the agent's own answer (escaped JSON, 1 MB results)
+MAX_CONNECTIONS = 16  # the CLI opens one connection per command
+READ_TIMEOUT = 30.0  # seconds a connection may take to send a whole line (the CLI sends its line at once)
 
 
 class ControlServer:
     """Serves one agent's control endpoint while the agent runs."""
 
-    def __init__(self, agent: ControlledAgent, on_stop: Callable[[], None]) -> None:
+    def __init__(self, agent: ControlledAgent, on_stop: Callable[[], None], *,
+                 max_connections: int = MAX_CONNECTIONS, read_timeout: float = READ_TIMEOUT) -> None:
         self._agent = agent
         self._on_stop = on_stop
         self._token = secrets.token_urlsafe(32)
+        self._token_bytes = self._token.encode()
+        self._max_connections = max_connections
+        self._read_timeout = read_timeout
+        self._connections = 0
         self._server: asyncio.Server | None = None
         self._path = agent.data_dir / CONTROL_FILE
         self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
@@ -111,22 +140,29 @@ class ControlServer:
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._connections >= self._max_connections:
+            busy = TransportError(f"the agent's control port is busy ({self._max_connections} connections)")
+            writer.write(json.dumps(_failure(busy)).encode() + b"\n")
+            writer.close()
+            return
+        self._connections += 1
         try:
-            while line := await reader.readline():
+            while line := await asyncio.wait_for(reader.readline(), self._read_timeout):
                 writer.write(json.dumps(await self._handle(line)).encode() + b"\n")
-                await writer.drain()
-        except (ValueError, ConnectionError) as exc:  # a line over the limit, or the client went away
-            log.info("control connection closed: %s", exc)
+                await asyncio.wait_for(writer.drain(), self._read_timeout)
+        except (ValueError, ConnectionError, TimeoutError) as exc:  # a line over the limit, silence, client gone
+            log.info("control connection closed: %s", str(exc) or type(exc).__name__)
         finally:
+            self._connections -= 1
             writer.close()
 
     async def _handle(self, line: bytes) -> dict[str, Any]:
         try:
-            request = json.loads(line)
+            request = pydantic_core.from_json(line, allow_inf_nan=False)  # depth-limited, unlike json.loads
             token, cmd, args = request["token"], request["cmd"], request.get("args") or {}
         except (ValueError, KeyError, TypeError):
             return _failure(CoworkerError("a control request is a JSON object with token, cmd and args"))
-        if not isinstance(token, str) or not hmac.compare_digest(token, self._token):
+        if not self._token_ok(token):
             return _failure(CoworkerError("wrong control token"))
         command = self._commands.get(cmd) if isinstance(cmd, str) else None
         if command is None or not isinstance(args, dict):
@@ -137,6 +173,12 @@ class ControlServer:
             return _failure(exc)
         except (KeyError, TypeError, ValueError) as exc:
             return _failure(CoworkerError(f"bad arguments to {cmd}: {exc!r}"))
+
+    def _token_ok(self, token: object) -> bool:
+        """Constant-time comparison of bytes: compare_digest refuses a str with non-ASCII characters."""
+        if not isinstance(token, str):
+            return False
+        return hmac.compare_digest(token.encode("utf-8", "surrogatepass"), self._token_bytes)
 
     async def _status(self, _: dict[str, Any]) -> dict[str, Any]:
         agent = self._agent
@@ -221,13 +263,24 @@ class ControlClient:
 
         Raises what the agent raised, and:
             TransportError: the agent cannot be reached (it stopped?).
+            ConfigurationError: the arguments cannot be sent as UTF-8 JSON (a lone surrogate).
+            LocalProtocolError: the request is over :data:`MAX_REQUEST_BYTES` (it would not fit in one network
+                message either).
         """
-        line = json.dumps({"token": self._token, "cmd": cmd, "args": args}).encode() + b"\n"
+        request = {"token": self._token, "cmd": cmd, "args": args}
+        try:  # compact UTF-8, as on the network, so that what fits in a network message fits here
+            line = json.dumps(request, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        except UnicodeEncodeError as exc:  # a lone surrogate: the network could not carry it either
+            raise ConfigurationError(f"the request cannot be sent as UTF-8 JSON: {exc}") from None
+        if len(line) > MAX_REQUEST_BYTES:
+            raise LocalProtocolError(f"the request to the running agent is {len(line)} bytes, over its control "
+                                     f"port's limit of {MAX_REQUEST_BYTES} bytes (a call's input must fit in one "
+                                     f"network message of {MAX_ENVELOPE_BYTES} bytes)")
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=wait) as sock:
                 sock.sendall(line)
                 with sock.makefile("rb") as stream:
-                    answer = stream.readline(MAX_REQUEST_BYTES * 2)
+                    answer = stream.readline(MAX_REPLY_BYTES)
         except OSError as exc:
             raise TransportError(f"cannot reach the running agent (pid {self.pid}) on its control port: "
                                  f"{exc}") from None
