@@ -8,6 +8,7 @@ import json
 import logging
 import sqlite3
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 
 from coworker import AsyncAgent, InvalidInput, MemoryNetwork, Network, TrustTier
 from coworker.core import protocol as proto
+from coworker.runtime import caller as caller_module
 from coworker.store import sqlite as sqlite_module
 
 from .conftest import RawClient
@@ -159,11 +161,51 @@ async def test_malformed_unsolicited_trust_answers_are_refused_and_logged_once(
     alice, _ = pair
     for _ in range(3):
         await raw.send(alice.wallet, envelope(raw, alice.wallet, kind, body, corr=proto.new_id()))
-    await ping_through(raw, alice)
-    assert alice._runtime is not None
-    await alice._runtime._link.tasks.idle(10)
+    await ping_through(raw, alice)  # handled in order: the answers before the ping have been
     assert [r.getMessage() for r in logged if r.levelno >= logging.ERROR] == []  # before: 3 unhandled errors
     refusals = [r for r in logged if r.levelno == logging.WARNING and kind in r.getMessage()]
     assert len(refusals) == 3  # one line per message, no traceback
     assert all(r.exc_info is None for r in refusals)
     assert alice.store.standing(raw.wallet) is None
+
+
+# ---- 4. a flood of progress pins no memory ------------------------------------------------------------------
+
+async def test_a_flood_of_large_progress_reports_keeps_a_bounded_backlog_and_the_call_completes(
+        pair: tuple[AsyncAgent, AsyncAgent], raw: RawClient, logged: list[logging.LogRecord]) -> None:
+    _, bob = pair  # bob calls raw, a hostile callee
+    task_id = await bob.request(raw.wallet, "flood", {}, timeout=60)
+    request = await raw.receive()
+    assert request["type"] == "call.request"
+
+    def progress(seq: int, partial: str) -> bytes:
+        body = {"task": task_id, "seq": seq, "index": seq - 1, "partials": [partial], "message": f"report {seq}"}
+        return envelope(raw, bob.wallet, "call.progress", body, corr=request["id"])
+
+    await raw.send(bob.wallet, progress(1, "small"))
+    updates = bob.watch(task_id)  # a watcher that takes the first report, then nothing until the end
+    first = await updates.__anext__()
+    assert first.partials == ["small"]
+    reports, size = 40, 900_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for seq in range(2, reports + 2):
+            await raw.send(bob.wallet, progress(seq, chr(ord("a") + seq % 26) * size))
+        await ping_through(raw, bob)
+        kept_memory = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    watch = bob._runtime.watch(task_id) if bob._runtime is not None else None
+    assert watch is not None
+    kept = sum(len(json.dumps(event.partials)) for event in watch.backlog)
+    bound = caller_module.WATCH_BUFFER_BYTES
+    assert kept <= bound and kept_memory <= 2 * bound + 1_000_000  # before: 36 MB in the backlog and the queue
+    assert watch.dropped > 0
+    await raw.send(bob.wallet, envelope(raw, bob.wallet, "call.result", {"task": task_id, "output": {"ok": True}},
+                                        corr=request["id"]))
+    assert await bob.wait(task_id, timeout=10) == {"ok": True}
+    rest = [update async for update in updates]
+    assert 0 < len(rest) < reports and rest[-1].message == f"report {reports + 1}"  # the newest reports, in order
+    assert [u.message for u in rest] == sorted((u.message for u in rest), key=lambda m: int(m.split()[1]))
+    assert len([r for r in logged if "dropped" in r.getMessage()]) == 1

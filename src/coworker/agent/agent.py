@@ -454,6 +454,9 @@ class AsyncAgent:
     async def watch(self, task_id: str) -> AsyncGenerator[Progress, None]:
         """The progress reports of one of our tasks, from its start, until it ends.
 
+        What is kept for a watcher is bounded (the latest 1,000 reports, 4 MB): a watcher that falls further
+        behind misses the oldest of them (logged once per task); the task's output is complete all the same.
+
         Example::
 
             task_id = await agent.request(wallet, "draft", {"topic": "MLS"})
@@ -465,21 +468,15 @@ class AsyncAgent:
         watch = runtime.watch(task_id)
         if watch is None:
             return
-        queue: asyncio.Queue[Progress | None] = asyncio.Queue()
-        for earlier in watch.backlog:
-            queue.put_nowait(earlier)
-        if watch.done.is_set():
-            queue.put_nowait(None)
-        watch.queues.append(queue)
+        feed = watch.subscribe()
         try:
             while True:
-                event = await queue.get()
+                event = await feed.get()
                 if event is None:
                     return
                 yield event
         finally:
-            with contextlib.suppress(ValueError):
-                watch.queues.remove(queue)
+            watch.unsubscribe(feed)
 
     def _task(self, task_id: str) -> TaskRecord | None:
         if not isinstance(task_id, str):

@@ -16,7 +16,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,75 @@ from coworker.store.records import TaskRecord
 
 log = logging.getLogger("coworker.runtime")
 
-WATCH_BUFFER = 1000  # progress reports kept per task for a late watcher
+# What one task's progress may hold in memory, in its backlog (for a late watcher) and again in each watcher's
+# queue: a peer may send as many reports as it likes, of up to a message's size each.
+WATCH_BUFFER = 1000  # progress reports
+WATCH_BUFFER_BYTES = 4_000_000  # their size as received
+
+
+class _Reports:
+    """Progress reports, oldest first, bounded by :data:`WATCH_BUFFER` and :data:`WATCH_BUFFER_BYTES` (each
+    counted at the size of the message that brought it): past either bound the oldest go, and are counted."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[tuple[Progress, int]] = collections.deque()
+        self.bytes = 0
+        self.dropped = 0
+
+    def __iter__(self) -> Iterator[Progress]:
+        return (event for event, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, event: Progress, size: int) -> int:
+        """Keep ``event``; how many older reports went to make room (the newest one always stays)."""
+        self._items.append((event, size))
+        self.bytes += size
+        dropped = 0
+        while len(self._items) > 1 and (len(self._items) > WATCH_BUFFER or self.bytes > WATCH_BUFFER_BYTES):
+            self.bytes -= self._items.popleft()[1]
+            dropped += 1
+        self.dropped += dropped
+        return dropped
+
+    def take(self) -> Progress:
+        event, size = self._items.popleft()
+        self.bytes -= size
+        return event
+
+    def copy(self) -> _Reports:
+        other = _Reports()
+        other._items.extend(self._items)
+        other.bytes = self.bytes
+        return other
+
+
+class _Feed:
+    """One watcher's queue: the reports it has not taken yet (bounded as a backlog is), then the end."""
+
+    def __init__(self, backlog: _Reports, ended: bool) -> None:
+        self.reports = backlog.copy()
+        self.ended = ended
+        self._ready = asyncio.Event()
+
+    def put(self, event: Progress, size: int) -> int:
+        dropped = self.reports.add(event, size)
+        self._ready.set()
+        return dropped
+
+    def end(self) -> None:
+        self.ended = True
+        self._ready.set()
+
+    async def get(self) -> Progress | None:
+        """The next report, or None once the task has ended and every report kept has been taken."""
+        while not self.reports:
+            if self.ended:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        return self.reports.take()
 
 
 @dataclass(eq=False)
@@ -58,12 +126,23 @@ class _Watch:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     listeners: list[Callable[[Progress], None]] = field(default_factory=list)
-    backlog: collections.deque[Progress] = field(default_factory=lambda: collections.deque(maxlen=WATCH_BUFFER))
-    queues: list[asyncio.Queue[Progress | None]] = field(default_factory=list)
+    backlog: _Reports = field(default_factory=_Reports)
+    feeds: list[_Feed] = field(default_factory=list)
     sent_ids: list[str] = field(default_factory=list)
     seq: int = 0  # the last progress message taken
     partials: int = 0  # partial results passed on so far
     answered: bool = False  # the peer has said anything about the task
+    dropped: int = 0  # progress reports dropped from the backlog and the watchers' queues (over their bounds)
+
+    def subscribe(self) -> _Feed:
+        """A queue of the task's progress for one watcher, from the reports kept so far; :meth:`unsubscribe` it."""
+        feed = _Feed(self.backlog, self.done.is_set())
+        self.feeds.append(feed)
+        return feed
+
+    def unsubscribe(self, feed: _Feed) -> None:
+        with contextlib.suppress(ValueError):
+            self.feeds.remove(feed)
 
 
 class Caller:
@@ -203,8 +282,8 @@ class Caller:
             del self._watches[task_id]
         for mid in watch.sent_ids:
             self._sent.pop(mid, None)
-        for queue in watch.queues:
-            queue.put_nowait(None)
+        for feed in watch.feeds:
+            feed.end()
         watch.done.set()
 
     def _expire(self, task: TaskRecord, watch: _Watch) -> None:
@@ -278,7 +357,7 @@ class Caller:
             if new is not None and new != task.state:
                 self._end(task, watch, new)
         elif env.type == "call.progress":
-            self._progress(task, watch, body, now)
+            self._progress(task, watch, body, now, size)
         elif env.type == "call.result":
             receipt, valid = self._check_receipt(task, body.receipt, "completed")
             self._end(task, watch, TaskState.COMPLETED, output=body.output, duration_ms=body.duration_ms,
@@ -294,7 +373,8 @@ class Caller:
         task = watch.task if watch is not None else self._link.store.task("out", task_id)
         return task if task is not None and task.state in LIVE else None
 
-    def _progress(self, task: TaskRecord, watch: _Watch | None, body: proto.CallProgressBody, now: float) -> None:
+    def _progress(self, task: TaskRecord, watch: _Watch | None, body: proto.CallProgressBody, now: float,
+                  size: int) -> None:
         changes: dict[str, Any] = {"last_activity": max(now, task.last_activity)}
         if task.state == TaskState.SUBMITTED:
             changes["state"] = TaskState.WORKING
@@ -305,9 +385,12 @@ class Caller:
         fresh = body.partials[max(0, watch.partials - body.index):]
         watch.partials = max(watch.partials, body.index + len(body.partials))
         event = Progress(task.id, body.progress, body.message, list(fresh))
-        watch.backlog.append(event)
-        for queue in watch.queues:
-            queue.put_nowait(event)
+        dropped = watch.backlog.add(event, size) + sum(feed.put(event, size) for feed in watch.feeds)
+        if dropped:
+            if not watch.dropped:
+                log.warning("task %s: %s sends more progress than is kept (%d reports, %d bytes): the oldest "
+                            "reports are dropped", task.id, task.peer, WATCH_BUFFER, WATCH_BUFFER_BYTES)
+            watch.dropped += dropped
         for listener in list(watch.listeners):
             try:
                 listener(event)
