@@ -101,7 +101,7 @@ def new_id() -> str:
 
 def is_address(value: object) -> bool:
     """Whether ``value`` is a 0x-prefixed 20-byte hex address (any case)."""
-    return isinstance(value, str) and _ADDRESS_RE.match(value) is not None
+    return isinstance(value, str) and _ADDRESS_RE.fullmatch(value) is not None  # match() and "$" accept a final newline
 
 
 def request(kind: str, body: dict[str, Any], *, sender: str, recipient: str, now_ms: int,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -160,7 +161,10 @@ class Receipt:
     """One executed call, as the provider (the callee) attests it with an EIP-191 signature of its wallet.
 
     ``canonical()`` is the exact text that is signed: the fields other than ``signature`` as compact JSON with
-    sorted keys. Verify with :meth:`verify`; a receipt that was changed in any field no longer verifies.
+    sorted keys. Verify with :meth:`verify`; a receipt that was changed in any field no longer verifies, and
+    :meth:`from_dict` refuses one with a field more or less than those signed. The signature must be strict and
+    canonical (``0x`` and 130 hex digits, low s: see :mod:`coworker.core.wallets`), so a valid receipt has one
+    spelling of its signature only, up to the case of its hex digits.
     """
 
     task_id: str
@@ -185,20 +189,32 @@ class Receipt:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Receipt:
-        """Build from a dict (as sent or stored); ValueError when a field is missing or of the wrong type."""
-        try:
-            receipt = cls(**{k: data[k] for k in _RECEIPT_FIELDS})
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"not a receipt: {exc}") from None
+        """Build from a dict (as sent or stored): exactly the receipt's fields, each of its type.
+
+        Raises:
+            ValueError: a field is missing, one is there that the signature does not cover, a field is of the
+                wrong type, or a number is not finite.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"not a receipt: a {type(data).__name__}, not an object")
+        missing = [name for name in _RECEIPT_FIELDS if name not in data]
+        if missing:
+            raise ValueError(f"not a receipt: missing {', '.join(missing)}")
+        # A field the signature does not cover could say anything ("paid": true) and still verify: refused.
+        extra = sorted(str(name) for name in data if name not in _RECEIPT_TYPES)
+        if extra:
+            raise ValueError(f"not a receipt: unsigned field {', '.join(extra)[:200]}")
         for name, kinds in _RECEIPT_TYPES.items():
-            value = getattr(receipt, name)
+            value = data[name]
             if not isinstance(value, kinds) or isinstance(value, bool):
                 raise ValueError(f"not a receipt: {name} is {type(value).__name__}")
-        return receipt
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"not a receipt: {name} is {value}")
+        return cls(**{name: data[name] for name in _RECEIPT_FIELDS})
 
     def verify(self, provider: str | None = None) -> bool:
-        """Whether the signature is the provider's over exactly these fields (and the provider is ``provider``,
-        when given)."""
+        """Whether the signature is the provider's, strict and canonical, over exactly these fields (and the
+        provider is ``provider``, when given)."""
         if provider is not None and not same_wallet(provider, self.provider):
             return False
         return is_address(self.provider) and signed_by(self.canonical(), self.signature, self.provider)
