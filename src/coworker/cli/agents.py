@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import os
 from typing import Any
 
@@ -21,10 +20,12 @@ from coworker.agent.config import (
 from coworker.cli.common import (
     CliError,
     count,
+    json_text,
     key_kind,
     open_agent,
     print_json,
     published_skills,
+    shown,
     tier_text,
 )
 from coworker.cli.network import bridge_status
@@ -140,7 +141,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"running:   {running}")
     xmtp = status["xmtp"]
     if isinstance(xmtp, dict) and "inboxId" in xmtp:
-        print(f"XMTP:      inbox {xmtp['inboxId']}, installation {xmtp['installationId']}, sidecar pid {xmtp['pid']}")
+        print(f"XMTP:      inbox {shown(xmtp['inboxId'])}, installation {shown(xmtp['installationId'])}, "
+              f"sidecar pid {shown(xmtp['pid'])}")
     print(f"trust:     {count(status['trusted_peers'], 'trusted peer')}, "
           f"{count(status['pending_trust_requests'], 'pending request')}")
     print(f"calls:     {calls['made']} made{breakdown(calls['made_by_status'])}, "
@@ -148,7 +150,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if skills is None:
         print("skills:    none published yet (the agent has not run)")
     else:
-        names = ", ".join(c.get("name", "?") for c in skills) or "none"
+        names = ", ".join(shown(c.get("name", "?")) for c in skills) or "none"
         print(f"skills:    {len(skills)} published on the last run: {names}")
     return 0
 
@@ -169,8 +171,9 @@ def cmd_skills(args: argparse.Namespace) -> int:
     if not cards:
         print(f"agent {name!r} published no skills on its last run")
         return 0
-    rows = [(str(c.get("name", "?")), tier_text(TrustTier.parse(c.get("min_trust_tier", 1))),
-             str(c.get("version", "")), str(c.get("description", "")).splitlines()[0] if c.get("description") else "")
+    rows = [(shown(c.get("name", "?")), tier_text(TrustTier.parse(c.get("min_trust_tier", 1))),
+             shown(c.get("version", "")),
+             shown(str(c.get("description", "")).splitlines()[0]) if c.get("description") else "")
             for c in cards]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(("NAME", "MIN TIER", "VERSION"))]
     print(f"{'NAME':<{widths[0]}}  {'MIN TIER':<{widths[1]}}  {'VERSION':<{widths[2]}}  DESCRIPTION")
@@ -192,8 +195,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         return 0
     print(f"{'TASK':<32}  {'DIR':<3}  {'STATE':<14}  {'SKILL':<20}  {'MS':>9}  PEER")
     for t in tasks:
-        print(f"{t['task_id']:<32}  {t['direction']:<3}  {t['state']:<14}  {t['skill'][:20]:<20}  "
-              f"{t['duration_ms']:>9.1f}  {t['peer']}")
+        print(f"{shown(t['task_id']):<32}  {shown(t['direction']):<3}  {shown(t['state']):<14}  "
+              f"{shown(t['skill'])[:20]:<20}  {t['duration_ms']:>9.1f}  {shown(t['peer'])}")
     return 0
 
 
@@ -225,17 +228,19 @@ def cmd_task(args: argparse.Namespace) -> int:
     if args.json:
         print_json(task)
         return 0
-    print(f"task      {task['task_id']} ({'ours' if task['direction'] == 'out' else 'served'})")
-    print(f"peer      {task['peer']}")
-    print(f"skill     {task['skill']}")
-    print(f"state     {task['state']}" + (f" after {task['attempts']} runs" if task["attempts"] > 1 else ""))
+    print(f"task      {shown(task['task_id'])} ({'ours' if task['direction'] == 'out' else 'served'})")
+    print(f"peer      {shown(task['peer'])}")
+    print(f"skill     {shown(task['skill'])}")
+    print(f"state     {shown(task['state'])}" + (f" after {task['attempts']} runs" if task["attempts"] > 1 else ""))
     if task["error"] is not None:
         error = task["error"]
-        print(f"error     {error['code']}: {error['message']}" + (f" (at {error['path']})" if error["path"] else ""))
+        print(f"error     {shown(error['code'])}: {shown(error['message'])}"
+              + (f" (at {shown(error['path'])})" if error["path"] else ""))
     if task["state"] == "completed":
-        print(f"result    {json.dumps(task['result'], ensure_ascii=False)}")
+        print(f"result    {json_text(task['result'], indent=None)}")
     if receipt is not None:
         verdict = "signature verifies" if task["receipt_verifies"] else "SIGNATURE DOES NOT VERIFY"
-        print(f"receipt   {receipt['status']}, {receipt['duration_ms']} ms, {receipt['input_bytes']} B in, "
-              f"{receipt['output_bytes']} B out, signed by {receipt['provider']}: {verdict}")
+        print(f"receipt   {shown(receipt['status'])}, {shown(receipt['duration_ms'])} ms, "
+              f"{shown(receipt['input_bytes'])} B in, {shown(receipt['output_bytes'])} B out, "
+              f"signed by {shown(receipt['provider'])}: {verdict}")
     return 0

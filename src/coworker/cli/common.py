@@ -1,11 +1,20 @@
-"""What the commands share: finding the agent a command works on, opening it, printing."""
+"""What the commands share: finding the agent a command works on, opening it, printing.
+
+Printing: a peer chooses its name, its skills' names and descriptions, its error messages, its outputs and the
+reasons of its trust requests, and those reach the owner's terminal. Every such string is printed through
+:func:`shown` (text) or :func:`json_text` (JSON that keeps non-ASCII readable), so that no control character
+reaches the terminal raw: an ESC or C1 sequence could rewrite the screen, set the window title or write the
+clipboard (OSC 52), and a bidi override could reorder what is printed after it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,7 +127,50 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+# C0, DEL, C1 (0x9b is CSI on its own), the bidi controls (marks, embeddings, overrides, isolates), the line and
+# paragraph separators, and lone surrogates (which the terminal's encoding cannot print).
+_UNSAFE = "\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
+_UNSAFE_IN_TEXT = re.compile(f"[\x00-\x1f{_UNSAFE}]")
+_UNSAFE_IN_LINES = re.compile(f"[\x00-\x08\x0b-\x1f{_UNSAFE}]")  # keeps newlines and tabs
+_UNSAFE_IN_JSON = re.compile(f"[{_UNSAFE}]")  # json.dumps escapes C0 itself
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def shown(text: object, *, lines: bool = False) -> str:
+    """``text`` as it may be printed to a terminal: control characters shown escaped, like ``\\x1b`` or ``\\u202e``.
+
+    Args:
+        text: anything a peer (or a file) chose; it is printed as ``str(text)``.
+        lines: keep newlines and tabs (a skill's text output, an error message); otherwise they are escaped too,
+            so that one value stays on its line.
+    """
+    return (_UNSAFE_IN_LINES if lines else _UNSAFE_IN_TEXT).sub(_escaped, str(text))
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """``value`` as JSON with non-ASCII characters kept readable, and none that a terminal acts on.
+
+    ``json.dumps`` escapes C0 controls; DEL, C1, bidi controls and lone surrogates are escaped here as ``\\uXXXX``,
+    which is the same JSON value (they can only occur inside strings).
+    """
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    return _UNSAFE_IN_JSON.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+class EscapingFormatter(logging.Formatter):
+    """Log lines with control characters escaped (newlines kept): a logged message may quote what a peer sent,
+    and logs are read in a terminal (stderr, ``tail -f agent.log``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return shown(super().format(record), lines=True)
+
+
 def print_json(value: Any) -> None:
+    """Machine-readable output: ASCII-only JSON, so that every control character is escaped."""
     print(json.dumps(value, indent=2))
 
 

@@ -32,6 +32,7 @@ from coworker._errors import CoworkerError
 from coworker._process import read_line, tail
 from coworker.agent.agent import AsyncAgent
 from coworker.agent.control import ControlClient
+from coworker.cli.common import shown
 
 log = logging.getLogger("coworker.demo")
 
@@ -157,7 +158,7 @@ class _Steps:
         self.total_ms += ms
         print(f"{label:<48} {ms:8.1f} ms", flush=True)
         for line in lines:
-            print(f"    {line}", flush=True)
+            print(f"    {shown(line)}", flush=True)
 
 
 def _agent_command(role: str, data_dir: Path) -> list[str]:

@@ -23,7 +23,7 @@ from coworker._errors import CoworkerError
 from coworker._version import __version__
 from coworker.agent.config import NETWORK_NAMES
 from coworker.cli.agents import cmd_init, cmd_skills, cmd_status, cmd_task, cmd_tasks
-from coworker.cli.common import CliError, choose_agent
+from coworker.cli.common import CliError, EscapingFormatter, choose_agent, shown
 from coworker.cli.demo import run_demo
 from coworker.cli.network import register as register_network_commands
 from coworker.cli.setup import register as register_setup
@@ -132,8 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="coworker: %(levelname)s: %(name)s: %(message)s", stream=sys.stderr)
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setFormatter(EscapingFormatter("coworker: %(levelname)s: %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[terminal])
     func: Handler | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except (CoworkerError, ValueError, OSError) as exc:
-        print(f"coworker: error: {exc}", file=sys.stderr)
+        print(f"coworker: error: {shown(exc, lines=True)}", file=sys.stderr)  # may carry a peer's message
         return 1
     except KeyboardInterrupt:
         print("coworker: interrupted", file=sys.stderr)

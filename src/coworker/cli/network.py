@@ -38,7 +38,7 @@ from coworker.agent.blocking import Agent
 from coworker.agent.config import LOCK_FILE, AgentLock, network_name, validate_agent_name
 from coworker.agent.control import ControlClient
 from coworker.agent.peer import peer_json
-from coworker.cli.common import CliError, open_agent, suggest
+from coworker.cli.common import CliError, EscapingFormatter, json_text, open_agent, shown, suggest
 from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum, recover_signer
 from coworker.store.identity import Identity
@@ -133,22 +133,23 @@ def _cmd_connect(args: argparse.Namespace, choose: Callable[[argparse.Namespace]
     if args.json:
         print(json.dumps(peer, indent=2))
         return 0
-    label = f"{peer['name']}" + (f" (invited as {invited_as!r})" if invited_as and invited_as != peer["name"] else "")
-    print(f"peer:       {label}")
-    print(f"wallet:     {peer['wallet']}")
+    invited = f" (invited as '{shown(invited_as)}')" if invited_as and invited_as != peer["name"] else ""
+    print(f"peer:       {shown(peer['name'])}{invited}")
+    print(f"wallet:     {shown(peer['wallet'])}")
     print(f"round trip: {peer['rtt_ms']:.1f} ms")
-    print(f"we trust it: {peer['trust_tier']} (what we may see depends on how much it trusts us)")
+    print(f"we trust it: {shown(peer['trust_tier'])} (what we may see depends on how much it trusts us)")
     cards = peer["skill_cards"]
     if not cards:
         print("skills:     none visible to us: the peer does not trust us yet.")
-        ask = suggest(args, name, f"trust request {peer['wallet']}")
+        ask = suggest(args, name, f"trust request {shown(peer['wallet'])}")
         print(f"            ask it with {ask}")
         return 0
     print(f"skills:     {len(cards)} visible to us")
-    width = max(len(c["name"]) for c in cards)
-    for card in cards:
-        first_line = (card.get("description") or "").splitlines()[0] if card.get("description") else ""
-        print(f"  {card['name']:<{width}}  {first_line}")
+    names = [shown(card.get("name", "?")) for card in cards]
+    width = max(len(n) for n in names)
+    for card_name, card in zip(names, cards, strict=True):
+        first_line = str(card.get("description") or "").splitlines()[0] if card.get("description") else ""
+        print(f"  {card_name:<{width}}  {shown(first_line)}")
     return 0
 
 
@@ -179,9 +180,9 @@ def _cmd_call(args: argparse.Namespace, choose: Callable[[argparse.Namespace], s
                                   timeout=timeout),
         lambda a: a.call(wallet, args.skill, payload, timeout=timeout))
     if isinstance(output, str) and not args.json:
-        print(output)  # text as it is
+        print(shown(output, lines=True))  # text as it is, but for control characters other than newline and tab
     else:
-        print(json.dumps(output, indent=2, ensure_ascii=False))
+        print(json_text(output))
     return 0
 
 
@@ -197,7 +198,7 @@ def _cmd_trust_request(args: argparse.Namespace, choose: Callable[[argparse.Name
         lambda a: a.request_trust(wallet, tier, args.reason))
     explain = {"granted": "the peer trusts us now", "pending": "the peer's owner must approve it",
                "denied": "the peer refused"}[state]
-    print(f"trust request to {wallet} for {tier.name.lower()}: {state} ({explain})")
+    print(f"trust request to {wallet} for {tier.name.lower()}: {shown(state)} ({explain})")
     return 0
 
 
@@ -253,7 +254,7 @@ def _log_to_file(data_dir: Path) -> Path:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.close(fd)
     handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     if root.level > logging.INFO or root.level == logging.NOTSET:  # not -v: the terminal shows warnings only
         for terminal in root.handlers:
@@ -359,21 +360,21 @@ def _print_bridge(name: str) -> int:
         print(f"agent {name}: not running")
         return _NOT_RUNNING
     if "error" in status and "wallet" not in status:
-        print(f"agent {name}: running (pid {status['pid']}) but not answering: {status['error']}")
+        print(f"agent {name}: running (pid {shown(status['pid'])}) but not answering: {shown(status['error'])}")
         return 1
-    print(f"agent {name}: running, pid {status['pid']}, network {status['network']}")
-    print(f"  wallet:       {status['wallet']}")
-    print(f"  skills:       {', '.join(status['skills']) or 'none'}")
+    print(f"agent {name}: running, pid {shown(status['pid'])}, network {shown(status['network'])}")
+    print(f"  wallet:       {shown(status['wallet'])}")
+    print(f"  skills:       {', '.join(shown(s) for s in status['skills']) or 'none'}")
     xmtp = status.get("xmtp")
     if isinstance(xmtp, dict) and "error" not in xmtp:
         last = xmtp.get("lastSyncMs")
-        print(f"  XMTP inbox:   {xmtp.get('inboxId')}")
-        print(f"  installation: {xmtp.get('installationId')}")
-        print(f"  sidecar:      pid {xmtp.get('pid')}, stream {'up' if xmtp.get('streaming') else 'down'}, "
-              f"{xmtp.get('reported')} messages received, last sync "
+        print(f"  XMTP inbox:   {shown(xmtp.get('inboxId'))}")
+        print(f"  installation: {shown(xmtp.get('installationId'))}")
+        print(f"  sidecar:      pid {shown(xmtp.get('pid'))}, stream {'up' if xmtp.get('streaming') else 'down'}, "
+              f"{shown(xmtp.get('reported'))} messages received, last sync "
               f"{'never' if last is None else f'{max(0.0, (time.time() * 1000 - last) / 1000):.0f} s ago'}")
     elif isinstance(xmtp, dict):
-        print(f"  sidecar:      {xmtp['error']}")
+        print(f"  sidecar:      {shown(xmtp['error'])}")
     return 0
 
 

@@ -21,6 +21,7 @@ from coworker.cli.common import (
     open_agent,
     parse_tier,
     print_json,
+    shown,
     suggest,
     tier_text,
 )
@@ -44,17 +45,17 @@ def cmd_trust_list(args: argparse.Namespace) -> int:
         return 0
     print(f"trusted peers ({len(trusted)}):")
     for wallet, tier, name in trusted:
-        print(f"  {wallet}  {tier_text(tier)}{f'  {name}' if name else ''}")
+        print(f"  {shown(wallet)}  {tier_text(tier)}{f'  {shown(name)}' if name else ''}")
     if not trusted:
         print("  none")
     print(f"pending trust requests ({len(pending)}):")
     for req in pending:
-        reason = f"  reason: {req.reason!r}" if req.reason else ""
-        print(f"  {req.wallet}  asks for {tier_text(req.tier)}  {age(now - req.received_at)} ago{reason}")
+        reason = f"  reason: '{shown(req.reason)}'" if req.reason else ""
+        print(f"  {shown(req.wallet)}  asks for {tier_text(req.tier)}  {age(now - req.received_at)} ago{reason}")
     if not pending:
         print("  none")
         return 0
-    wallet = pending[0].wallet if len(pending) == 1 else "WALLET"
+    wallet = shown(pending[0].wallet) if len(pending) == 1 else "WALLET"
     print(f"approve with {suggest(args, agent.name, f'trust approve {wallet}')} (--tier T to grant another tier), "
           f"or refuse with {suggest(args, agent.name, f'trust deny {wallet}')}")
     return 0
