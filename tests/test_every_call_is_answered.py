@@ -116,7 +116,7 @@ async def test_a_task_that_breaks_while_being_finished_ends_failed_and_its_calle
     await bob.start()
     try:
         task_id = await bob.request(alice.wallet, "square", {"x": 2.0})
-        with pytest.raises(coworker.SkillFailed, match="internal error while finishing the task") as failed:
+        with pytest.raises(coworker.SkillFailed, match="internal error at the provider") as failed:
             await asyncio.wait_for(bob.wait(task_id), 10)
         assert "receipt builder broke" not in str(failed.value)  # logged by the provider, not sent
         assert bob.get_result(task_id)["state"] == "failed"
@@ -158,3 +158,23 @@ async def test_a_task_stored_with_an_infinite_input_ends_failed_on_the_next_star
             await alice.stop()
             alice.close()
     assert runs == [float("inf")]  # run once, on the first start; never again
+
+
+async def test_a_task_whose_run_breaks_outside_the_skill_ends_failed_with_a_receipt(
+        network: Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the machinery around the skill broke")
+
+    monkeypatch.setattr("coworker.core.skills.Skill.run", broken)
+    bob = AsyncAgent("bob", network=network, data_dir=tmp_path / "bob")
+    alice = await serving(network, tmp_path, [], bob.wallet)
+    await bob.start()
+    try:
+        task_id = await bob.request(alice.wallet, "square", {"x": 2.0})
+        with pytest.raises(coworker.SkillFailed, match="internal error at the provider"):
+            await asyncio.wait_for(bob.wait(task_id), 10)
+        assert (alice.get_result(task_id)["state"], bob.get_result(task_id)["receipt_valid"]) == ("failed", True)
+    finally:
+        for agent in (bob, alice):
+            await agent.stop()
+            agent.close()

@@ -32,8 +32,9 @@ log = logging.getLogger("coworker.runtime")
 MAX_CONCURRENT_SKILLS = 256
 ACK_AFTER = 0.5  # seconds a skill runs before the callee tells the caller it is working on it
 PROGRESS_GAP = 0.1  # seconds between two progress messages of one task; reports in between are coalesced
-# What the caller hears when finishing a task broke on our side (logged here; no traceback crosses the wire).
-INTERNAL_FAILURE = "internal error while finishing the task (the provider logged it)"
+# What the caller hears when running or finishing a task broke on our side (logged here; no traceback crosses
+# the wire).
+INTERNAL_FAILURE = "internal error at the provider (logged there)"
 REFUSAL_MESSAGE_CHARS = 500  # of a refused call's error message and path, as kept and sent
 
 
@@ -192,6 +193,9 @@ class Callee:
             if isinstance(exc, SkillFailed) and exc.__cause__ is not None:
                 log.warning("skill %s failed for %s", task.skill, task.peer, exc_info=exc.__cause__)
             error = exc
+        except Exception:  # the task's top boundary (Skill.run turns the skill's own errors into SkillFailed)
+            log.exception("task %s (%s for %s) broke while running", task.id, task.skill, task.peer)
+            error = SkillFailed(INTERNAL_FAILURE)
         finally:
             self._running.pop(key, None)
             if ack is not None:
