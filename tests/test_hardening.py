@@ -19,6 +19,7 @@ from coworker import AsyncAgent, InvalidInput, MemoryNetwork, Network, TrustTier
 from coworker.core import protocol as proto
 from coworker.runtime import caller as caller_module
 from coworker.store import sqlite as sqlite_module
+from coworker.store.sqlite import SQLiteStore
 
 from .conftest import RawClient
 
@@ -209,3 +210,54 @@ async def test_a_flood_of_large_progress_reports_keeps_a_bounded_backlog_and_the
     assert 0 < len(rest) < reports and rest[-1].message == f"report {reports + 1}"  # the newest reports, in order
     assert [u.message for u in rest] == sorted((u.message for u in rest), key=lambda m: int(m.split()[1]))
     assert len([r for r in logged if "dropped" in r.getMessage()]) == 1
+
+
+# ---- 5. the WAL stays bounded under constant writes ---------------------------------------------------------
+
+@pytest.fixture
+def small_wal(monkeypatch: pytest.MonkeyPatch) -> int:
+    """A 1 MB WAL limit, checked every 50 commits: the same bounds with fewer writes."""
+    monkeypatch.setattr(sqlite_module, "WAL_SIZE_LIMIT", 1_000_000)
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY", 50)
+    return 1_000_000
+
+
+def wal_size(store: SQLiteStore) -> int:
+    wal = Path(f"{store.path}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+async def test_the_wal_stays_bounded_under_constant_writes(tmp_path: Path, small_wal: int) -> None:
+    store = SQLiteStore(tmp_path / "agent.db")
+    peak = 0
+    try:
+        for i in range(6000):  # one commit each, as a busy agent makes them, with the worker checkpoints running
+            store.remember(f"{i:032x}", 2**40, 0)
+            store.flush()
+            peak = max(peak, wal_size(store))
+    finally:
+        store.close()
+    assert peak <= small_wal + 100_000  # the limit and one commit; before: 6,000 commits left a WAL of 61 MB
+
+
+def test_a_reader_holding_the_wal_delays_its_checkpoint_only_while_it_reads(
+        tmp_path: Path, small_wal: int, logged: list[logging.LogRecord]) -> None:
+    store = SQLiteStore(tmp_path / "agent.db")
+    reader = sqlite3.connect(tmp_path / "agent.db", isolation_level=None)
+    try:
+        for i in range(500):
+            store.remember(f"a{i:031x}", 2**40, 0)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM seen").fetchone()  # a read transaction pins the WAL
+        for i in range(3000):  # outside an event loop every write is a commit
+            store.remember(f"b{i:031x}", 2**40, 0)
+        held = wal_size(store)
+        assert held > small_wal  # nothing can be copied past what the reader sees: the WAL grows meanwhile
+        assert len([r for r in logged if "holds them" in r.getMessage()]) == 1
+        reader.execute("COMMIT")
+        for i in range(3000):
+            store.remember(f"c{i:031x}", 2**40, 0)
+        assert wal_size(store) <= small_wal  # caught up and cut back once the reader is done
+    finally:
+        reader.close()
+        store.close()

@@ -11,6 +11,18 @@ window share one commit (group commit: a commit costs ~40 us, a row ~5 us). Outs
 once; ``flush()`` commits now and ``close()`` commits before closing. A crash can lose at most the last window of
 bookkeeping; code that must not lose a write (e.g. an idempotency key before a skill runs) calls ``flush()``.
 Other processes wait at most one window for the write lock.
+
+Checkpoints (folding the WAL back into the database) run in cycles, every :data:`CHECKPOINT_EVERY` commits. A
+worker thread with its own connection copies the bulk (PASSIVE: it never blocks a writer; on the event loop it
+would stall every call in flight). Under constant writes that alone never catches up - new commits arrive while
+it copies, and SQLite starts the WAL file over only once every frame has been copied - so the file would grow
+without end. At the first commit after the worker is done, our own connection therefore copies the tail it left
+(what was committed meanwhile: cheap), nothing is written meanwhile, the next write starts the WAL over, and
+``journal_size_limit`` cuts the file back to :data:`WAL_SIZE_LIMIT`. Should the file still pass that limit
+(writes outpacing the worker), the commit that passes it waits for the worker and copies the rest at once: the
+file never holds more than the limit and one commit. A reader in another process (the CLI, the dashboard) keeps
+the frames it may still read from being copied: no checkpoint waits for it (on the event loop that would stall
+everything); it is said once, the WAL grows while the reader reads, and the next cycle catches up.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ log = logging.getLogger("coworker.store")
 
 PRUNE_EVERY = 1000  # remember-seen inserts between two deletions of expired ids
 CHECKPOINT_EVERY = 200  # commits between two WAL checkpoints
+WAL_SIZE_LIMIT = 4_000_000  # bytes of WAL file kept (journal_size_limit), and the most it holds beyond one commit
 REFUSALS_KEPT = 1000  # refused calls kept (the latest ones): strangers may send as many as they like
 PRUNE_EVERY_REFUSALS = 100  # refused calls stored between two deletions of the oldest beyond REFUSALS_KEPT
 
@@ -58,7 +71,8 @@ class SQLiteStore:
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in a worker thread, see flush()
+            self._db.execute("PRAGMA wal_autocheckpoint=0")  # our own cycle instead: see the docstring
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.Error as exc:
@@ -69,6 +83,9 @@ class SQLiteStore:
         self._checkpointer: threading.Thread | None = None
         self._inserts_since_prune = 0
         self._refusals_since_prune = 0
+        self._cycle_started = 0  # commits when the last checkpoint cycle began
+        self._tail_due = False  # the worker's checkpoint runs: copy what it left at the first commit after it
+        self._wal_held = False  # the last checkpoint on our connection could not copy every frame
 
     # ---- plumbing -----------------------------------------------------------------------------------------
 
@@ -95,7 +112,9 @@ class SQLiteStore:
             loop = None
         if loop is None:
             self.flush()
-            return self._db.execute(sql, params)
+            cursor = self._db.execute(sql, params)  # committed at once (autocommit)
+            self._committed()
+            return cursor
         if not self._db.in_transaction:
             self._db.execute("BEGIN")
         if not self._commit_scheduled:
@@ -111,15 +130,53 @@ class SQLiteStore:
         self._commit_scheduled = False
         if not self._closed and self._db.in_transaction:
             self._db.execute("COMMIT")
-            self._commits += 1
-            if self._commits % CHECKPOINT_EVERY == 0:
-                self._checkpoint_in_background()
+            self._committed()
+
+    def _committed(self) -> None:
+        """After each commit: one step of the checkpoint cycle (see the module's docstring)."""
+        self._commits += 1
+        if self.path == ":memory:":
+            return
+        worker = self._checkpointer if self._checkpointer is not None and self._checkpointer.is_alive() else None
+        cycle_due = self._commits - self._cycle_started >= CHECKPOINT_EVERY
+        if self._wal_size() > WAL_SIZE_LIMIT and (cycle_due or not self._wal_held):
+            if worker is not None:
+                worker.join()  # writes outpace the worker: the writer waits for it (copying, no lock waits)
+            self._cycle_started, self._tail_due = self._commits, False
+            self._checkpoint_tail()
+        elif worker is not None:
+            return
+        elif self._tail_due:
+            self._tail_due = False
+            self._checkpoint_tail()
+        elif cycle_due:
+            self._cycle_started, self._tail_due = self._commits, True
+            self._checkpoint_in_background()
+
+    def _wal_size(self) -> int:
+        try:
+            return os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            return 0
+
+    def _checkpoint_tail(self) -> None:
+        """Copy on our connection what the worker's checkpoint left (what was committed while it ran), so that
+        the next write starts the WAL over; said once when a reader keeps frames from being copied."""
+        try:
+            busy, frames, copied = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            busy, frames, copied = 1, 0, 0
+            log.warning("WAL checkpoint of %s failed: %s", self.path, exc)
+        held = bool(busy) or copied < frames
+        if held and not self._wal_held:
+            log.warning("the WAL of %s is %d bytes and a checkpoint could copy only %d of its %d frames: another "
+                        "connection holds them (a reader, or its checkpoint); it will be tried again", self.path,
+                        self._wal_size(), copied, frames)
+        self._wal_held = held
 
     def _checkpoint_in_background(self) -> None:
         """Fold the WAL back into the database on a worker thread with its own connection: a checkpoint takes
         milliseconds, which on the event loop would stall every call in flight. PASSIVE never blocks writers."""
-        if self.path == ":memory:" or (self._checkpointer is not None and self._checkpointer.is_alive()):
-            return
 
         def checkpoint() -> None:
             try:
