@@ -32,6 +32,17 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    async def idle(self, timeout: float) -> None:
+        """Wait until no task is left, also those spawned meanwhile (tests and benchmarks use it to know that every
+        message received so far has been handled).
+
+        Raises:
+            TimeoutError: tasks were still running after ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+
     async def close(self, grace: float) -> None:
         """Let the tasks finish for ``grace`` seconds, then cancel them and wait for them (as long again)."""
         if self._tasks and grace > 0:
