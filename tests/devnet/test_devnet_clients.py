@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import grpc
 import pytest
 
 from coworker.devnet import DevnetServer
+from coworker.devnet._gen import identity_pb2
 from coworker.transports.xmtp.driver import NodeDriverError
 
 from .conftest import NewClient
+from .identities import Installation, Wallet, create_inbox, publish, revoke
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -97,3 +100,36 @@ async def test_message_over_one_megabyte_is_refused_and_the_node_keeps_serving(
     await alice.request("send", conversationId=dm["conversationId"], text="small enough")
     got = await bob.driver.wait_message(lambda e: e["text"] == "small enough", timeout=20)
     assert got["senderInboxId"] == alice.inbox_id
+
+
+async def test_forged_identity_updates_are_refused_and_the_agent_stays_reachable(
+    devnet: DevnetServer, xmtp_clients: NewClient
+) -> None:
+    alice = await xmtp_clients("alice")
+    bob = await xmtp_clients("bob")
+    dm = await bob.request("newDm", address=alice.address)
+
+    # A local process writes into alice's identity: an unsigned revoke of her installation, a revoke of her
+    # address by another wallet, and a new inbox for her address signed by someone else (it would take her
+    # address over). Before the devnet checked them, all three were stored and the SDK then failed on her
+    # log ("missing field signature"): new peers could not reach her.
+    installation = identity_pb2.MemberIdentifier(installation_public_key=bytes.fromhex(alice.installation_id))
+    forgeries = [
+        revoke(alice.inbox_id, installation, None),
+        revoke(alice.inbox_id, identity_pb2.MemberIdentifier(ethereum_address=alice.address.lower()), Wallet()),
+        create_inbox(Wallet(), Installation(), nonce=2, address=alice.address.lower(), signer=Wallet()),
+    ]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{devnet.port}") as channel:
+        for forged in forgeries:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await publish(channel, forged)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "identity update refused" in (refused.value.details() or "")
+
+    # A new peer still finds her, and a known one still reaches her.
+    carol = await xmtp_clients("carol", stream=False)
+    assert (await carol.request("canMessage", addresses=[alice.address]))["results"] == {alice.address: True}
+    await carol.request("newDm", address=alice.address)
+    await bob.request("send", conversationId=dm["conversationId"], text="still there?")
+    got = await alice.driver.wait_message(lambda e: e["text"] == "still there?", timeout=20)
+    assert got["senderInboxId"] == bob.inbox_id

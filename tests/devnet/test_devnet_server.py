@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from coworker.devnet import DevnetConfig, DevnetServer, PortInUseError
 from coworker.devnet._cli import register
-from coworker.devnet._gen import identity_pb2, mls_pb2
+from coworker.devnet._gen import mls_pb2
 from coworker.devnet._limits import RateLimiter
 from coworker.devnet._store import DB_FILENAME, NewGroupMessage, Store
 from coworker.devnet._wire import WireFormatError, key_package_installation_key, mls_message_info
@@ -202,24 +202,6 @@ async def test_subscription_sends_headers_at_once_then_replays_and_streams_live(
     second = await asyncio.wait_for(stream.read(), 5)
     assert (second.v1.id, second.v1.group_id) == (2, b"g")
     stream.cancel()
-
-
-async def test_identity_update_maps_lower_cased_address_to_inbox(
-    server: DevnetServer, channel: grpc.aio.Channel
-) -> None:
-    update = identity_pb2.IdentityUpdate(inbox_id="inbox-1")
-    update.actions.add().create_inbox.initial_identifier = "0xABCDEF"
-    publish = identity_pb2.PublishIdentityUpdateRequest(identity_update=update.SerializeToString())
-    await call(channel, f"{IDENTITY}/PublishIdentityUpdate", publish.SerializeToString())
-    lookup = identity_pb2.GetInboxIdsRequest()
-    lookup.requests.add(identifier="0xabcdef", identifier_kind=identity_pb2.IDENTIFIER_KIND_ETHEREUM)
-    lookup.requests.add(identifier="0x1234", identifier_kind=identity_pb2.IDENTIFIER_KIND_ETHEREUM)
-    raw = await call(channel, f"{IDENTITY}/GetInboxIds", lookup.SerializeToString())
-    answers = identity_pb2.GetInboxIdsResponse.FromString(raw).responses
-    assert [(a.identifier, a.HasField("inbox_id"), a.inbox_id) for a in answers] == [
-        ("0xabcdef", True, "inbox-1"),
-        ("0x1234", False, ""),
-    ]
 
 
 async def test_rate_limited_client_gets_resource_exhausted() -> None:

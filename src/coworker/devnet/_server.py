@@ -22,9 +22,13 @@ relies on this replay for messages sent while it was subscribing, as on the host
 forward live ones, skipping ids already sent. A subscriber that falls
 ``_QUEUE_SIZE`` messages behind is closed with UNAVAILABLE; clients reconnect and sync.
 
-Nothing here is signed or validated beyond the MLS framing the store needs to index: clients verify
-signatures, association state and MLS themselves. The hosted network is stricter (it validates
-identity updates and key packages); the devnet is deliberately permissive there.
+Identity updates are checked as the hosted network checks them (``_identity``): an update whose
+signatures do not verify, or that changes an inbox without a signature of a member allowed to, is
+refused with INVALID_ARGUMENT and not stored, so nobody on the machine can cut an agent off by
+writing into its inbox's log. Each inbox's association state is folded from its stored log on
+first use and kept in memory. Beyond that, nothing is validated except the MLS framing the store
+needs to index: clients verify key packages and MLS themselves (the hosted network also validates
+key packages; the devnet does not).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import DecodeError, Message
 
 from coworker.devnet._gen import identity_pb2, migration_pb2, mls_pb2
+from coworker.devnet._identity import IdentityUpdateRefused, InboxState, apply_update
 from coworker.devnet._limits import RateLimiter
 from coworker.devnet._store import (
     NewCommitLogEntry,
@@ -225,6 +230,7 @@ class DevnetServer:
         self._limiter = RateLimiter(self.config.rate_limit) if self.config.rate_limit else None
         self.unimplemented_calls: list[str] = []
         """Full names of the methods clients called that the devnet does not implement."""
+        self._inboxes: dict[str, InboxState] = {}  # association states, filled from the store as inboxes are used
         self.refusals: collections.deque[Refusal] = collections.deque(maxlen=1000)
         """The latest calls answered with an error status (the SDK often hides the server's message)."""
 
@@ -254,6 +260,7 @@ class DevnetServer:
 
             ensure_private_dir(data_dir)
         self._store = Store.in_dir(data_dir) if data_dir is not None else Store(None)
+        self._inboxes.clear()
         try:
             self._server = grpc.aio.server(
                 options=[
@@ -354,6 +361,11 @@ class DevnetServer:
         update = _parse(identity_pb2.IdentityUpdate, raw, "identity_update")
         if not update.inbox_id:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "identity_update.inbox_id is empty")
+        try:
+            # No await between this check and the store: no other update of the inbox can come between.
+            state = apply_update(self._inbox_state(update.inbox_id), update)
+        except IdentityUpdateRefused as exc:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"identity update refused: {exc}") from exc
         associate: list[tuple[int, str]] = []
         dissociate: list[tuple[int, str]] = []
         for action in update.actions:
@@ -371,7 +383,23 @@ class DevnetServer:
                 if member is not None:
                     dissociate.append(member)
         self.store.add_identity_update(update.inbox_id, raw, self._clock_ns(), associate, dissociate)
+        self._inboxes[update.inbox_id] = state
         return identity_pb2.PublishIdentityUpdateResponse()
+
+    def _inbox_state(self, inbox_id: str) -> InboxState | None:
+        """The inbox's association state: its stored log folded once, then kept up to date by each publish."""
+        if inbox_id not in self._inboxes:
+            state: InboxState | None = None
+            for stored in self.store.identity_updates(inbox_id, 0):
+                try:
+                    state = apply_update(state, identity_pb2.IdentityUpdate.FromString(stored.raw))
+                except (IdentityUpdateRefused, DecodeError) as exc:
+                    # Stored by a devnet that did not check updates yet: left out, as if it had been refused.
+                    log.warning("inbox %s: stored update %d does not apply: %s", inbox_id, stored.sequence_id, exc)
+            if state is None:
+                return None
+            self._inboxes[inbox_id] = state
+        return self._inboxes[inbox_id]
 
     async def get_identity_updates(
         self, request: identity_pb2.GetIdentityUpdatesRequest, context: Any
