@@ -7,7 +7,9 @@ object (``{"text": "hello"}``), first ``seq`` calls one after the other (round t
 ``coworker``
     Two :class:`coworker.AsyncAgent` on one :class:`coworker.MemoryNetwork`, each with its own temporary
     ``data_dir`` (so persistence is on: SQLite in WAL mode, replay ids, call records), the callee trusting the
-    caller at ``KNOWN`` (so the trust check runs on every call) and serving ``async def echo(text: str)``.
+    caller at ``KNOWN`` (so the trust check runs on every call) and serving ``async def echo(text: str)``. The
+    rate limiter runs on every message, with the KNOWN budget raised to 1,000,000 calls/s: the default (50/s)
+    is a limit on purpose, and this measures the cost of a call, not the budget.
 ``tcp-json``
     A raw asyncio TCP echo on 127.0.0.1: newline-delimited JSON, one connection, a request id in every
     message so that any number of requests can be outstanding on it; a reader task on the client resolves the
@@ -115,13 +117,14 @@ def _check_echo(result: Any, contender: str) -> None:
 @contextlib.asynccontextmanager
 async def coworker_echo() -> AsyncIterator[Call]:
     """Two agents on one MemoryNetwork, persistence and trust checks on; yields a call of the echo skill."""
-    from coworker import AsyncAgent, MemoryNetwork, TrustTier
+    from coworker import AsyncAgent, MemoryNetwork, RateLimit, RateLimits, TrustTier
 
     with tempfile.TemporaryDirectory(prefix="coworker-bench-") as tmp:
         net = MemoryNetwork()
         # passphrase="": a plain key file, so that COWORKER_PASSPHRASE in the environment does not add scrypt.
         caller = AsyncAgent("bench-caller", network=net, data_dir=os.path.join(tmp, "caller"), passphrase="")
-        callee = AsyncAgent("bench-callee", network=net, data_dir=os.path.join(tmp, "callee"), passphrase="")
+        callee = AsyncAgent("bench-callee", network=net, data_dir=os.path.join(tmp, "callee"), passphrase="",
+                            rate_limits=RateLimits(known=RateLimit(1e6, 1e6)))
 
         @callee.skill()
         async def echo(text: str) -> dict[str, Any]:

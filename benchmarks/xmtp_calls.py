@@ -10,7 +10,8 @@ Both contenders run in one process, one event loop and one run, through the same
 ``coworker``
     Two :class:`coworker.AsyncAgent` on ``XmtpNetwork("local", start_devnet=False)``, each with its own sidecar
     (``sidecar.mjs``) and its own temporary ``data_dir`` (SQLite on, call records kept). Agent A serves
-    ``async def echo(text: str)`` and trusts B at ``KNOWN`` (the trust check runs on every call); B calls
+    ``async def echo(text: str)`` and trusts B at ``KNOWN`` (the trust check runs on every call; the rate limiter
+    too, with the KNOWN budget raised from 50 to 1,000,000 calls/s so that it does not bind); B calls
     ``await b.call(a.wallet, "echo", {"text": "hello"})``: a request message and a reply message, each through
     the devnet. After ``warmup`` untimed calls: ``seq`` sequential calls (p50, p99), then ``total`` calls with
     ``in_flight`` outstanding at any time (calls/s).
@@ -88,12 +89,13 @@ def _private_environment(home: Path) -> Iterator[None]:
 
 async def coworker_calls(data_dir: Path, *, seq: int, total: int, in_flight: int, warmup: int) -> dict[str, Any]:
     """Time B calling A's ``echo`` skill over the local XMTP node (which must be listening on port 5556)."""
-    from coworker import AsyncAgent, TrustTier
+    from coworker import AsyncAgent, RateLimit, RateLimits, TrustTier
     from coworker.transports.xmtp.transport import XmtpNetwork
 
     network = XmtpNetwork("local", start_devnet=False)
     # passphrase="": plain key files, so that COWORKER_PASSPHRASE in the environment does not add scrypt.
-    a = AsyncAgent("bench-a", network=network, data_dir=data_dir / "a", passphrase="")
+    a = AsyncAgent("bench-a", network=network, data_dir=data_dir / "a", passphrase="",
+                   rate_limits=RateLimits(known=RateLimit(1e6, 1e6)))
     b = AsyncAgent("bench-b", network=network, data_dir=data_dir / "b", passphrase="")
 
     @a.skill()

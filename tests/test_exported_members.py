@@ -8,7 +8,7 @@ PUBLIC = {
     "AccessDenied", "Agent", "AsyncAgent", "CallContext", "CallError", "CallRecord", "CallTimeout",
     "ConfigurationError", "CoworkerError", "IdentityError", "InvalidInput", "KeywordPlanner", "LLMPlanner",
     "LocalProtocolError", "MemoryNetwork", "Network", "Peer", "PeerRecord", "PeerUnreachable", "PlanRejected",
-    "Progress", "ProtocolError", "Receipt",
+    "Progress", "ProtocolError", "RateLimit", "RateLimits", "Receipt",
     "RemoteProtocolError", "RetryPolicy", "Skill", "SkillFailed", "SkillNotFound", "StoreError", "TaskCanceled",
     "TaskState", "TransportError", "TrustRequest", "TrustTier", "XmtpNetwork",
     "__version__",

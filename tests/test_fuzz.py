@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from coworker import AsyncAgent, MemoryNetwork, RetryPolicy, TrustTier
+from coworker import AsyncAgent, MemoryNetwork, RateLimits, RetryPolicy, TrustTier
 from coworker.store.identity import Identity
 from coworker.transports.base import Incoming, Transport
 
@@ -63,7 +63,10 @@ class Peer:
 async def run_fuzz(tmp_path: Path, cases: int, seed: int, *, stop_at_error: bool = True) -> dict[str, Any]:
     """Attack one agent with ``cases`` broken envelopes; what happened."""
     net = MemoryNetwork()
-    alice = AsyncAgent("alice", network=net, data_dir=tmp_path / "alice", retry=RetryPolicy(first=60, maximum=60))
+    # No rate limits: the fuzz is about what the decoder and the handlers do with every case, not about how
+    # many of them the limits would let through (tests/test_rate_limits.py is about that).
+    alice = AsyncAgent("alice", network=net, data_dir=tmp_path / "alice", retry=RetryPolicy(first=60, maximum=60),
+                       rate_limits=RateLimits.off())
 
     @alice.skill()
     def echo(text: str) -> str:

@@ -31,6 +31,7 @@ from coworker._version import __version__
 from coworker.agent.agent import AsyncAgent
 from coworker.agent.blocking import Agent
 from coworker.agent.peer import Peer
+from coworker.core.limits import RateLimit, RateLimits
 from coworker.core.planning import KeywordPlanner
 from coworker.core.skills import CallContext, Skill
 from coworker.core.tasks import Progress, Receipt, RetryPolicy, TaskState
@@ -64,6 +65,8 @@ __all__ = [
     "PlanRejected",
     "Progress",
     "ProtocolError",
+    "RateLimit",
+    "RateLimits",
     "Receipt",
     "RemoteProtocolError",
     "RetryPolicy",

@@ -34,6 +34,7 @@ from coworker._errors import (
 from coworker.agent.config import LOCK_FILE, AgentLock, network_name, parse_tier, resolve_network, validate_agent_name
 from coworker.agent.control import ControlServer
 from coworker.agent.peer import Peer, task_dict
+from coworker.core.limits import RateLimiter, RateLimits
 from coworker.core.protocol import ErrorBody, parse_body
 from coworker.core.skills import Skill, SkillFunction, build_skill
 from coworker.core.tasks import LIVE, Progress, RetryPolicy, TaskState
@@ -69,6 +70,9 @@ class AsyncAgent:
         passphrase: encrypts a new wallet (V3 keystore) or decrypts an existing one; default
             ``COWORKER_PASSPHRASE``.
         retry: when unanswered requests are sent again (default: 2 s, doubling, at most 30 s).
+        rate_limits: what each peer may send, by trust tier (:class:`RateLimits`; default: a stranger 2
+            messages/s, 10 at once, 4 KB each, all strangers 20/s; KNOWN 50/s, 200 at once; INTERNAL 500/s;
+            PRIVILEGED no limit). More is dropped unanswered and counted in :meth:`stats`.
 
     Example::
 
@@ -80,7 +84,7 @@ class AsyncAgent:
     def __init__(self, name: str, *, network: str | Network | None = None, data_dir: str | Path | None = None,
                  auto_accept_trust: bool = False, max_auto_accept_tier: TrustTier | int = TrustTier.KNOWN,
                  passphrase: str | None = None, retry: RetryPolicy | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, rate_limits: RateLimits | None = None) -> None:
         self.name = validate_agent_name(name)
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else _paths.agent_dir(name)
         self._network_spec = network
@@ -98,6 +102,9 @@ class AsyncAgent:
         self._policy = TrustPolicy(bool(auto_accept_trust), max_tier)
         self._clock = clock
         self._retry = retry
+        if rate_limits is not None and not isinstance(rate_limits, RateLimits):
+            raise ConfigurationError(f"rate_limits is a RateLimits, got {type(rate_limits).__name__}")
+        self._limiter = RateLimiter(rate_limits or RateLimits())
         self._runtime: Runtime | None = None
         self._lock = AgentLock(self.data_dir / LOCK_FILE)
         self._start_lock: asyncio.Lock | None = None
@@ -195,7 +202,7 @@ class AsyncAgent:
                 self._identity = Identity.load_or_create(self.data_dir, self._passphrase)
             self._lock.acquire()
             runtime = Runtime(identity=self._identity, name=self.name, store=self.store, skills=self._skills,
-                              policy=self._policy, clock=self._clock, retry=self._retry)
+                              policy=self._policy, clock=self._clock, retry=self._retry, limiter=self._limiter)
             try:
                 await runtime.open(network, self.data_dir)
             except BaseException:
@@ -645,6 +652,11 @@ class AsyncAgent:
     def peers(self) -> list[PeerRecord]:
         """Peers we have exchanged messages with, most recent first."""
         return self.store.peers()
+
+    def stats(self) -> dict[str, Any]:
+        """What the rate limits dropped since the agent was created: ``{"dropped": {"too_large": n,
+        "over_budget": n, "strangers": n}, "tracked_peers": n}`` (see :class:`RateLimits`)."""
+        return self._limiter.stats()
 
     def calls(self, limit: int = 50) -> list[CallRecord]:
         """The latest calls made and served, newest first."""

@@ -209,6 +209,10 @@ class Agent:
         """See :meth:`AsyncAgent.peers`."""
         return self._run(self._agent.peers)  # type: ignore[no-any-return]
 
+    def stats(self) -> dict[str, Any]:
+        """See :meth:`AsyncAgent.stats`."""
+        return self._run(self._agent.stats)  # type: ignore[no-any-return]
+
     def calls(self, limit: int = 50) -> list[CallRecord]:
         """See :meth:`AsyncAgent.calls`."""
         return self._run(lambda: self._agent.calls(limit))  # type: ignore[no-any-return]

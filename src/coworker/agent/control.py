@@ -65,6 +65,7 @@ class ControlledAgent(Protocol):
     def skills(self) -> Mapping[str, Any]: ...
     @property
     def transport(self) -> Any: ...
+    def stats(self) -> dict[str, Any]: ...
     async def ping(self, wallet: str, *, timeout: float = 30) -> float: ...
     async def connect(self, wallet: str, *, timeout: float = 30) -> Peer: ...
     async def call(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *,
@@ -183,7 +184,7 @@ class ControlServer:
     async def _status(self, _: dict[str, Any]) -> dict[str, Any]:
         agent = self._agent
         status: dict[str, Any] = {"name": agent.name, "wallet": agent.wallet, "network": agent.network_name,
-                                  "pid": os.getpid(), "skills": sorted(agent.skills)}
+                                  "pid": os.getpid(), "skills": sorted(agent.skills), "rate_limits": agent.stats()}
         transport = agent.transport
         if transport is not None and hasattr(transport, "status"):
             try:

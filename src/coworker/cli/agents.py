@@ -98,6 +98,7 @@ def _status(agent: AsyncAgent) -> dict[str, Any]:
     made = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("out:")}
     served = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("in:")}
     trusted = [(w, t) for w, t in agent.store.trusted_peers() if t > TrustTier.UNTRUSTED]
+    bridge = (bridge_status(agent.name) or {}) if pid is not None else {}
     return {
         "name": agent.name,
         "wallet": agent.wallet,
@@ -113,7 +114,8 @@ def _status(agent: AsyncAgent) -> dict[str, Any]:
         "calls": {"made": sum(made.values()), "served": sum(served.values()),
                   "made_by_status": made, "served_by_status": served},
         "skills": published_skills(agent),
-        "xmtp": (bridge_status(agent.name) or {}).get("xmtp") if pid is not None else None,
+        "xmtp": bridge.get("xmtp"),
+        "rate_limits": bridge.get("rate_limits"),  # what the running agent dropped, by reason
     }
 
 

@@ -154,6 +154,7 @@ class Caller:
         self._drivers = TaskSet()  # one per live task: cancelled at once on close, resumed on start
         self._watches: dict[str, _Watch] = {}  # our live tasks, by task id
         self._sent: dict[str, str] = {}  # message id of a call.request copy -> its task id
+        self._peers: collections.Counter[str] = collections.Counter()  # lower-case wallet -> our live tasks there
 
     def resume(self) -> None:
         """Drive on the tasks we had sent when the agent last stopped or crashed."""
@@ -165,6 +166,11 @@ class Caller:
         await self._drivers.close(0)
         self._watches.clear()
         self._sent.clear()
+        self._peers.clear()
+
+    def awaits(self, wallet: str) -> bool:
+        """Whether one of our live tasks went to ``wallet`` (lower-case)."""
+        return wallet in self._peers
 
     def submit(self, peer: str, skill: str, input: dict[str, Any], *, version: str | None = None,
                timeout: float | None = None, cap: float | None = None, task_id: str | None = None,
@@ -211,6 +217,7 @@ class Caller:
 
     def _start_driver(self, task: TaskRecord) -> _Watch:
         watch = self._watches[task.id] = _Watch(task)
+        self._peers[task.peer.lower()] += 1
         self._drivers.spawn(self._drive(task, watch), f"coworker-task-{task.id}")
         return watch
 
@@ -280,6 +287,10 @@ class Caller:
     def _forget(self, task_id: str, watch: _Watch) -> None:
         if self._watches.get(task_id) is watch:
             del self._watches[task_id]
+            key = watch.task.peer.lower()
+            self._peers[key] -= 1
+            if self._peers[key] <= 0:
+                del self._peers[key]
         for mid in watch.sent_ids:
             self._sent.pop(mid, None)
         for feed in watch.feeds:

@@ -10,6 +10,12 @@ Theory of operation. Every incoming message takes one path (:meth:`Runtime._disp
    replies resolve the pending request with that correlation id; requests go through
    :func:`coworker.core.trust.decide`, the single trust choke point, and then to their handler.
 
+Before any of that, in :meth:`Runtime._deliver`, the rate limiter (:mod:`coworker.core.limits`) looks at the
+sender the transport authenticated, the tier held for it and the message's size, and drops what is over the
+budget or the size cap of that tier, unread and unanswered (counted in :meth:`Runtime.stats`). A peer we wait for
+(a live task or a pending request of ours) is judged by its replies' budget instead; a request that came in on
+that budget is charged to the tier's budget once decoded.
+
 Calls are durable tasks (see :mod:`coworker.core.tasks` for the states and the delivery rules): the caller's
 side is :mod:`coworker.runtime.caller` (a driver per live task), the callee's side :mod:`coworker.runtime.callee`
 (store before run, answer repeats from the store); both pick up their live tasks again when the agent starts.
@@ -22,6 +28,7 @@ runtime's task set and are cancelled and awaited (with a bound) by :meth:`Runtim
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import time
@@ -32,6 +39,7 @@ from typing import Any
 
 from coworker._errors import CallTimeout, RemoteProtocolError, TransportError
 from coworker.core import protocol as proto
+from coworker.core.limits import RateLimiter
 from coworker.core.plans import check_proposal
 from coworker.core.skills import Skill
 from coworker.core.tasks import Progress, RetryPolicy
@@ -69,7 +77,7 @@ class Runtime:
 
     def __init__(self, *, identity: Identity, name: str, store: Store, skills: Mapping[str, Skill],
                  policy: TrustPolicy, clock: Callable[[], float] = time.time,
-                 retry: RetryPolicy | None = None) -> None:
+                 retry: RetryPolicy | None = None, limiter: RateLimiter | None = None) -> None:
         self.identity = identity
         self.wallet = identity.address
         self.name = name
@@ -81,7 +89,9 @@ class Runtime:
         self._link = Link(identity, store, clock)
         self._callee = Callee(self._link, skills)
         self._caller = Caller(self._link, self.retry)
+        self.limiter = limiter or RateLimiter()
         self._pending: dict[str, _Pending] = {}
+        self._awaiting: collections.Counter[str] = collections.Counter()  # peer -> our requests waiting for it
         self._touched: dict[str, float] = {}
         self._early: list[Incoming] | None = None
 
@@ -135,6 +145,7 @@ class Runtime:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[proto.Envelope, int]] = loop.create_future()
         ids: list[str] = []
+        self._awaiting[peer.lower()] += 1
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -153,6 +164,9 @@ class Runtime:
         finally:
             for mid in ids:
                 del self._pending[mid]
+            self._awaiting[peer.lower()] -= 1
+            if self._awaiting[peer.lower()] <= 0:
+                del self._awaiting[peer.lower()]
 
 
     async def notify(self, peer: str, kind: str, body: dict[str, Any], corr: str) -> None:
@@ -182,24 +196,38 @@ class Runtime:
         if self._early is not None:
             self._early.append(incoming)
             return
-        self._link.tasks.spawn(self._handle(incoming), "coworker-message")
+        # The rate limit, as early as possible: before a task is spawned, before the bytes are decoded.
+        sender = incoming.sender
+        addresses = sender.addresses
+        replies = any(a in self._awaiting or self._caller.awaits(a) for a in addresses)
+        tier = max((self.store.trust_tier(a) for a in addresses), default=TrustTier.UNTRUSTED)
+        drop = self.limiter.admit(sender.inbox_id, tier, len(incoming.data), self.clock(), replies=replies)
+        if drop is not None:
+            if drop.say:
+                self._say_dropped(addresses, tier, drop.reason)
+            return
+        self._link.tasks.spawn(self._handle(incoming, tier if replies else None), "coworker-message")
 
 
-    async def _handle(self, incoming: Incoming) -> None:
+    async def _handle(self, incoming: Incoming, replies_from: TrustTier | None = None) -> None:
         try:
-            await self._dispatch(incoming)
+            await self._dispatch(incoming, replies_from)
         except TransportError as exc:
             log.warning("could not answer %s: %s", sorted(incoming.sender.addresses), exc)
 
-    async def _dispatch(self, incoming: Incoming) -> None:
+    async def _dispatch(self, incoming: Incoming, replies_from: TrustTier | None = None) -> None:
+        """Handle one message; ``replies_from``: it came in on the replies' budget of a peer held at that tier."""
         now_ms = self._link.now_ms()
         addresses = incoming.sender.addresses
         try:
             env = proto.decode(incoming.data)
         except RemoteProtocolError as exc:
             log.warning("refused a message from %s: %s", sorted(addresses), exc)
-            await self._refuse_undecodable(incoming, str(exc))
+            if replies_from is None or self._charge_tier(incoming, replies_from):  # an answer costs the tier's
+                await self._refuse_undecodable(incoming, str(exc))
             return
+        if replies_from is not None and env.is_request and not self._charge_tier(incoming, replies_from):
+            return  # the replies' budget is for replies: a request is charged to the tier's budget as well
         if env.sender.lower() not in addresses:
             log.warning("refused %s %s: body claims %s but the transport authenticated %s",
                         env.type, env.id, env.sender, sorted(addresses))
@@ -244,6 +272,22 @@ class Runtime:
         now = self._link.now_ms()
         stub = proto.Envelope(mid, kind, mid, checksum(address), self.wallet, now, now, {})
         await self._link.refuse(stub, "PROTOCOL_ERROR", reason[:500])
+
+    def _charge_tier(self, incoming: Incoming, tier: TrustTier) -> bool:
+        """Whether the tier's budget admits a message that came in on the replies' budget (counted if not)."""
+        drop = self.limiter.admit(incoming.sender.inbox_id, tier, len(incoming.data), self.clock())
+        if drop is not None and drop.say:
+            self._say_dropped(incoming.sender.addresses, tier, drop.reason)
+        return drop is None
+
+    def _say_dropped(self, addresses: frozenset[str], tier: TrustTier, reason: str) -> None:
+        log.warning("dropping messages from %s (%s): %s; %d dropped so far for that reason, said at most once a "
+                    "minute for each peer", sorted(addresses), tier.name, reason.replace("_", " "),
+                    self.limiter.dropped[reason])
+
+    def stats(self) -> dict[str, object]:
+        """What the rate limiter dropped, by reason, and how many peers it tracks."""
+        return self.limiter.stats()
 
     def _touch(self, peer: str) -> None:
         now = self.clock()
