@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("core_roundtrip", "devnet_pingpong", "xmtp_calls")
+ORDER = ("core_roundtrip", "devnet_pingpong", "xmtp_calls", "flood")
 
 
 def discover() -> list[str]:
