@@ -73,8 +73,12 @@ core = _sibling("core_roundtrip")
 
 @contextlib.contextmanager
 def _private_environment(home: Path) -> Iterator[None]:
-    """``COWORKER_HOME`` in the run's temporary directory and only the local network; restored afterwards."""
-    wanted = {"COWORKER_HOME": str(home), "COWORKER_LOCAL_ONLY": "1"}
+    """``COWORKER_HOME`` in the run's temporary directory and only the local network; restored afterwards. The
+    Node side stays the one installed for the real home (``coworker setup``): nothing is installed for a run."""
+    from coworker.transports.xmtp import node
+
+    wanted = {"COWORKER_HOME": str(home), "COWORKER_LOCAL_ONLY": "1",
+              "COWORKER_NODE_DIR": os.environ.get("COWORKER_NODE_DIR") or str(node.install_dir())}
     saved = {key: os.environ.get(key) for key in wanted}
     os.environ.update(wanted)
     try:
