@@ -17,6 +17,9 @@ defence.
 
 If the sidecar dies it is restarted with backoff; sends made meanwhile wait for it (bounded by the caller's
 timeout) and a send that was in flight is sent again, which is safe because peers drop repeated message ids.
+On :meth:`XmtpTransport.close` the sidecar refuses new commands and finishes those in flight (bounded) before it
+exits, so a send completes or fails, and a first DM is not left half made. One killed in the middle of making a DM
+(SIGKILL) leaves a DM its peer never joined; the restarted sidecar finds it at first use and adds the peer again.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ XMTP_NETWORKS = ("local", "dev", "production")
 MAX_MESSAGE_BYTES = MAX_ENVELOPE_BYTES  # XMTP's documented limit is 1 MB per message
 SIDECAR = "sidecar.mjs"
 START_TIMEOUT = 60.0  # seconds for the sidecar to start and its client to open
-CLOSE_TIMEOUT = 3.0
+CLOSE_TIMEOUT = 8.0  # the sidecar answers the commands in flight before it exits (for at most 5 s), then this
 RESTART_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 CURSOR_DELAY = 1.0  # seconds between cursor writes
 _LINE_LIMIT = 16 * 1024 * 1024  # one JSON line carries at most a 1 MB message, escaped
@@ -397,6 +400,8 @@ class XmtpTransport(Transport):
             log.log(level, "XMTP stream %s %s", event.get("state"), event.get("message") or "")
         elif kind == "sync_error":
             log.warning("XMTP sync failed: %s", event.get("message"))
+        elif kind == "closing":
+            log.debug("the XMTP sidecar is closing; %s command(s) in flight", event.get("pending"))
 
     def _incoming(self, event: dict[str, Any]) -> None:
         try:

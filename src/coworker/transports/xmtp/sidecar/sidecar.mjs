@@ -18,9 +18,12 @@
 //             then syncs every DM from syncFromNs minus a minute (messages that arrived while the agent was away).
 //   send   {to: "0x..", text}   -> {messageId}; errors: PeerUnreachable (no inbox on this network), TooLarge
 //   status {}                  -> {address, inboxId, installationId, env, streaming, lastSyncMs, reported}
-//   close  {}                  -> {} then the process exits 0
+//   close  {}                  -> {} then the process exits 0 once the commands in flight are answered
+//                                 (bounded by DRAIN_MS); commands that arrive after it fail with Closing
 // Events:
 //   ready    {pid, sdk}                                    once, at start
+//   closing  {pending}                                     stdin closed or `close` came; `pending` commands
+//                                                          are still answered before the process exits
 //   message  {id, conversationId, senderInboxId, addresses, sentAtNs, text}
 //            a text message from another inbox in a DM, once per message id; `addresses` are the Ethereum
 //            addresses associated with the sender's inbox (from its inbox state on the network)
@@ -29,6 +32,7 @@
 //   sync_error {message}
 
 import { chmodSync } from "node:fs";
+import { Conversation as BindingConversation } from "@xmtp/node-bindings"; // the SDK's own, pinned by the lockfile
 import { Client } from "@xmtp/node-sdk";
 import { emit, serve } from "./jsonlines.mjs";
 import { IDENTIFIER_KIND_ETHEREUM, ethereumIdentifier, hexToBytes, wallet } from "./wallet.mjs";
@@ -42,6 +46,7 @@ const KIND_APPLICATION = 0; // GroupMessageKind.Application
 const SLACK_NS = 60_000_000_000n; // re-read this much history on sync: stream and sync may deliver out of order
 const INBOX_TTL_MS = 60_000; // how long a sender's address list is trusted before it is fetched again
 const BACKOFF_MS = [500, 1000, 2000, 5000, 10000, 30000];
+const DRAIN_MS = 5_000; // how long a closing sidecar waits for the commands in flight
 
 process.umask(0o077); // the SDK's database files are the agent's alone
 
@@ -65,6 +70,7 @@ const seen = new Map(); // message id -> sentAtNs
 const dms = new Map(); // lower-case address -> Promise<Dm>
 const reachable = new Set(); // lower-case addresses known to have an inbox
 const inboxes = new Map(); // inbox id -> {addresses, at}
+const inFlight = new Set(); // promises of the commands being run
 
 function log(text) {
   process.stderr.write(`${new Date().toISOString()} ${text}\n`);
@@ -213,6 +219,43 @@ async function runStream(attempt = 0) {
   }, delay);
 }
 
+// A DM is created in two steps: the group is stored locally, then a commit adding the peer is published and the
+// welcome sent. A sidecar killed between the two (SIGKILL, a crash) leaves a stored DM that holds only this inbox:
+// the SDK finds it again on every later createDm and sends into it, and the peer never hears a word. So on first
+// use in a process, a DM whose members lack the peer is synced (the commit may be on the network already) and, if
+// the peer is still missing, the peer is added to it again, which publishes the commit and sends the welcome.
+async function joined(dm) {
+  const peer = dm.peerInboxId;
+  const has = async () => (await dm.members()).some((member) => member.inboxId === peer);
+  if (await has()) return dm;
+  await dm.sync();
+  if (await has()) return dm;
+  log(`DM ${dm.id} with inbox ${peer} does not hold the peer (its creation was cut short); adding the peer again`);
+  await bindingOf(dm).addMembersByInboxId([peer]);
+  if (!(await has())) throw fail("DmBroken", `the DM with inbox ${peer} could not be repaired`);
+  log(`DM ${dm.id}: the peer is a member again`);
+  return dm;
+}
+
+// The SDK (5.5) keeps a conversation's native handle private and offers no way to add a member to a DM, which
+// libxmtp itself does when it creates one. The handle is caught as `this` of a native method the wrapper calls.
+function bindingOf(dm) {
+  const prototype = BindingConversation.prototype;
+  const original = prototype.dmPeerInboxId;
+  let handle = null;
+  prototype.dmPeerInboxId = function capture(...args) {
+    handle = this;
+    return original.apply(this, args);
+  };
+  try {
+    void dm.peerInboxId;
+  } finally {
+    prototype.dmPeerInboxId = original;
+  }
+  if (!handle) throw fail("DmBroken", "the SDK's conversation handle was not found");
+  return handle;
+}
+
 function dmWith(address) {
   let dm = dms.get(address);
   if (!dm) {
@@ -225,7 +268,7 @@ function dmWith(address) {
         }
         reachable.add(address);
       }
-      return c.conversations.createDmWithIdentifier(ethereumIdentifier(address));
+      return joined(await c.conversations.createDmWithIdentifier(ethereumIdentifier(address)));
     })();
     dms.set(address, dm);
     dm.catch(() => dms.delete(address));
@@ -243,7 +286,7 @@ function chmodDatabase(dbPath) {
   }
 }
 
-const commands = {
+const handlers = {
   async start(args) {
     if (client) throw fail("AlreadyStarted", "this sidecar already has a client");
     if (!ENVS.has(args.env)) throw fail("BadRequest", `unknown XMTP network ${args.env}`);
@@ -292,17 +335,40 @@ const commands = {
       pid: process.pid,
     };
   },
-
-  async close() {
-    setImmediate(shutdown);
-    return {};
-  },
 };
 
+// Every command but `close` is tracked, so that a closing sidecar answers what it accepted before it exits.
+const commands = Object.fromEntries(Object.entries(handlers).map(([name, handler]) => [name, async (args) => {
+  if (closing) throw fail("Closing", "the sidecar is shutting down");
+  const running = handler(args);
+  inFlight.add(running);
+  try {
+    return await running;
+  } finally {
+    inFlight.delete(running);
+  }
+}]));
+commands.close = async () => {
+  setImmediate(shutdown);
+  return {};
+};
+
+// Shutdown (stdin closed, or `close`): no new commands; those in flight (a send that is creating a DM, say) run to
+// their reply, for at most DRAIN_MS, so that none is cut between two steps the network must see together. SIGKILL
+// cannot be helped; joined() repairs what it leaves.
 async function shutdown() {
   if (closing) return;
   closing = true;
   if (syncTimer) clearInterval(syncTimer);
+  emit({ event: "closing", pending: inFlight.size });
+  if (inFlight.size) {
+    let timer;
+    const late = new Promise((resolve) => (timer = setTimeout(resolve, DRAIN_MS, "late")));
+    const outcome = await Promise.race([Promise.allSettled([...inFlight]), late]);
+    clearTimeout(timer);
+    if (outcome === "late") log(`exiting with ${inFlight.size} command(s) unanswered after ${DRAIN_MS} ms`);
+    await new Promise((resolve) => setImmediate(resolve)); // their replies are written first
+  }
   try {
     if (stream) await stream.return();
   } catch (error) {
@@ -312,5 +378,6 @@ async function shutdown() {
 }
 
 process.on("unhandledRejection", (error) => log(`unhandled rejection: ${error?.stack ?? error}`));
+process.stdout.on("error", (error) => log(`writing to stdout: ${error?.message ?? error}`)); // the agent is gone
 serve(commands, shutdown);
 emit({ event: "ready", pid: process.pid, sdk: SDK_VERSION });
