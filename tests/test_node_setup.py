@@ -89,16 +89,41 @@ def test_an_install_goes_into_the_coworker_home_once_per_version_with_a_progress
     assert said[1].startswith("XMTP SDK installed in ") and said[1].endswith(" s")
     assert (tmp_path / "npm.log").read_text() == "ci --no-audit --no-fund --loglevel=error\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "home", "npm.log"]  # nothing in the cwd
-    for name in (*node.SCRIPTS, *node.MANIFESTS):
+    for name in node.MANIFESTS:
         assert (directory / name).read_bytes() == (node.SOURCES / name).read_bytes()
+    scripts = directory / f"scripts-{node.scripts_hash()}"
+    for name in node.SCRIPTS:
+        assert (scripts / name).read_bytes() == (node.SOURCES / name).read_bytes()
+    assert node.script("sidecar.mjs") == scripts / "sidecar.mjs"
     assert node.sdk_version() == "5.5.0"
 
-    (directory / "sidecar.mjs").write_text("// changed by hand\n")
+    (scripts / "sidecar.mjs").write_text("// changed by hand\n")
     again: list[str] = []
     assert node.ensure_installed(say=again.append) == directory
     assert again == []  # installed already: no second npm ci
     assert (tmp_path / "npm.log").read_text().count("ci") == 1
-    assert (directory / "sidecar.mjs").read_bytes() == (node.SOURCES / "sidecar.mjs").read_bytes()
+    assert (scripts / "sidecar.mjs").read_bytes() == (node.SOURCES / "sidecar.mjs").read_bytes()
+
+
+def test_scripts_that_differ_live_side_by_side_in_one_installation(
+        tools: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Two copies of CoWorker of one version (say, two checkouts) whose sidecars differ share the installed SDK
+    but never run each other's scripts."""
+    _tool(tools, "node", "echo v20.20.2\n")
+    _tool(tools, "npm", FAKE_NPM_OK)
+    directory = node.ensure_installed(say=lambda line: None)
+    ours = node.script("sidecar.mjs")
+    other_sources = tmp_path / "other"
+    other_sources.mkdir()
+    for name in (*node.SCRIPTS, *node.MANIFESTS, "README.md"):
+        (other_sources / name).write_bytes((node.SOURCES / name).read_bytes())
+    (other_sources / "sidecar.mjs").write_text("// another checkout's sidecar\n")
+    monkeypatch.setattr(node, "SOURCES", other_sources)
+    assert node.ensure_installed(say=lambda line: None) == directory  # same lockfile: the same installation
+    theirs = node.script("sidecar.mjs")
+    assert theirs != ours and theirs.parent.parent == ours.parent.parent == directory
+    assert theirs.read_text() == "// another checkout's sidecar\n"
+    assert ours.read_bytes() == (Path(node.__file__).parent / "sidecar" / "sidecar.mjs").read_bytes()
 
 
 def test_coworker_setup_prints_one_line_and_exits_1_without_node(tools: Path,

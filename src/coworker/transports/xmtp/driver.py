@@ -90,7 +90,7 @@ class NodeDriver:
             raise NodeDriverError(f"the Node SDK is not installed in {directory}: run `coworker setup`")
         process = await asyncio.create_subprocess_exec(
             "node",
-            str(directory / "driver.mjs"),
+            str(node.script("driver.mjs", directory)),
             cwd=directory,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

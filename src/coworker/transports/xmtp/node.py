@@ -5,7 +5,9 @@ The wheel carries the sidecar's sources (``sidecar/``: the scripts, ``package.js
 ``$COWORKER_HOME/node/<version>-<lock hash>/`` and runs ``npm ci`` there once; ``coworker setup`` calls it, and so
 does the first start of an agent that needs it. Each installation is keyed by the CoWorker version and a hash of
 the lockfile, so an upgrade installs beside the old one and two versions never share a ``node_modules``. The
-scripts are copied again whenever they differ from the package's, which costs a few small reads per start.
+scripts go in a folder of that installation named by a hash of their contents (``scripts-<hash>/``; Node finds
+``node_modules`` one level up), so two copies of CoWorker whose scripts differ never run each other's; a script
+found changed there is written again, which costs a few small reads per start.
 ``$COWORKER_NODE_DIR`` names another directory to use instead (the tests point every temporary home at one
 installation with it).
 
@@ -68,11 +70,29 @@ def sdk_version() -> str:
     return match.group(1) if match else "?"
 
 
+def scripts_hash() -> str:
+    """The first 12 hex digits of the SHA-256 of the packaged scripts."""
+    digest = hashlib.sha256()
+    for name in SCRIPTS:
+        digest.update(name.encode() + b"\0" + (SOURCES / name).read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def scripts_dir(directory: Path | None = None) -> Path:
+    """Where this package's scripts live in the installation ``directory`` (default :func:`install_dir`)."""
+    return (directory or install_dir()) / f"scripts-{scripts_hash()}"
+
+
+def script(name: str, directory: Path | None = None) -> Path:
+    """The path of one of the scripts (``sidecar.mjs``, ``driver.mjs``) in an installation, put there if missing."""
+    folder = _sync_scripts(directory or install_dir())
+    return folder / name
+
+
 def installed(directory: Path | None = None) -> bool:
-    """Whether ``directory`` (default :func:`install_dir`) holds the scripts and an installed SDK."""
+    """Whether ``directory`` (default :func:`install_dir`) holds an installed SDK."""
     directory = directory or install_dir()
-    return ((directory / "node_modules" / "@xmtp" / "node-sdk").is_dir()
-            and all((directory / name).is_file() for name in SCRIPTS))
+    return (directory / "node_modules" / "@xmtp" / "node-sdk").is_dir()
 
 
 def node_available(directory: Path | None = None) -> bool:
@@ -108,17 +128,30 @@ def check_tools() -> None:
                          "then run `coworker setup`")
 
 
+def _write_if_changed(target: Path, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        if target.read_bytes() == data:
+            return
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, target)
+
+
 def _sync(directory: Path) -> None:
-    """Copy every packaged file whose content differs into ``directory`` (atomically, one file at a time)."""
-    for name in (*SCRIPTS, *MANIFESTS, "README.md"):
-        data = (SOURCES / name).read_bytes()
-        target = directory / name
-        with contextlib.suppress(OSError):
-            if target.read_bytes() == data:
-                continue
-        temporary = directory / f".{name}.{os.getpid()}.tmp"
-        temporary.write_bytes(data)
-        os.replace(temporary, target)
+    """Put the manifests (what ``npm ci`` installs from) and the scripts in ``directory``."""
+    for name in (*MANIFESTS, "README.md"):
+        _write_if_changed(directory / name, (SOURCES / name).read_bytes())
+    _sync_scripts(directory)
+
+
+def _sync_scripts(directory: Path) -> Path:
+    """Make sure ``scripts-<hash>/`` in ``directory`` holds this package's scripts, byte for byte; its path.
+    Every writer writes the same bytes there (the folder is named by them), each file replaced atomically."""
+    folder = scripts_dir(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SCRIPTS:
+        _write_if_changed(folder / name, (SOURCES / name).read_bytes())
+    return folder
 
 
 @contextlib.contextmanager

@@ -227,7 +227,7 @@ class XmtpTransport(Transport):
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             process = await asyncio.create_subprocess_exec(
-                "node", str(directory / SIDECAR), cwd=directory, stdin=asyncio.subprocess.PIPE,
+                "node", str(node.script(SIDECAR, directory)), cwd=directory, stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=log_fd, env=_child_environment(), limit=_LINE_LIMIT)
         finally:
             os.close(log_fd)
