@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import platform
@@ -34,29 +33,19 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _siblings import sibling  # noqa: E402 (after the path it needs)
+
 PAYLOAD: dict[str, Any] = {"text": "hello"}
 TARGET_RATIO = 3.0
 CALL_TIMEOUT_S = 60.0
 
 
-def _sibling(name: str) -> ModuleType:
-    """Another benchmark of this directory, loaded by path (``benchmarks/`` is not a package)."""
-    module_name = f"benchmarks_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-core = _sibling("core_roundtrip")
+core = sibling("core_roundtrip")
 
 Send = Callable[[bytes], Awaitable[None]]
 
@@ -249,7 +238,7 @@ async def run_async(*, xmtp: bool = False, calls: int = 200, call_rate: float = 
         if xmtp:
             from coworker.devnet import running_devnet
 
-            private = _sibling("xmtp_calls")._private_environment(Path(tmp) / "home")
+            private = sibling("xmtp_calls")._private_environment(Path(tmp) / "home")
             devnet = running_devnet()
         with private:
             async with devnet:

@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import importlib.util
 import json
 import os
 import platform
@@ -41,34 +40,24 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from coworker.devnet import DEFAULT_PORT, PortInUseError, running_devnet
 from coworker.transports.xmtp.driver import node_sdk_available
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _siblings import sibling  # noqa: E402 (after the path it needs)
+
 PAYLOAD: dict[str, Any] = {"text": "hello"}
 TARGET_RATIO = 1.3
 ORIGINAL_POLLING_S = (1.5, 3.0)  # what the original CoWorker spent per call on polling alone
 CALL_TIMEOUT_S = 30.0
 
 
-def _sibling(name: str) -> ModuleType:
-    """Another benchmark of this directory, loaded by path (``benchmarks/`` is not a package)."""
-    module_name = f"benchmarks_{name}"  # the name run.py gives it: loaded once when run.py runs both
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pingpong = _sibling("devnet_pingpong")
-core = _sibling("core_roundtrip")
+pingpong = sibling("devnet_pingpong")
+core = sibling("core_roundtrip")
 
 
 @contextlib.contextmanager
