@@ -53,7 +53,7 @@ def test_decode_refuses_a_number_beyond_a_float_anywhere_in_the_message(where: s
     data = call_bytes(SENDER, RECIPIENT, {"x": 1.5}, replace=(b'"x":1.5', literal))
     with pytest.raises(coworker.RemoteProtocolError, match="out of the range of a 64-bit float") as refused:
         decode(data)
-    assert refused.value.code == "PROTOCOL_ERROR"
+    assert refused.value.code == "INVALID_INPUT"
 
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
@@ -92,7 +92,8 @@ async def test_a_call_with_1e400_in_its_input_is_refused_and_leaves_no_task(netw
         await raw.send(alice.wallet, call_bytes(raw.wallet, alice.wallet, {"x": 1.5}, task=task,
                                                 replace=(b'"x":1.5', b'"x":1e400')))
         refused = await raw.receive(timeout=10)
-        assert (refused["type"], refused["body"]["code"]) == ("call.error", "PROTOCOL_ERROR")
+        assert (refused["type"], refused["body"]["code"]) == ("call.error", "INVALID_INPUT")
+        assert refused["body"]["task"] == task  # the caller's task is named: it ends rejected, not expired
         assert "out of the range of a 64-bit float" in refused["body"]["message"]
         assert runs == [] and alice.list_tasks(direction="in") == []
         # a finite call of the same peer is served as ever

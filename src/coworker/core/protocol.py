@@ -191,8 +191,8 @@ def decode(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
     if obj.get("coworker") != VERSION:
         raise RemoteProtocolError(f"not a CoWorker v{VERSION} message")
     refusal = _unacceptable(obj)
-    if refusal is not None:
-        raise RemoteProtocolError(refusal)
+    if refusal is not None:  # a number no float holds is bad input, whoever chose it; nesting breaks the protocol
+        raise RemoteProtocolError(refusal, code="INVALID_INPUT" if "finite" in refusal else "PROTOCOL_ERROR")
     try:
         v = _EnvelopeSchema.model_validate(obj, strict=True)
     except ValidationError as exc:
@@ -214,6 +214,17 @@ def peek_id(data: bytes) -> tuple[str, str] | None:
     if isinstance(mid, str) and re.match(_HEX32, mid) and isinstance(kind, str):
         return mid, kind
     return None
+
+
+def peek_task(data: bytes) -> str | None:
+    """Best effort task id (``body.task``) of a message that failed :func:`decode`, so that a refusal can name it."""
+    try:
+        obj = _parse_json(data)
+    except ValueError:
+        return None
+    body = obj.get("body") if isinstance(obj, dict) else None
+    task = body.get("task") if isinstance(body, dict) else None
+    return task if isinstance(task, str) and re.fullmatch(_HEX32, task) else None
 
 
 def check_fresh(env: Envelope, now_ms: int) -> str | None:

@@ -224,7 +224,7 @@ class Runtime:
         except RemoteProtocolError as exc:
             log.warning("refused a message from %s: %s", sorted(addresses), exc)
             if replies_from is None or self._charge_tier(incoming, replies_from):  # an answer costs the tier's
-                await self._refuse_undecodable(incoming, str(exc))
+                await self._refuse_undecodable(incoming, exc)
             return
         if replies_from is not None and env.is_request and not self._charge_tier(incoming, replies_from):
             return  # the replies' budget is for replies: a request is charged to the tier's budget as well
@@ -263,7 +263,7 @@ class Runtime:
         self._touch(peer)
         await self._serve_request(env, peer, len(incoming.data))
 
-    async def _refuse_undecodable(self, incoming: Incoming, reason: str) -> None:
+    async def _refuse_undecodable(self, incoming: Incoming, exc: RemoteProtocolError) -> None:
         peeked = proto.peek_id(incoming.data)
         if peeked is None or len(incoming.sender.addresses) != 1 or peeked[1] not in proto.REQUEST_TYPES:
             return  # nothing to answer to: dropped (and logged above)
@@ -271,7 +271,8 @@ class Runtime:
         (address,) = incoming.sender.addresses
         now = self._link.now_ms()
         stub = proto.Envelope(mid, kind, mid, checksum(address), self.wallet, now, now, {})
-        await self._link.refuse(stub, "PROTOCOL_ERROR", reason[:500])
+        task = proto.peek_task(incoming.data) if kind in ("call.request", "call.cancel") else None
+        await self._link.refuse(stub, exc.code, str(exc)[:500], task=task)
 
     def _charge_tier(self, incoming: Incoming, tier: TrustTier) -> bool:
         """Whether the tier's budget admits a message that came in on the replies' budget (counted if not)."""
