@@ -32,7 +32,7 @@
 //   sync_error {message}
 
 import { chmodSync } from "node:fs";
-import { Conversation as BindingConversation } from "@xmtp/node-bindings"; // the SDK's own, pinned by the lockfile
+import { Conversation as BindingConversation } from "@xmtp/node-bindings"; // the SDK's own, pinned in package.json
 import { Client } from "@xmtp/node-sdk";
 import { emit, serve } from "./jsonlines.mjs";
 import { IDENTIFIER_KIND_ETHEREUM, ethereumIdentifier, hexToBytes, wallet } from "./wallet.mjs";
