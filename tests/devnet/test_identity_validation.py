@@ -13,6 +13,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from coworker.core.wallets import SECP256K1_N
 from coworker.devnet import DevnetConfig, DevnetServer
 from coworker.devnet._gen import identity_pb2
 from coworker.devnet._identity import IdentityUpdateRefused, apply_update, inbox_id_for, signature_text
@@ -60,6 +61,20 @@ def test_honest_log_folds_into_members_with_their_parents() -> None:
     assert ("installation", laptop.public_key.hex()) not in state.members
     state = apply_update(state, revoke(state.inbox_id, wallet.member(), wallet))
     assert state.members == {}  # the wallet's installations go with it
+
+
+def test_a_high_s_wallet_signature_is_read_as_the_clients_read_it() -> None:
+    """The clients take the low-s twin of an ERC-191 signature and keep its v: (n - s, v) is the signature (s, v)."""
+    wallet = Wallet()
+    update = create_inbox(wallet)
+    raw = update.actions[0].create_inbox.initial_identifier_signature.erc_191.bytes
+    high_s = (SECP256K1_N - int.from_bytes(raw[32:64], "big")).to_bytes(32, "big")
+    update.actions[0].create_inbox.initial_identifier_signature.erc_191.bytes = raw[:32] + high_s + raw[64:]
+    assert apply_update(None, update).inbox_id == update.inbox_id
+    out_of_range = (SECP256K1_N + 1).to_bytes(32, "big")
+    update.actions[0].create_inbox.initial_identifier_signature.erc_191.bytes = raw[:32] + out_of_range + raw[64:]
+    with pytest.raises(IdentityUpdateRefused, match="malformed"):
+        apply_update(None, update)
 
 
 def test_installation_may_not_add_an_installation_nor_anyone_add_itself() -> None:

@@ -63,12 +63,12 @@ from eth_keys.datatypes import Signature
 from eth_keys.exceptions import BadSignature
 from eth_utils.exceptions import ValidationError
 
+from coworker.core.wallets import SECP256K1_N
 from coworker.devnet._gen import identity_pb2
 
 INSTALLATION_SIGNATURE_CONTEXT = b"IDENTITY UPDATE SIGNATURE"
 _HEADER = "XMTP : Authenticate to inbox"
 _FOOTER = "For more info: https://xmtp.org/signatures"
-_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAACEDAE6AF48A03BBFD25E8CD0364141
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 ETHEREUM = "ethereum"
@@ -287,10 +287,10 @@ def _verify_erc191(signature: bytes, text: str) -> _Signed:
     r = int.from_bytes(signature[:32], "big")
     s = int.from_bytes(signature[32:64], "big")
     v = signature[64]
-    if not (0 < r < _SECP256K1_N and 0 < s < _SECP256K1_N) or v not in (0, 1, 27, 28):
+    if not (0 < r < SECP256K1_N and 0 < s < SECP256K1_N) or v not in (0, 1, 27, 28):
         raise IdentityUpdateRefused("an ERC-191 signature is malformed")
-    if s > _SECP256K1_N // 2:  # the clients take the low-s twin and keep v
-        s = _SECP256K1_N - s
+    if s > SECP256K1_N // 2:  # the clients take the low-s twin and keep v
+        s = SECP256K1_N - s
     low_s = signature[:32] + s.to_bytes(32, "big") + signature[64:]
     try:
         public_key = Signature(vrs=(v % 27, r, s)).recover_public_key_from_msg_hash(
