@@ -251,7 +251,6 @@ class Skill:
             path, msg = _first_error(exc)
             raise SkillFailed(f"output does not match the skill's schema: {path or 'output'}: {msg}") from None
 
-
     async def _stream(self, kwargs: dict[str, Any], item: _Validator,
                       on_partial: Callable[[Any], None] | None) -> list[Any]:
         items: list[Any] = []

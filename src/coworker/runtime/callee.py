@@ -116,7 +116,7 @@ class Callee:
             self._link.tasks.spawn(self.execute(task, None), f"coworker-resume-{task.id}")
 
     def reject(self, env: proto.Envelope, body: proto.CallRequestBody, peer: str, code: str, message: str,
-                     size: int, path: str = "") -> str:
+               size: int, path: str = "") -> str:
         """Keep a refused call as a small record and return its message as kept (cut to
         :data:`REFUSAL_MESSAGE_CHARS`), which is also the one to send: a refusal keeps no input, and the store
         keeps only the latest refusals, so a flood of big calls from strangers costs no disk."""
@@ -166,7 +166,7 @@ class Callee:
         return skill, skill.bind(task.input, ctx), reporter
 
     async def execute(self, task: TaskRecord, request: proto.Envelope | None,
-                       prepared: tuple[Skill, dict[str, Any], _Reporter] | None = None) -> None:
+                      prepared: tuple[Skill, dict[str, Any], _Reporter] | None = None) -> None:
         """Run a stored ``working`` task, store its outcome, then send it (as a reply to ``request``, or on its
         own after a restart)."""
         key = (task.peer.lower(), task.id)
@@ -239,7 +239,7 @@ class Callee:
             changes = {"state": TaskState.FAILED, "error_code": code, "error_message": str(error),
                        "error_path": path or None}
         self._link.store.update_task(task, updated_at=self._link.clock(), duration_ms=duration, receipt=receipt,
-                               response_bytes=len(data), **changes)
+                                     response_bytes=len(data), **changes)
         self._link.store.flush()  # the outcome is durable before it leaves: a crash now cannot lead to a second run
         return data
 
@@ -298,7 +298,7 @@ class Callee:
             self._link.store.flush()
         elif task.state in LIVE:
             self._link.store.update_task(task, state=TaskState.CANCELED, updated_at=now, error_code="CANCELED",
-                                   error_message="canceled by the caller")
+                                         error_message="canceled by the caller")
             self._link.store.flush()
             if running is not None:
                 running[0].cancel()

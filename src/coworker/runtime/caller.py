@@ -322,7 +322,7 @@ class Caller:
         async def send() -> None:
             try:
                 await self._link.send(proto.request("call.cancel", {"task": task.id}, sender=self._link.wallet,
-                                               recipient=task.peer, now_ms=self._link.now_ms()))
+                                                    recipient=task.peer, now_ms=self._link.now_ms()))
             except CoworkerError as exc:
                 log.info("could not send the cancellation of task %s: %s", task.id, exc)
 

@@ -130,7 +130,6 @@ class Runtime:
 
     # ---- sending ------------------------------------------------------------------------------------------
 
-
     async def request(self, peer: str, kind: str, body: dict[str, Any],
                       timeout: float) -> tuple[proto.Envelope, int, int]:
         """Send a request and wait for its reply: (reply, bytes sent, bytes received).
@@ -167,7 +166,6 @@ class Runtime:
             self._awaiting[peer.lower()] -= 1
             if self._awaiting[peer.lower()] <= 0:
                 del self._awaiting[peer.lower()]
-
 
     async def notify(self, peer: str, kind: str, body: dict[str, Any], corr: str) -> None:
         """Send a one-way message that answers an earlier request ``corr`` (e.g. a later trust grant)."""
@@ -208,7 +206,6 @@ class Runtime:
             return
         self._link.tasks.spawn(self._handle(incoming, tier if replies else None), "coworker-message")
 
-
     async def _handle(self, incoming: Incoming, replies_from: TrustTier | None = None) -> None:
         try:
             await self._dispatch(incoming, replies_from)
@@ -234,7 +231,7 @@ class Runtime:
             if env.is_request:
                 forged = dataclasses.replace(env, sender=checksum(min(addresses)))
                 await self._link.refuse(forged, "SENDER_MISMATCH", "the sender in the message is not the sender "
-                                   "the network authenticated")
+                                        "the network authenticated")
             return
         if env.recipient.lower() != self.wallet.lower():
             log.warning("refused %s %s from %s: addressed to %s", env.type, env.id, env.sender, env.recipient)
@@ -384,7 +381,6 @@ class Runtime:
             await self._link.answer(env, "plan.reject", {"collaboration": body.collaboration, "reason": reason})
 
     # ---- serving calls (the callee's side of a task) ------------------------------------------------------
-
 
     # ---- making calls (the caller's side of a task) -------------------------------------------------------
 

@@ -89,6 +89,6 @@ class Link:
         return len(data)
 
     async def refuse(self, to: proto.Envelope, code: str, message: str, task: str | None = None,
-                      path: str = "") -> int:
+                     path: str = "") -> int:
         kind = "call.error" if to.type in ("call.request", "call.cancel") else "error"
         return await self.answer(to, kind, proto.error_body(code, message, path, task=task))

@@ -207,7 +207,6 @@ class SQLiteStore:
         self._closed = True
         self._db.close()
 
-
     # ---- trust --------------------------------------------------------------------------------------------
 
     def trust_tier(self, wallet: str) -> TrustTier:
