@@ -34,8 +34,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-import pydantic_core
-
 from coworker import _errors
 from coworker._errors import (
     ConfigurationError,
@@ -46,7 +44,7 @@ from coworker._errors import (
     TransportError,
 )
 from coworker.agent.peer import Peer, peer_json
-from coworker.core.protocol import MAX_ENVELOPE_BYTES
+from coworker.core.protocol import MAX_ENVELOPE_BYTES, parse_json
 from coworker.core.trust import TrustTier
 from coworker.store.identity import write_private
 from coworker.store.records import TrustRequest
@@ -159,7 +157,7 @@ class ControlServer:
 
     async def _handle(self, line: bytes) -> dict[str, Any]:
         try:
-            request = pydantic_core.from_json(line, allow_inf_nan=False)  # depth-limited, unlike json.loads
+            request = parse_json(line)  # depth-limited, unlike json.loads
             token, cmd, args = request["token"], request["cmd"], request.get("args") or {}
         except (ValueError, KeyError, TypeError):
             return _failure(CoworkerError("a control request is a JSON object with token, cmd and args"))

@@ -142,7 +142,7 @@ def encode(env: Envelope) -> bytes:
         raise ValueError(f"not JSON-serialisable: {exc}") from exc
 
 
-def _parse_json(data: bytes) -> Any:
+def parse_json(data: bytes) -> Any:
     """Parse untrusted JSON. Not ``json.loads``: eth-account's dependency py_ecc raises the interpreter's
     recursion limit to 100,000 at import, deep enough for a nested message to overflow the C stack in the
     recursive stdlib parser. pydantic-core's parser stops at a fixed depth (200) with a ValueError."""
@@ -183,7 +183,7 @@ def decode(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
     if len(data) > max_bytes:
         raise RemoteProtocolError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        obj = _parse_json(data)
+        obj = parse_json(data)
     except ValueError as exc:
         raise RemoteProtocolError(f"message is not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -205,7 +205,7 @@ def decode(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
 def peek_id(data: bytes) -> tuple[str, str] | None:
     """Best effort (id, type) of a message that failed :func:`decode`, so that it can be answered; else None."""
     try:
-        obj = _parse_json(data)
+        obj = parse_json(data)
     except ValueError:
         return None
     if not isinstance(obj, dict):
@@ -219,7 +219,7 @@ def peek_id(data: bytes) -> tuple[str, str] | None:
 def peek_task(data: bytes) -> str | None:
     """Best effort task id (``body.task``) of a message that failed :func:`decode`, so that a refusal can name it."""
     try:
-        obj = _parse_json(data)
+        obj = parse_json(data)
     except ValueError:
         return None
     body = obj.get("body") if isinstance(obj, dict) else None
