@@ -172,10 +172,3 @@ class EscapingFormatter(logging.Formatter):
 def print_json(value: Any) -> None:
     """Machine-readable output: ASCII-only JSON, so that every control character is escaped."""
     print(json.dumps(value, indent=2))
-
-
-def parse_tier(text: str) -> TrustTier:
-    try:
-        return TrustTier.parse(text)
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None

@@ -35,11 +35,10 @@ from coworker._errors import ConfigurationError, CoworkerError
 from coworker._process import NotReady, spawn_ready, wait_exit
 from coworker.agent.agent import AsyncAgent
 from coworker.agent.blocking import Agent
-from coworker.agent.config import LOCK_FILE, AgentLock, network_name, validate_agent_name
+from coworker.agent.config import LOCK_FILE, AgentLock, network_name, parse_tier, validate_agent_name
 from coworker.agent.control import ControlClient
 from coworker.agent.peer import peer_json
 from coworker.cli.common import CliError, EscapingFormatter, json_text, open_agent, shown, suggest
-from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum, recover_signer
 from coworker.store.identity import Identity
 
@@ -189,7 +188,7 @@ def _cmd_call(args: argparse.Namespace, choose: Callable[[argparse.Namespace], s
 def _cmd_trust_request(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
     name = choose(args)
     wallet, _ = _peer_wallet(args.target, network_name(None, _paths.agent_dir(name))[0])
-    tier = TrustTier.parse(args.tier)
+    tier = parse_tier(args.tier)
     with open_agent(args) as me:  # refused before the agent starts or anything is sent
         if me.wallet.lower() == wallet.lower():
             raise CliError(f"{wallet} is agent {name}'s own wallet: an agent does not ask itself for trust")

@@ -12,6 +12,7 @@ from coworker.agent.agent import AsyncAgent
 from coworker.agent.config import (
     LOCK_FILE,
     AgentLock,
+    parse_tier,
 )
 from coworker.agent.control import ControlClient
 from coworker.cli.common import (
@@ -19,7 +20,6 @@ from coworker.cli.common import (
     age,
     choose_agent,
     open_agent,
-    parse_tier,
     print_json,
     shown,
     suggest,
