@@ -84,9 +84,11 @@ def scripts_dir(directory: Path | None = None) -> Path:
 
 
 def script(name: str, directory: Path | None = None) -> Path:
-    """The path of one of the scripts (``sidecar.mjs``, ``driver.mjs``) in an installation, put there if missing."""
-    folder = _sync_scripts(directory or install_dir())
-    return folder / name
+    """The path of one of the scripts (``sidecar.mjs``, ``driver.mjs``) in an installation, put there if missing
+    (:func:`ensure_installed` has checked them byte for byte already)."""
+    directory = directory or install_dir()
+    path = scripts_dir(directory) / name
+    return path if path.is_file() else _sync_scripts(directory) / name
 
 
 def installed(directory: Path | None = None) -> bool:
