@@ -22,9 +22,7 @@ from typing import Any
 from coworker import _paths
 from coworker._errors import ConfigurationError, CoworkerError
 from coworker.agent.agent import DB_FILE, AsyncAgent
-from coworker.agent.config import (
-    validate_agent_name,
-)
+from coworker.agent.config import validate_agent_name
 from coworker.core.trust import TrustTier
 from coworker.store.identity import KEY_FILE, KEYSTORE_FILE, Identity
 
