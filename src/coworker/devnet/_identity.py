@@ -58,12 +58,8 @@ from dataclasses import dataclass, field, replace
 # pycryptodome (it comes with eth-account, through eth-keyfile) is what verifies Ed25519ph with a context.
 from Crypto.Hash import SHA512
 from Crypto.Signature import eddsa
-from eth_account.messages import defunct_hash_message
-from eth_keys.datatypes import Signature
-from eth_keys.exceptions import BadSignature
-from eth_utils.exceptions import ValidationError
 
-from coworker.core.wallets import SECP256K1_N
+from coworker.core.wallets import SECP256K1_N, eip191_hash, recover
 from coworker.devnet._gen import identity_pb2
 
 INSTALLATION_SIGNATURE_CONTEXT = b"IDENTITY UPDATE SIGNATURE"
@@ -293,12 +289,10 @@ def _verify_erc191(signature: bytes, text: str) -> _Signed:
         s = SECP256K1_N - s
     low_s = signature[:32] + s.to_bytes(32, "big") + signature[64:]
     try:
-        public_key = Signature(vrs=(v % 27, r, s)).recover_public_key_from_msg_hash(
-            defunct_hash_message(text=text)
-        )
-    except (BadSignature, ValidationError, ValueError) as exc:
+        signer = recover(eip191_hash(text), r, s, v % 27)
+    except ValueError as exc:
         raise IdentityUpdateRefused(f"an ERC-191 signature does not verify: {exc}") from None
-    return _Signed((ETHEREUM, public_key.to_address().lower()), ETHEREUM, low_s)
+    return _Signed((ETHEREUM, signer), ETHEREUM, low_s)
 
 
 def _verify_installation(public_key: bytes, signature: bytes, text: str) -> _Signed:
