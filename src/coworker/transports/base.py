@@ -4,6 +4,9 @@ A :class:`Network` opens a :class:`Transport` for one wallet. The transport hand
 runtime's ``deliver`` callback, on the runtime's event loop, together with the sender identity that the
 transport itself authenticated (for XMTP: the sender's inbox and the wallets associated with it). The runtime
 trusts nothing else about who sent a message.
+
+A transport also says how the runtime may send through it (:class:`SendPolicy`): whether several messages to one
+peer may go as one batch frame, and the network's write limit, which the runtime's outbox keeps to.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from coworker._errors import ConfigurationError
 from coworker.store.identity import Identity
 
 
@@ -35,8 +39,33 @@ class Incoming:
 Deliver = Callable[[Incoming], None]
 
 
+@dataclass(frozen=True, slots=True)
+class SendPolicy:
+    """How the runtime sends through a transport.
+
+    Args:
+        batch: messages that wait for a send to the same peer go together as one batch frame (off: one message
+            per send, as before batching; a baseline for benchmarks).
+        write_limit: at most this many sends (frames) in any ``write_window`` seconds; more wait and coalesce.
+            None: no limit.
+        write_window: the limit's sliding window, in seconds.
+    """
+
+    batch: bool = True
+    write_limit: int | None = None
+    write_window: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.write_limit is not None and not (isinstance(self.write_limit, int) and self.write_limit > 0):
+            raise ConfigurationError(f"write_limit is a positive number of sends (or None), got {self.write_limit!r}")
+        if not self.write_window > 0:
+            raise ConfigurationError(f"write_window is a positive number of seconds, got {self.write_window!r}")
+
+
 class Transport(abc.ABC):
     """A wallet's connection to a network."""
+
+    send_policy: SendPolicy = SendPolicy()  # batching on, no write limit; a network's transports may say otherwise
 
     @abc.abstractmethod
     async def send(self, recipient: str, data: bytes) -> None:

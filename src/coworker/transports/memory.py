@@ -15,7 +15,7 @@ from pathlib import Path
 
 from coworker._errors import ConfigurationError, PeerUnreachable, TransportError
 from coworker.store.identity import Identity
-from coworker.transports.base import Deliver, Incoming, Network, Sender, Transport
+from coworker.transports.base import Deliver, Incoming, Network, Sender, SendPolicy, Transport
 
 
 @dataclass
@@ -36,6 +36,11 @@ class MemoryNetwork(Network):
         reorder: hold messages to each recipient for ``max(delay, 0.001)`` s and deliver the batch shuffled.
         delay: seconds every message takes.
         seed: seed of the random source for the faults.
+        batch: let the runtime send several messages to one peer as one batch frame (a send to this network
+            completes at once, so batching only happens when a write limit makes messages wait).
+        write_limit: at most this many sends per agent in any ``write_window`` seconds (default: no limit; for
+            tests of the write budget).
+        write_window: the write limit's window, in seconds.
 
     Example::
 
@@ -46,13 +51,15 @@ class MemoryNetwork(Network):
     name = "memory"
 
     def __init__(self, drop: float = 0.0, duplicate: float = 0.0, reorder: bool = False, delay: float = 0.0,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, *, batch: bool = True, write_limit: int | None = None,
+                 write_window: float = 300.0) -> None:
         for label, rate in (("drop", drop), ("duplicate", duplicate)):
             if not 0.0 <= rate <= 1.0:
                 raise ConfigurationError(f"{label} must be between 0 and 1, got {rate}")
         if delay < 0:
             raise ConfigurationError(f"delay must be >= 0 seconds, got {delay}")
         self.drop, self.duplicate, self.reorder, self.delay = drop, duplicate, reorder, delay
+        self.send_policy = SendPolicy(batch, write_limit, write_window)
         self._random = random.Random(seed)
         self._mailboxes: dict[str, _Mailbox] = {}
         self.stats = {"sent": 0, "delivered": 0, "dropped": 0, "duplicated": 0}
@@ -135,6 +142,7 @@ class MemoryNetwork(Network):
 class _MemoryTransport(Transport):
     def __init__(self, network: MemoryNetwork, box: _Mailbox) -> None:
         self._network, self._box, self._closed = network, box, False
+        self.send_policy = network.send_policy
 
     async def send(self, recipient: str, data: bytes) -> None:
         if self._closed:

@@ -41,7 +41,7 @@ from coworker import _paths
 from coworker._errors import ConfigurationError, PeerUnreachable, TransportError
 from coworker.core.protocol import MAX_ENVELOPE_BYTES
 from coworker.store.identity import Identity, write_private
-from coworker.transports.base import Deliver, Incoming, Network, Sender, Transport
+from coworker.transports.base import Deliver, Incoming, Network, Sender, SendPolicy, Transport
 from coworker.transports.xmtp import node
 from coworker.transports.xmtp.node import SetupError
 
@@ -55,6 +55,8 @@ CLOSE_TIMEOUT = 8.0  # the sidecar answers the commands in flight before it exit
 RESTART_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 CURSOR_DELAY = 1.0  # seconds between cursor writes
 _LINE_LIMIT = 16 * 1024 * 1024  # one JSON line carries at most a 1 MB message, escaped
+WRITE_LIMIT = 3000  # XMTP's production network: writes per client in WRITE_WINDOW seconds
+WRITE_WINDOW = 300.0
 
 
 class _SidecarGone(Exception):
@@ -142,13 +144,19 @@ class XmtpNetwork(Network):
         start_devnet: for ``local``, start ``coworker devnet`` in the background if nothing listens on 5556
             (default: yes, unless ``COWORKER_DEVNET_AUTOSTART=0``).
         sync_interval: seconds between two safety syncs of all conversations (0: only at start and after errors).
+        write_limit: at most this many messages sent per agent in any ``write_window`` seconds; more wait, and
+            those for one peer go together (default: XMTP's production limit, 3,000 in 300 s; None: no limit).
+        write_window: the write limit's window, in seconds.
+        batch: messages that wait for a send to the same peer go as one batch frame (False: one message per
+            send; a baseline for benchmarks).
 
     Example::
 
         agent = Agent("bot", network=XmtpNetwork("local"))   # the same as network="local"
     """
 
-    def __init__(self, env: str = "local", *, start_devnet: bool | None = None, sync_interval: float = 30.0) -> None:
+    def __init__(self, env: str = "local", *, start_devnet: bool | None = None, sync_interval: float = 30.0,
+                 write_limit: int | None = WRITE_LIMIT, write_window: float = WRITE_WINDOW, batch: bool = True) -> None:
         if env not in XMTP_NETWORKS:
             raise ConfigurationError(f"unknown XMTP network {env!r}: use one of {', '.join(XMTP_NETWORKS)}")
         if env != "local" and os.environ.get("COWORKER_LOCAL_ONLY") == "1":
@@ -160,6 +168,7 @@ class XmtpNetwork(Network):
             start_devnet = autostart_allowed()
         self.start_devnet = start_devnet
         self.sync_interval = sync_interval
+        self.send_policy = SendPolicy(batch, write_limit, write_window)
 
     def __repr__(self) -> str:
         return f"XmtpNetwork({self.name!r})"
@@ -179,6 +188,7 @@ class XmtpTransport(Transport):
 
     def __init__(self, network: XmtpNetwork, identity: Identity, data_dir: Path, deliver: Deliver) -> None:
         self.network = network
+        self.send_policy = network.send_policy
         self._identity = identity
         self._deliver = deliver
         state = _paths.ensure_private_dir(data_dir / "xmtp")
