@@ -181,8 +181,11 @@ class ControlServer:
 
     async def _status(self, _: dict[str, Any]) -> dict[str, Any]:
         agent = self._agent
+        stats = agent.stats()
+        outbox = stats.pop("outbox", None)
         status: dict[str, Any] = {"name": agent.name, "wallet": agent.wallet, "network": agent.network_name,
-                                  "pid": os.getpid(), "skills": sorted(agent.skills), "rate_limits": agent.stats()}
+                                  "pid": os.getpid(), "skills": sorted(agent.skills), "rate_limits": stats,
+                                  "outbox": outbox}
         transport = agent.transport
         if transport is not None and hasattr(transport, "status"):
             try:

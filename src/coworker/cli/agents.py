@@ -116,7 +116,28 @@ def _status(agent: AsyncAgent) -> dict[str, Any]:
         "skills": published_skills(agent),
         "xmtp": bridge.get("xmtp"),
         "rate_limits": bridge.get("rate_limits"),  # what the running agent dropped, by reason
+        "outbox": bridge.get("outbox"),  # what it sent: frames, messages in them, the write budget used
     }
+
+
+def _writes_line(outbox: object, network: str) -> str | None:
+    """The running agent's write budget and batching, e.g. ``writes:    XMTP writes: 123 of 3000 in the last
+    300 s (412 messages in 123 sends)``; None when it does not say."""
+    if not isinstance(outbox, dict):
+        return None
+    try:
+        frames, payloads = int(outbox["frames_sent"]), int(outbox["payloads_sent"])
+        window = float(outbox["write_window_s"])
+        limit, used = outbox.get("write_limit"), outbox.get("writes_in_window")
+    except (KeyError, TypeError, ValueError):
+        return None
+    sent = f"{payloads} messages in {frames} sends"
+    if limit is None or used is None:
+        return f"writes:    {sent}, no write limit on {shown(network)}"
+    kind = "XMTP writes" if network in ("local", "dev", "production") else "writes"
+    waited = outbox.get("budget_wait_s")
+    waiting = f", {float(waited):.1f} s waited for the budget" if isinstance(waited, (int, float)) and waited else ""
+    return f"writes:    {kind}: {shown(used)} of {shown(limit)} in the last {window:g} s ({sent}{waiting})"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -145,6 +166,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if isinstance(xmtp, dict) and "inboxId" in xmtp:
         print(f"XMTP:      inbox {shown(xmtp['inboxId'])}, installation {shown(xmtp['installationId'])}, "
               f"sidecar pid {shown(xmtp['pid'])}")
+    writes = _writes_line(status["outbox"], status["network"])
+    if writes:
+        print(writes)
     print(f"trust:     {count(status['trusted_peers'], 'trusted peer')}, "
           f"{count(status['pending_trust_requests'], 'pending request')}")
     print(f"calls:     {calls['made']} made{breakdown(calls['made_by_status'])}, "

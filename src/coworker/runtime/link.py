@@ -1,5 +1,8 @@
 """What both sides of the runtime send through: the agent's wallet, store, clock and transport, and the
-encoding of requests, one-way messages and replies (a reply that cannot be sent becomes an error reply)."""
+encoding of requests, one-way messages and replies (a reply that cannot be sent becomes an error reply).
+
+Everything sent goes through the :class:`~coworker.runtime.outbox.Outbox` of the open transport, which batches
+what waits for one peer and keeps to the network's write limit."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Any
 
 from coworker._errors import CoworkerError, LocalProtocolError, TransportError
 from coworker.core import protocol as proto
+from coworker.runtime.outbox import Outbox
 from coworker.runtime.taskset import TaskSet
 from coworker.store.identity import Identity
 from coworker.store.records import Store
@@ -20,15 +24,27 @@ log = logging.getLogger("coworker.runtime")
 
 class Link:
     """One agent's outgoing side. ``transport`` is None while the agent is stopped; ``tasks`` owns every
-    background task the runtime spawns (handlers, acknowledgements, notifications)."""
+    background task the runtime spawns (handlers, acknowledgements, notifications, the outbox's drains).
+    ``outbox`` is the outbox of the transport opened last (kept after it closes, for its figures)."""
 
     def __init__(self, identity: Identity, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.identity = identity
         self.wallet = identity.address
         self.store = store
         self.clock = clock
-        self.transport: Transport | None = None
+        self._transport: Transport | None = None
+        self.outbox: Outbox | None = None
         self.tasks = TaskSet()
+
+    @property
+    def transport(self) -> Transport | None:
+        return self._transport
+
+    @transport.setter
+    def transport(self, transport: Transport | None) -> None:
+        self._transport = transport
+        if transport is not None:
+            self.outbox = Outbox.for_transport(transport, self.tasks)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -42,9 +58,9 @@ class Link:
         return len(data)
 
     async def send_data(self, recipient: str, data: bytes) -> None:
-        if self.transport is None:
+        if self._transport is None or self.outbox is None:
             raise TransportError("agent is not started")
-        await self.transport.send(recipient, data)
+        await self.outbox.send(recipient, data)
 
     async def notify(self, peer: str, kind: str, body: dict[str, Any], corr: str) -> None:
         """Send a one-way message that answers an earlier request ``corr`` (e.g. a later trust grant)."""
