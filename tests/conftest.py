@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from coworker import AsyncAgent, MemoryNetwork, Network, TrustTier
+from coworker.core import batch
 from coworker.devnet import DevnetServer, PortInUseError, running_devnet
 from coworker.store.identity import Identity
 from coworker.transports.base import Incoming, Transport
@@ -187,6 +188,13 @@ class RawClient:
         assert self.transport is not None
         await self.transport.send(recipient, data)
 
+    def deliver(self, incoming: Incoming) -> None:
+        """The transport's callback: an agent may batch what it sends to us, so a frame is queued part by part."""
+        parts = batch.split(incoming.data) if batch.is_frame(incoming.data) else [incoming.data]
+        assert isinstance(parts, list), parts
+        for part in parts:
+            self.inbox.put_nowait(Incoming(incoming.sender, part))
+
     async def receive(self, timeout: float = 10) -> dict[str, Any]:
         import json
 
@@ -202,8 +210,7 @@ async def make_raw(network: Network, tmp_path: Path) -> AsyncIterator[Callable[[
 
     async def make() -> RawClient:
         client = RawClient(Identity.generate())
-        client.transport = await network.open(client.identity, tmp_path / f"raw{len(clients)}",
-                                              client.inbox.put_nowait)
+        client.transport = await network.open(client.identity, tmp_path / f"raw{len(clients)}", client.deliver)
         clients.append(client)
         return client
 

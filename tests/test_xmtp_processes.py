@@ -127,7 +127,7 @@ async def bob(xmtp_node: DevnetServer, tmp_path: Path) -> AsyncIterator[AsyncAge
 @pytest.fixture
 async def raw(xmtp_node: DevnetServer, tmp_path: Path) -> AsyncIterator[RawClient]:
     client = RawClient(Identity.generate())
-    client.transport = await XmtpNetwork("local").open(client.identity, tmp_path / "raw", client.inbox.put_nowait)
+    client.transport = await XmtpNetwork("local").open(client.identity, tmp_path / "raw", client.deliver)
     yield client
     await client.transport.close()
 
