@@ -122,7 +122,8 @@ async def coworker_echo() -> AsyncIterator[Call]:
     with tempfile.TemporaryDirectory(prefix="coworker-bench-") as tmp:
         net = MemoryNetwork()
         # passphrase="": a plain key file, so that COWORKER_PASSPHRASE in the environment does not add scrypt.
-        caller = AsyncAgent("bench-caller", network=net, data_dir=os.path.join(tmp, "caller"), passphrase="")
+        caller = AsyncAgent("bench-caller", network=net, data_dir=os.path.join(tmp, "caller"), passphrase="",
+                            rate_limits=RateLimits(replies=RateLimit(1e6, 1e6)))
         callee = AsyncAgent("bench-callee", network=net, data_dir=os.path.join(tmp, "callee"), passphrase="",
                             rate_limits=RateLimits(known=RateLimit(1e6, 1e6)))
 

@@ -40,6 +40,7 @@ from coworker.core.skills import Skill, SkillFunction, build_skill
 from coworker.core.tasks import LIVE, Progress, RetryPolicy, TaskState
 from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum
+from coworker.runtime.caller import settle_receipt
 from coworker.runtime.collaboration import Collaborations, Planner
 from coworker.runtime.dispatch import Runtime, TrustPolicy
 from coworker.store.identity import KEYSTORE_FILE, Identity
@@ -394,8 +395,10 @@ class AsyncAgent:
             raise ConfigurationError(f"a task id is 32 lower-case hex digits, got {task_id!r}")
         runtime, peer = await self._live(), checksum(wallet)
         cap = max_duration if max_duration is not None else (None if timeout is not None else DEFAULT_REQUEST_CAP)
-        return runtime.submit(peer, skill, input, version=version, timeout=timeout, cap=cap,
-                              on_progress=on_progress, task_id=task_id)
+        task_id = runtime.submit(peer, skill, input, version=version, timeout=timeout, cap=cap,
+                                 on_progress=on_progress, task_id=task_id)
+        await self.store.sync()  # stored (committed) before this returns, with whatever else waits for a commit
+        return task_id
 
     async def wait(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait for one of our tasks to end and return its output, or raise as :meth:`call` does.
@@ -437,6 +440,7 @@ class AsyncAgent:
         task = self._task(task_id)
         if task is None:
             raise ConfigurationError(f"no task {task_id}")
+        settle_receipt(self.store, task, self.wallet)
         return task_dict(task)
 
     def list_tasks(self, state: str | None = None, limit: int = 20, *,
@@ -447,7 +451,10 @@ class AsyncAgent:
             raise ConfigurationError(f"not a task state: {state!r} (use one of {', '.join(TaskState)})")
         if direction not in (None, "in", "out"):
             raise ConfigurationError(f"direction is 'in' or 'out', not {direction!r}")
-        return [task_dict(t) for t in self.store.tasks(direction, state, limit)]
+        tasks = self.store.tasks(direction, state, limit)
+        for task in tasks:
+            settle_receipt(self.store, task, self.wallet)
+        return [task_dict(t) for t in tasks]
 
     async def cancel(self, task_id: str) -> bool:
         """Cancel one of our tasks and tell the peer; False when it had ended already.

@@ -220,6 +220,23 @@ class Receipt:
         return is_address(self.provider) and signed_by(self.canonical(), self.signature, self.provider)
 
 
+def receipt_problem(data: Any, *, task_id: str, skill: str, caller: str, provider: str,
+                    status: str) -> str | None:
+    """Why ``data`` (a receipt as the provider sent it) is not a valid receipt of that task, or None when it is:
+    well formed, signed by ``provider``, and about this task, skill, caller and outcome."""
+    try:
+        receipt = Receipt.from_dict(data)
+    except ValueError as exc:
+        return f"malformed: {exc}"
+    if not receipt.verify(provider):
+        return "the signature is not the provider's"
+    if receipt.task_id != task_id or receipt.skill != skill or not same_wallet(receipt.caller, caller):
+        return "it is about another task, skill or caller"
+    if receipt.status != status:
+        return f"it says {receipt.status!r}, the answer said {status!r}"
+    return None
+
+
 _RECEIPT_TYPES: Final[dict[str, type | tuple[type, ...]]] = {
     "task_id": str, "caller": str, "provider": str, "skill": str, "version": str, "status": str,
     "started_at": (int, float), "duration_ms": (int, float), "input_bytes": int, "output_bytes": int,

@@ -2,8 +2,10 @@
 
 Theory of operation. A ``call.request`` that passed the trust check comes to :meth:`Callee.serve`. Its task key
 is (caller, task id): a key seen before means a repeat (a retry, a duplicate, a poll, a request re-sent after a
-restart), answered from the store and never run again. A new task is validated, stored and committed *before* the
-skill runs, and its outcome is stored and committed (with the receipt) *before* the answer leaves, so a crash at
+restart), answered from the store and never run again; the key is inserted first, so a new task costs no lookup
+(and its request message no replay-id row: the key de-duplicates). A new task is validated, stored and committed
+*before* the skill runs, and its outcome is stored and committed (with the receipt) *before* the answer leaves
+(commits shared with everything else that waits at that turn of the event loop: ``Store.sync``), so a crash at
 any point leads to neither a second run nor a lost answer: on the next start :meth:`Callee.resume` runs again the
 tasks that were running (``ctx.attempt`` tells the skill) and sends their results on their own. A skill that runs
 longer than :data:`ACK_AFTER` gets a ``call.ack``; its progress reports are coalesced by :class:`_Reporter`.
@@ -130,10 +132,6 @@ class Callee:
     async def serve(self, env: proto.Envelope, body: proto.CallRequestBody, peer: str, tier: TrustTier,
                     size: int) -> None:
         task_id = body.task or env.id
-        known = self._link.store.task("in", task_id, peer)
-        if known is not None:  # a repeat (a retry or a poll): answered from the store, never run again
-            await self._link.send_data(env.sender, self._task_answer(env, known))
-            return
         skill = self._skills[body.skill]
         now = self._link.clock()
         task = TaskRecord(task_id, "in", peer, skill.name, TaskState.WORKING, body.input, now,
@@ -141,13 +139,22 @@ class Callee:
         try:
             prepared = self._prepare(task, tier)
         except CoworkerError as exc:
+            known = self._link.store.task("in", task_id, peer)
+            if known is not None:  # a repeat of a task stored before (its skill since changed): as stored
+                await self._link.send_data(env.sender, self._task_answer(env, known))
+                return
             code, path = getattr(exc, "code", "INVALID_INPUT"), getattr(exc, "path", "")
             message = self.reject(env, body, peer, code, str(exc), size, path)
             await self._link.refuse(env, code, message, task=task_id, path=path[:REFUSAL_MESSAGE_CHARS])
             return
-        if not self._link.store.add_task(task):  # lost a race with a copy handled meanwhile (cannot happen on one loop)
+        # Insert first: the task key (caller, task id) is the idempotency key, so a key stored before means a
+        # repeat (a retry, a duplicate, a poll, a request after a restart), answered from the store, never run.
+        if not self._link.store.add_task(task):
+            known = self._link.store.task("in", task_id, peer)
+            if known is not None:
+                await self._link.send_data(env.sender, self._task_answer(env, known))
             return
-        self._link.store.flush()  # the key is durable before the skill runs: a crash now cannot lead to a second run
+        await self._link.store.sync()  # the key is durable before the skill runs: a crash cannot lead to a second run
         await self.execute(task, env, prepared)
 
     def _prepare(self, task: TaskRecord, tier: TrustTier) -> tuple[Skill, dict[str, Any], _Reporter]:
@@ -208,7 +215,10 @@ class Callee:
         except Exception:  # the task's top boundary: a bug here must not leave it working, re-run on every start
             log.exception("task %s (%s for %s) broke while being finished", task.id, task.skill, task.peer)
             data = self._broken(task, request)
-        await self._link.send_data(task.peer, data)  # stored first: the caller may look as soon as it has the answer
+        # The outcome is durable before it leaves: a crash now cannot lead to a second run, and the caller may
+        # look as soon as it has the answer.
+        await self._link.store.sync()
+        await self._link.send_data(task.peer, data)
 
     def _finish(self, task: TaskRecord, request: proto.Envelope | None, output: Any, error: CoworkerError | None,
                 wall: float, duration: float) -> bytes:
@@ -240,7 +250,6 @@ class Callee:
                        "error_path": path or None}
         self._link.store.update_task(task, updated_at=self._link.clock(), duration_ms=duration, receipt=receipt,
                                      response_bytes=len(data), **changes)
-        self._link.store.flush()  # the outcome is durable before it leaves: a crash now cannot lead to a second run
         return data
 
     def _broken(self, task: TaskRecord, request: proto.Envelope | None) -> bytes:
@@ -249,7 +258,6 @@ class Callee:
         if task.state in LIVE:
             self._link.store.update_task(task, state=TaskState.FAILED, updated_at=self._link.clock(),
                                          error_code="SKILL_FAILED", error_message=INTERNAL_FAILURE)
-            self._link.store.flush()
         return self._task_answer(request or self._stub_request(task), task)
 
     def _receipt(self, task: TaskRecord, state: TaskState, wall: float, duration_ms: float,
@@ -295,11 +303,11 @@ class Callee:
             task = TaskRecord(body.task, "in", peer, "", TaskState.CANCELED, {}, now, updated_at=now,
                               last_activity=now, error_code="CANCELED", error_message="canceled by the caller")
             self._link.store.add_task(task)
-            self._link.store.flush()
+            await self._link.store.sync()
         elif task.state in LIVE:
             self._link.store.update_task(task, state=TaskState.CANCELED, updated_at=now, error_code="CANCELED",
                                          error_message="canceled by the caller")
-            self._link.store.flush()
+            await self._link.store.sync()
             if running is not None:
                 running[0].cancel()
             log.info("task %s (%s for %s) canceled by its caller", task.id, task.skill, peer)

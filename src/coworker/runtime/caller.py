@@ -4,9 +4,11 @@ Theory of operation. :meth:`Caller.submit` stores the task and commits it before
 one *driver* coroutine for it (:meth:`Caller._drive`). The driver sends the request, sends it again (a new message,
 the same task id) on the retry schedule until the task ends, and expires it when neither an answer nor progress
 came in time. Answers (``call.result``, ``call.error``, ``call.ack``, ``call.progress``) come through
-:meth:`Caller.on_reply`, only from the wallet the task went to, and only move a live task forward; a result's
-receipt is checked before the task is stored as completed. Everything that changes a live task goes through the
-record its driver holds (in its :class:`_Watch`) and wakes the driver. Drivers are cancelled at once when the agent
+:meth:`Caller.on_reply`, only from the wallet the task went to, and only move a live task forward. A result's
+receipt is stored with the task and checked off the call path (:class:`ReceiptChecks`: in batches, after the
+calls have returned); :func:`settle_receipt` checks one still unchecked at once, so whoever reads
+``receipt_valid`` never sees it unchecked. Everything that changes a live task goes through the record its driver
+holds (in its :class:`_Watch`) and wakes the driver. Drivers are cancelled at once when the agent
 stops and started again, from the store, by :meth:`Caller.resume` on the next start.
 """
 
@@ -33,16 +35,16 @@ from coworker.core.tasks import (
     DEFAULT_CAP_FACTOR,
     LIVE,
     Progress,
-    Receipt,
     RetryPolicy,
     TaskState,
     advance,
     expires_at,
+    receipt_problem,
     state_for_error,
 )
 from coworker.runtime.link import Link
 from coworker.runtime.taskset import TaskSet
-from coworker.store.records import TaskRecord
+from coworker.store.records import Store, TaskRecord
 
 log = logging.getLogger("coworker.runtime")
 
@@ -50,6 +52,7 @@ log = logging.getLogger("coworker.runtime")
 # queue: a peer may send as many reports as it likes, of up to a message's size each.
 WATCH_BUFFER = 1000  # progress reports
 WATCH_BUFFER_BYTES = 4_000_000  # their size as received
+CHECK_GATHER = 0.02  # seconds receipts gather before they are checked together, off the call path
 
 
 class _Reports:
@@ -133,6 +136,7 @@ class _Watch:
     partials: int = 0  # partial results passed on so far
     answered: bool = False  # the peer has said anything about the task
     dropped: int = 0  # progress reports dropped from the backlog and the watchers' queues (over their bounds)
+    first: tuple[proto.Envelope, bytes] | None = None  # the first copy, encoded by submit() (to check its size)
 
     def subscribe(self) -> _Feed:
         """A queue of the task's progress for one watcher, from the reports kept so far; :meth:`unsubscribe` it."""
@@ -155,6 +159,7 @@ class Caller:
         self._watches: dict[str, _Watch] = {}  # our live tasks, by task id
         self._sent: dict[str, str] = {}  # message id of a call.request copy -> its task id
         self._peers: collections.Counter[str] = collections.Counter()  # lower-case wallet -> our live tasks there
+        self._checks = ReceiptChecks(link)
 
     def resume(self) -> None:
         """Drive on the tasks we had sent when the agent last stopped or crashed."""
@@ -183,11 +188,13 @@ class Caller:
         """
         task_id = task_id or proto.new_id()
         body = self._call_body(task_id, skill, input, version)
+        first = proto.request("call.request", body, sender=self._link.wallet, recipient=peer,
+                              now_ms=self._link.now_ms())
         try:
-            size = len(proto.encode(proto.request("call.request", body, sender=self._link.wallet, recipient=peer,
-                                                  now_ms=self._link.now_ms())))
+            data = proto.encode(first)
         except ValueError as exc:
             raise ConfigurationError(f"input cannot be sent as JSON: {exc}") from None
+        size = len(data)
         if size > proto.MAX_ENVELOPE_BYTES:
             raise LocalProtocolError(f"message of {size} bytes exceeds the network limit of "
                                      f"{proto.MAX_ENVELOPE_BYTES} bytes")
@@ -198,8 +205,9 @@ class Caller:
                           updated_at=now, last_activity=now, timeout=timeout, cap=cap, request_bytes=size)
         if not self._link.store.add_task(task):
             raise ConfigurationError(f"a task with id {task_id} exists already")
-        self._link.store.flush()  # durable before the request leaves: after a crash the task is picked up again
-        watch = self._start_driver(task)
+        # durable before the request leaves (the driver awaits the commit first) and before the agent's request()
+        # returns (it awaits the same commit): after a crash the task is picked up again
+        watch = self._start_driver(task, (first, data))
         if on_progress is not None:
             watch.listeners.append(on_progress)
         return task_id
@@ -215,8 +223,8 @@ class Caller:
         """The in-memory state of one of our live tasks (None once it ended or when it is not ours)."""
         return self._watches.get(task_id)
 
-    def _start_driver(self, task: TaskRecord) -> _Watch:
-        watch = self._watches[task.id] = _Watch(task)
+    def _start_driver(self, task: TaskRecord, first: tuple[proto.Envelope, bytes] | None = None) -> _Watch:
+        watch = self._watches[task.id] = _Watch(task, first=first)
         self._peers[task.peer.lower()] += 1
         self._drivers.spawn(self._drive(task, watch), f"coworker-task-{task.id}")
         return watch
@@ -236,6 +244,7 @@ class Caller:
         sending: asyncio.Task[CoworkerError | None] | None = None
         started = 0.0
         try:
+            await self._link.store.sync()  # the task is durable before its request leaves
             while True:
                 watch.changed.clear()  # before looking: a change from here on wakes the wait below
                 if sending is not None and sending.done():
@@ -274,12 +283,16 @@ class Caller:
     async def _send_copy(self, task: TaskRecord, watch: _Watch, body: dict[str, Any]) -> CoworkerError | None:
         """Send one copy of a task's request; why it could not be sent (returned, not raised: the driver may
         have ended and left it to finish on its own)."""
-        env = proto.request("call.request", body, sender=self._link.wallet, recipient=task.peer,
-                            now_ms=self._link.now_ms())
+        if watch.first is not None:
+            (env, data), watch.first = watch.first, None
+        else:
+            env = proto.request("call.request", body, sender=self._link.wallet, recipient=task.peer,
+                                now_ms=self._link.now_ms())
+            data = proto.encode(env)
         self._sent[env.id] = task.id
         watch.sent_ids.append(env.id)
         try:
-            await self._link.send(env)
+            await self._link.send_data(task.peer, data)
         except CoworkerError as exc:
             return exc
         return None
@@ -309,14 +322,15 @@ class Caller:
         if watch.sent_ids:
             self._send_cancel(task)
 
-    def _end(self, task: TaskRecord, watch: _Watch | None, state: TaskState, **changes: Any) -> None:
-        """Move one of our tasks to ``state`` (with ``changes``) and wake its driver; a task that has ended
-        already stays as it is (an answer may arrive while its driver was sending)."""
+    def _end(self, task: TaskRecord, watch: _Watch | None, state: TaskState, **changes: Any) -> bool:
+        """Move one of our tasks to ``state`` (with ``changes``) and wake its driver; False when it had ended
+        already and stays as it is (an answer may arrive while its driver was sending)."""
         if task.state not in LIVE:
-            return
+            return False
         self._link.store.update_task(task, state=state, updated_at=self._link.clock(), **changes)
         if watch is not None:
             watch.changed.set()
+        return True
 
     def _send_cancel(self, task: TaskRecord) -> None:
         async def send() -> None:
@@ -370,13 +384,12 @@ class Caller:
         elif env.type == "call.progress":
             self._progress(task, watch, body, now, size)
         elif env.type == "call.result":
-            receipt, valid = self._check_receipt(task, body.receipt, "completed")
-            self._end(task, watch, TaskState.COMPLETED, output=body.output, duration_ms=body.duration_ms,
-                      response_bytes=size, receipt=receipt, receipt_valid=valid)
-        else:
-            receipt, valid = self._check_receipt(task, body.receipt, "failed")
-            self._end(task, watch, state_for_error(body.code), error_code=body.code, error_message=body.message,
-                      error_path=body.path or None, response_bytes=size, receipt=receipt, receipt_valid=valid)
+            if self._end(task, watch, TaskState.COMPLETED, output=body.output, duration_ms=body.duration_ms,
+                         response_bytes=size, receipt=body.receipt):
+                self._take_receipt(task)
+        elif self._end(task, watch, state_for_error(body.code), error_code=body.code, error_message=body.message,
+                       error_path=body.path or None, response_bytes=size, receipt=body.receipt):
+            self._take_receipt(task)
 
     def _live_record(self, task_id: str) -> TaskRecord | None:
         """One of our live tasks: the driver's record while it runs, else the stored one."""
@@ -409,18 +422,40 @@ class Caller:
                 log.exception("progress callback for task %s failed", task.id)
         watch.changed.set()
 
-    def _check_receipt(self, task: TaskRecord, data: dict[str, Any] | None,
-                       status: str) -> tuple[dict[str, Any] | None, bool | None]:
-        """The receipt as sent and whether it verifies: signed by the peer, about this task, caller and skill."""
-        if data is None:
-            return None, None
-        try:
-            receipt = Receipt.from_dict(data)
-        except ValueError as exc:
-            log.warning("task %s: the receipt from %s is malformed: %s", task.id, task.peer, exc)
-            return data, False
-        valid = (receipt.verify(task.peer) and receipt.task_id == task.id and receipt.skill == task.skill
-                 and receipt.caller.lower() == self._link.wallet.lower() and receipt.status == status)
-        if not valid:
-            log.warning("task %s: the receipt from %s does not verify", task.id, task.peer)
-        return data, valid
+    def _take_receipt(self, task: TaskRecord) -> None:
+        """A task ended with the receipt stored as sent: check it off the call path."""
+        if task.receipt is not None:
+            self._checks.add(task)
+
+
+def settle_receipt(store: Store, task: TaskRecord, wallet: str) -> None:
+    """Check now the receipt of one of our ended tasks that is still unchecked (and store the verdict), so that
+    ``receipt_valid`` is never reported before the receipt was checked."""
+    if (store.closed or task.direction != "out" or task.receipt is None or task.receipt_valid is not None
+            or task.state in LIVE):
+        return
+    problem = receipt_problem(task.receipt, task_id=task.id, skill=task.skill, caller=wallet, provider=task.peer,
+                              status="completed" if task.state == TaskState.COMPLETED else "failed")
+    if problem is not None:
+        log.warning("task %s: the receipt from %s does not verify: %s", task.id, task.peer, problem)
+    store.update_task(task, receipt_valid=problem is None)
+
+
+class ReceiptChecks:
+    """Checks the receipts of our tasks off the call path: the receipts that came in within
+    :data:`CHECK_GATHER` seconds are checked together, on the loop, after the calls they belong to have returned
+    (measured: a worker thread costs more in hand-overs and contention for the interpreter than it saves)."""
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+        self._batch: list[TaskRecord] = []
+
+    def add(self, task: TaskRecord) -> None:
+        self._batch.append(task)
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_later(CHECK_GATHER, self._check)
+
+    def _check(self) -> None:
+        batch, self._batch = self._batch, []
+        for task in batch:
+            settle_receipt(self._link.store, task, self._link.wallet)

@@ -5,7 +5,8 @@ Theory of operation. Every incoming message takes one path (:meth:`Runtime._disp
 1. decode (size, UTF-8 JSON, nesting, envelope schema) - failures are answered when the message names an id;
 2. the body's ``from`` must be one of the addresses the *transport* authenticated, and ``to`` must be us;
 3. freshness (creation time, expiry) - only fresh messages are remembered;
-4. replay defence: a message id seen before is ignored;
+4. replay defence: a message id seen before is ignored (a ``call.request`` is de-duplicated by its task key
+   instead: a repeat is answered from the store);
 5. replies about a task (``call.*``) update that task, and only if they come from the wallet it went to; other
    replies resolve the pending request with that correlation id; requests go through
    :func:`coworker.core.trust.decide`, the single trust choke point, and then to their handler.
@@ -254,7 +255,9 @@ class Runtime:
             else:
                 self._resolve(env, peer, len(incoming.data))
             return
-        if not self.store.remember(env.id, env.exp, now_ms):
+        # A call's task key (caller, task id) de-duplicates it already (a repeat is answered from the store and
+        # never runs again), so a call.request costs no replay-id row.
+        if env.type != "call.request" and not self.store.remember(env.id, env.exp, now_ms):
             log.info("ignored %s %s from %s: already seen", env.type, env.id, env.sender)
             return
         self._touch(peer)

@@ -105,4 +105,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX collaborations_created ON collaborations (created_at);
     """,
+    # 3: indexes for the lookups that scanned: a served task by id (get_result) and task ids by prefix (both
+    # directions' ids, in two partial indexes: each row is in one), and the newest tasks of one direction and
+    # state without a sort; the (direction, state) index is a prefix of the new one
+    """
+    CREATE INDEX tasks_in_id ON tasks (id) WHERE direction = 'in';
+    CREATE INDEX tasks_listing ON tasks (direction, state, created_at);
+    DROP INDEX tasks_state;
+    """,
 )

@@ -9,8 +9,11 @@ Commits are grouped: inside a running event loop a write opens a transaction (if
 one commit ``commit_delay`` seconds later (default 2 ms), so that the writes of every message handled in that
 window share one commit (group commit: a commit costs ~40 us, a row ~5 us). Outside a loop every write commits at
 once; ``flush()`` commits now and ``close()`` commits before closing. A crash can lose at most the last window of
-bookkeeping; code that must not lose a write (e.g. an idempotency key before a skill runs) calls ``flush()``.
-Other processes wait at most one window for the write lock.
+bookkeeping. Code that must not lose a write (a task before its request leaves, the idempotency key before a
+skill runs, an outcome before its answer leaves) awaits :meth:`SQLiteStore.sync`: the commit it waits for runs at
+the next turn of the event loop and is shared by every coroutine that asked for one meanwhile (with 64 calls in
+flight, one commit serves them all instead of three commits each). Other processes wait at most one window for
+the write lock.
 
 Checkpoints (folding the WAL back into the database) run in cycles, every :data:`CHECKPOINT_EVERY` commits. A
 worker thread with its own connection copies the bulk (PASSIVE: it never blocks a writer; on the event loop it
@@ -78,6 +81,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from None
         self._commit_scheduled = False
+        self._sync_waiters: list[asyncio.Future[None]] | None = None  # waiting for the commit of the next turn
         self._closed = False
         self._commits = 0
         self._checkpointer: threading.Thread | None = None
@@ -131,6 +135,38 @@ class SQLiteStore:
         if not self._closed and self._db.in_transaction:
             self._db.execute("COMMIT")
             self._committed()
+
+    async def sync(self) -> None:
+        """Return once everything written so far is committed: by one commit at the next turn of the event loop,
+        shared by everything that awaits this meanwhile (group commit).
+
+        Raises:
+            StoreError: the commit failed (the writes are not durable).
+        """
+        if not self._db.in_transaction:
+            return
+        loop = asyncio.get_running_loop()
+        if self._sync_waiters is None:
+            self._sync_waiters = []
+            loop.call_soon(self._commit_for_waiters)
+        future: asyncio.Future[None] = loop.create_future()
+        self._sync_waiters.append(future)
+        await future
+
+    def _commit_for_waiters(self) -> None:
+        waiters, self._sync_waiters = self._sync_waiters or [], None
+        failure: BaseException | None = None
+        try:
+            self.flush()
+        except sqlite3.Error as exc:
+            failure = StoreError(f"cannot commit to the database {self.path}: {exc}")
+            log.error("%s", failure)
+        for future in waiters:
+            if not future.done():
+                if failure is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(failure)
 
     def _committed(self) -> None:
         """After each commit: one step of the checkpoint cycle (see the module's docstring)."""
@@ -306,10 +342,12 @@ class SQLiteStore:
 
     def add_task(self, task: TaskRecord) -> bool:
         """Insert a task; False (and nothing written) when one with its key exists already."""
-        cur = self._write(
-            f"INSERT OR IGNORE INTO tasks (peer, {', '.join(_TASK_COLUMNS)}) "
-            f"VALUES (?, {', '.join('?' * len(_TASK_COLUMNS))})",
-            (_key(task.peer), *(_task_value(c, getattr(task, _TASK_FIELD.get(c, c))) for c in _TASK_COLUMNS)))
+        cur = self._write(_INSERT_TASK, (
+            _key(task.peer), task.id, task.direction, task.peer, task.skill, task.version, task.state,
+            _json(task.input), _json_or_none(task.output), task.error_code, task.error_message, task.error_path,
+            task.created_at, task.updated_at, task.last_activity, task.timeout, task.cap, task.attempts,
+            task.duration_ms, task.request_bytes, task.response_bytes, _json_or_none(task.receipt),
+            None if task.receipt_valid is None else int(task.receipt_valid)))
         return cur.rowcount == 1
 
     def add_refusal(self, task: TaskRecord) -> bool:
@@ -327,12 +365,13 @@ class SQLiteStore:
     def task(self, direction: str, task_id: str, peer: str | None = None) -> TaskRecord | None:
         """A task by id: ours (``out``) by id alone, a served one (``in``) by its caller and id (or the first
         served one with that id when ``peer`` is None)."""
+        # each direction's id index (partial) finds the few rows with that id
         if direction == "in" and peer is None:
-            row = self._db.execute(f"SELECT {_TASK_SELECT} FROM tasks WHERE direction = 'in' AND id = ? LIMIT 1",
-                                   (task_id,)).fetchone()
+            row = self._db.execute(f"SELECT {_TASK_SELECT} FROM tasks INDEXED BY tasks_in_id "
+                                   f"WHERE direction = 'in' AND id = ? LIMIT 1", (task_id,)).fetchone()
         elif direction == "out":
-            row = self._db.execute(f"SELECT {_TASK_SELECT} FROM tasks WHERE direction = 'out' AND id = ?",
-                                   (task_id,)).fetchone()
+            row = self._db.execute(f"SELECT {_TASK_SELECT} FROM tasks INDEXED BY tasks_out_id "
+                                   f"WHERE direction = 'out' AND id = ?", (task_id,)).fetchone()
         else:
             row = self._db.execute(f"SELECT {_TASK_SELECT} FROM tasks WHERE direction = 'in' AND peer = ? "
                                    f"AND id = ?", (_key(peer or ""), task_id)).fetchone()
@@ -340,43 +379,56 @@ class SQLiteStore:
 
     def update_task(self, task: TaskRecord, **changes: Any) -> None:
         """Change fields of ``task``, in the database and on the object."""
-        unknown = set(changes) - set(_TASK_COLUMNS) - {"receipt_valid"}
-        if unknown:
-            raise ValueError(f"not task fields: {sorted(unknown)}")
+        names = tuple(changes)
+        sql = _UPDATES.get(names)
+        if sql is None:
+            unknown = set(changes) - set(_TASK_COLUMNS) - {"peer", "receipt_valid"}
+            if unknown:
+                raise ValueError(f"not task fields: {sorted(unknown)}")
+            columns = [_TASK_COLUMN.get(name, name) for name in names]
+            sql = _UPDATES[names] = (f"UPDATE tasks SET {', '.join(f'{c} = ?' for c in columns)} "
+                                     f"WHERE direction = ? AND peer = ? AND id = ?")
         for name, value in changes.items():
             setattr(task, name, value)
-        columns = [_TASK_COLUMN.get(name, name) for name in changes]
-        self._write(f"UPDATE tasks SET {', '.join(f'{c} = ?' for c in columns)} "
-                    f"WHERE direction = ? AND peer = ? AND id = ?",
-                    (*(_task_value(c, v) for c, v in zip(columns, changes.values(), strict=True)),
-                     task.direction, _key(task.peer), task.id))
+        self._write(sql, (*(_task_value(_TASK_COLUMN.get(n, n), v) for n, v in changes.items()),
+                          task.direction, _key(task.peer), task.id))
 
     def tasks(self, direction: str | None = None, state: str | None = None, limit: int = 20) -> list[TaskRecord]:
-        """Tasks newest first, optionally of one direction and one state."""
-        where, params = [], []
-        if direction is not None:
-            where.append("direction = ?")
-            params.append(direction)
-        if state is not None:
-            where.append("state = ?")
-            params.append(state)
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
-        rows = self._db.execute(f"SELECT {_TASK_SELECT} FROM tasks {clause}ORDER BY created_at DESC, rowid DESC "
-                                f"LIMIT ?", (*params, limit)).fetchall()
-        return [_task(r) for r in rows]
+        """Tasks newest first, optionally of one direction and one state. Each query walks an index in order and
+        stops after ``limit`` rows; a state of both directions is the newest of each direction's, merged."""
+        if state is not None and direction is None:
+            rows = [row for d in ("in", "out") for row in self._newest(
+                "WHERE direction = ? AND state = ? ", (d, state), limit)]
+            rows.sort(key=lambda row: (row[1], row[0]), reverse=True)  # (created_at, rowid), as each query
+            return [_task(row[2:]) for row in rows[:limit]]
+        if state is not None:  # (direction, state, created_at): the index's order
+            clause, params = "WHERE direction = ? AND state = ? ", (direction, state)
+        elif direction is not None:  # "+": the newest first by created_at, keeping the rows of that direction
+            clause, params = "WHERE +direction = ? ", (direction,)
+        else:
+            clause, params = "", ()
+        return [_task(row[2:]) for row in self._newest(clause, params, limit)]
+
+    def _newest(self, clause: str, params: tuple[Any, ...], limit: int) -> list[tuple[Any, ...]]:
+        """Rows (rowid, created_at, task columns...) newest first."""
+        return self._db.execute(f"SELECT rowid, created_at, {_TASK_SELECT} FROM tasks {clause}"
+                                f"ORDER BY created_at DESC, rowid DESC LIMIT ?", (*params, limit)).fetchall()
 
     def task_ids_starting(self, prefix: str, limit: int = 5) -> tuple[int, list[str]]:
         """How many task ids (ours and served) start with ``prefix``, and the first ``limit`` of them."""
-        where = "FROM tasks WHERE substr(id, 1, ?) = ?"
-        params = (len(prefix), prefix)
-        count = self._db.execute(f"SELECT COUNT(DISTINCT id) {where}", params).fetchone()[0]
-        rows = self._db.execute(f"SELECT DISTINCT id {where} ORDER BY id LIMIT ?", (*params, limit)).fetchall()
+        # a range of each direction's id index rather than substr() over every row: every id that starts with
+        # the prefix sorts between it and the prefix followed by the highest character
+        ids = ("SELECT id FROM tasks INDEXED BY tasks_out_id WHERE direction = 'out' AND id >= ?1 AND id < ?2 "
+               "UNION SELECT id FROM tasks INDEXED BY tasks_in_id WHERE direction = 'in' AND id >= ?1 AND id < ?2")
+        params = (prefix, prefix + "\U0010ffff")
+        count = self._db.execute(f"SELECT COUNT(*) FROM ({ids})", params).fetchone()[0]
+        rows = self._db.execute(f"{ids} ORDER BY id LIMIT ?3", (*params, limit)).fetchall()
         return int(count), [str(r[0]) for r in rows]
 
     def live_tasks(self, direction: str) -> list[TaskRecord]:
         """Tasks of one direction that have not ended, oldest first."""
         rows = self._db.execute(f"SELECT {_TASK_SELECT} FROM tasks WHERE direction = ? AND state IN "
-                                f"('submitted', 'working', 'input_required') ORDER BY created_at",
+                                f"('submitted', 'working', 'input_required') ORDER BY +created_at",
                                 (direction,)).fetchall()
         return [_task(r) for r in rows]
 
@@ -430,11 +482,22 @@ _TASK_FIELD = {"address": "peer"}
 _TASK_COLUMN = {"peer": "address"}
 _JSON_COLUMNS = frozenset({"input", "output", "receipt"})
 _TASK_SELECT = ", ".join(_TASK_COLUMNS)
+_INSERT_TASK = (f"INSERT OR IGNORE INTO tasks (peer, {', '.join(_TASK_COLUMNS)}) "
+                f"VALUES (?, {', '.join('?' * len(_TASK_COLUMNS))})")
+_UPDATES: dict[tuple[str, ...], str] = {}  # the UPDATE statement of each set of changed fields, made once
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 def _task_value(column: str, value: Any) -> Any:
     if column in _JSON_COLUMNS:
-        return None if value is None and column != "input" else json.dumps(value, separators=(",", ":"))
+        return None if value is None and column != "input" else _json(value)
     if column == "receipt_valid":
         return None if value is None else int(bool(value))
     return value
