@@ -62,6 +62,7 @@ class FaultyTransport(Transport):
 
     def __init__(self, network: FaultyNetwork, inner: Transport) -> None:
         self.network, self.inner = network, inner
+        self.send_policy = inner.send_policy  # batching and the write limit as the real network's
         self._held: list[tuple[str, bytes]] = []
 
     async def send(self, recipient: str, data: bytes) -> None:
