@@ -43,6 +43,7 @@ from coworker.core.wallets import checksum
 from coworker.runtime.caller import settle_receipt
 from coworker.runtime.collaboration import Collaborations, Planner
 from coworker.runtime.dispatch import Runtime, TrustPolicy
+from coworker.runtime.outbox import Outbox
 from coworker.store.identity import KEYSTORE_FILE, Identity
 from coworker.store.records import CallRecord, PeerRecord, TaskRecord, TrustRequest
 from coworker.store.sqlite import SQLiteStore
@@ -107,6 +108,7 @@ class AsyncAgent:
             raise ConfigurationError(f"rate_limits is a RateLimits, got {type(rate_limits).__name__}")
         self._limiter = RateLimiter(rate_limits or RateLimits())
         self._runtime: Runtime | None = None
+        self._outbox: Outbox | None = None  # the latest run's, kept for stats() after a stop
         self._lock = AgentLock(self.data_dir / LOCK_FILE)
         self._start_lock: asyncio.Lock | None = None
         self._stopped: asyncio.Event | None = None
@@ -217,6 +219,7 @@ class AsyncAgent:
                 self._lock.release()
                 raise
             self._runtime, self._control = runtime, control
+            self._outbox = runtime._link.outbox  # Runtime has no public accessor for its link (yet)
             self._stopped = asyncio.Event()
             self.store.set_setting("network", network.name)
             self._publish_skills()
@@ -661,9 +664,14 @@ class AsyncAgent:
         return self.store.peers()
 
     def stats(self) -> dict[str, Any]:
-        """What the rate limits dropped since the agent was created: ``{"dropped": {"too_large": n,
-        "over_budget": n, "strangers": n}, "tracked_peers": n}`` (see :class:`RateLimits`)."""
-        return self._limiter.stats()
+        """What the rate limits dropped since the agent was created, and what it sent on its latest run:
+        ``{"dropped": {"too_large": n, "over_budget": n, "strangers": n}, "tracked_peers": n, "outbox": {...}}``
+        (see :class:`RateLimits`). ``outbox`` (None before the first start): ``frames_sent`` (messages on the
+        wire), ``payloads_sent`` (protocol messages in them), ``payloads_per_frame``, ``frames_failed``,
+        ``queued``, the write budget (``write_limit``, ``write_window_s``, ``writes_in_window``; limit and use
+        None without a limit), ``budget_waits`` and ``budget_wait_s`` (time frames waited for the budget), and
+        ``batch`` (whether batching is on)."""
+        return {**self._limiter.stats(), "outbox": self._outbox.stats() if self._outbox is not None else None}
 
     def calls(self, limit: int = 50) -> list[CallRecord]:
         """The latest calls made and served, newest first."""
