@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from coworker._errors import CallTimeout, RemoteProtocolError, TransportError
+from coworker.core import batch
 from coworker.core import protocol as proto
 from coworker.core.limits import RateLimiter
 from coworker.core.plans import check_proposal
@@ -195,17 +196,27 @@ class Runtime:
         if self._early is not None:
             self._early.append(incoming)
             return
+        # A batch frame (several messages to us in one, coworker.core.batch) is split first; each part then takes
+        # the path of a message that came alone, with the same authenticated sender, and is charged as one message.
+        # A frame that cannot be split is charged as one message and dropped (logged, like an undecodable one).
+        parts: list[bytes] | str = batch.split(incoming.data) if batch.is_frame(incoming.data) else [incoming.data]
+        refusal = parts if isinstance(parts, str) else None
         # The rate limit, as early as possible: before a task is spawned, before the bytes are decoded.
         sender = incoming.sender
         addresses = sender.addresses
         replies = any(a in self._awaiting or self._caller.awaits(a) for a in addresses)
         tier = max((self.store.trust_tier(a) for a in addresses), default=TrustTier.UNTRUSTED)
-        drop = self.limiter.admit(sender.inbox_id, tier, len(incoming.data), self.clock(), replies=replies)
-        if drop is not None:
-            if drop.say:
-                self._say_dropped(addresses, tier, drop.reason)
-            return
-        self._link.tasks.spawn(self._handle(incoming, tier if replies else None), "coworker-message")
+        for data in [incoming.data] if isinstance(parts, str) else parts:
+            drop = self.limiter.admit(sender.inbox_id, tier, len(data), self.clock(), replies=replies)
+            if drop is not None:
+                if drop.say:
+                    self._say_dropped(addresses, tier, drop.reason)
+                continue
+            if refusal is not None:
+                log.warning("refused a batch frame from %s: %s", sorted(addresses), refusal)
+                continue
+            part = incoming if data is incoming.data else Incoming(sender, data)
+            self._link.tasks.spawn(self._handle(part, tier if replies else None), "coworker-message")
 
     async def _handle(self, incoming: Incoming, replies_from: TrustTier | None = None) -> None:
         try:
