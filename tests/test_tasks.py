@@ -15,6 +15,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 import coworker
+import coworker.runtime.callee
 import coworker.transports.base
 from coworker import AsyncAgent, CallContext, MemoryNetwork, Progress, Receipt, RetryPolicy, TaskState, TrustTier
 from coworker.core.tasks import TERMINAL, TRANSITIONS, advance, expires_at, state_for_error
@@ -463,9 +464,9 @@ async def test_an_answer_that_arrives_while_the_request_is_still_being_sent_ends
 
 
 class _LateAnswerNetwork(coworker.Network):
-    """A memory network on which the callee's answer leaves only once the caller is sending a second copy of its
-    request, and that copy's send lasts until the test releases it: the answer arrives while a copy that nobody
-    needs any more is still being sent (as on a loaded XMTP sidecar, where a send waits seconds in its queue)."""
+    """A memory network on which the caller's second copy of its request is sent only when the test releases it:
+    the callee's answer (its skill waits for that copy to be under way) arrives while a copy that nobody needs any
+    more is still being sent (as on a loaded XMTP sidecar, where a send waits seconds in its queue)."""
 
     name = "late-answer"
 
@@ -482,9 +483,7 @@ class _LateAnswerNetwork(coworker.Network):
 
         class Transport(coworker.transports.base.Transport):
             async def send(self, recipient: str, data: bytes) -> None:
-                if b'"call.result"' in data:
-                    await network.second_copy_sending.wait()
-                elif b'"call.request"' in data:
+                if b'"call.request"' in data:
                     network.copies += 1
                     if network.copies == 2:
                         await network._send_second_copy()
@@ -508,9 +507,18 @@ class _LateAnswerNetwork(coworker.Network):
 
 
 async def test_an_answer_that_arrives_while_a_later_copy_is_being_sent_ends_the_call_and_the_copy_still_goes(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The callee acknowledges at once, so the caller, having heard from it, sends its next copy on the retry
+    # schedule (a peer that said nothing since the last copy would be probed instead: see test_retry_storms).
+    monkeypatch.setattr(coworker.runtime.callee, "ACK_AFTER", 0.0)
     net = _LateAnswerNetwork()
-    alice, bob = await echo_agents(net, tmp_path)
+    alice, bob = await agents(net, tmp_path)
+
+    @alice.skill()
+    async def echo(text: str) -> str:
+        await net.second_copy_sending.wait()
+        return text
+
     async with alice, bob:
         task_id = await bob.request(alice.wallet, "echo", {"text": "quick"})
         # The call ends with its answer, not once the copy nobody needs has been sent (it never is, here).

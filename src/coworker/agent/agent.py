@@ -40,10 +40,10 @@ from coworker.core.skills import Skill, SkillFunction, build_skill
 from coworker.core.tasks import LIVE, Progress, RetryPolicy, TaskState
 from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum
-from coworker.runtime.caller import settle_receipt
 from coworker.runtime.collaboration import Collaborations, Planner
 from coworker.runtime.dispatch import Runtime, TrustPolicy
 from coworker.runtime.outbox import Outbox
+from coworker.runtime.receipts import settle_receipt
 from coworker.store.identity import KEYSTORE_FILE, Identity
 from coworker.store.records import CallRecord, PeerRecord, TaskRecord, TrustRequest
 from coworker.store.sqlite import SQLiteStore

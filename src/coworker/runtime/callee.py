@@ -135,7 +135,8 @@ class Callee:
         skill = self._skills[body.skill]
         now = self._link.clock()
         task = TaskRecord(task_id, "in", peer, skill.name, TaskState.WORKING, body.input, now,
-                          version=skill.version, updated_at=now, last_activity=now, attempts=1, request_bytes=size)
+                          version=skill.version, updated_at=now, last_activity=now, attempts=1, request_bytes=size,
+                          request_id=env.id)
         try:
             prepared = self._prepare(task, tier)
         except CoworkerError as exc:
@@ -151,7 +152,9 @@ class Callee:
         # repeat (a retry, a duplicate, a poll, a request after a restart), answered from the store, never run.
         if not self._link.store.add_task(task):
             known = self._link.store.task("in", task_id, peer)
-            if known is not None:
+            if known is not None and known.request_id == env.id:
+                log.info("ignored call.request %s from %s: already seen", env.id, peer)  # the same message again
+            elif known is not None:
                 await self._link.send_data(env.sender, self._task_answer(env, known))
             return
         await self._link.store.sync()  # the key is durable before the skill runs: a crash cannot lead to a second run

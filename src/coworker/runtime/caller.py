@@ -10,6 +10,16 @@ calls have returned); :func:`settle_receipt` checks one still unchecked at once,
 ``receipt_valid`` never sees it unchecked. Everything that changes a live task goes through the record its driver
 holds (in its :class:`_Watch`) and wakes the driver. Drivers are cancelled at once when the agent
 stops and started again, from the store, by :meth:`Caller.resume` on the next start.
+
+Re-sends go through the peer's :class:`_Line`, so that a peer that is away draws no storm. A copy is sent again
+only if the peer has said something since that copy left (it is there: the copy, or its answer, was lost, or the
+task runs long and this is a poll); if it has not, the peer is presumed away: its drivers stop sending and one
+probe (a ``ping``) goes to it at a time, on the retry schedule with jitter, until it answers anything. Then the
+drivers go on, their re-sends paced by the line's window (:data:`RESEND_WINDOW` re-sent copies waiting for an
+answer at once: the pace at which the peer answers), oldest waiting first. Both
+networks CoWorker runs on keep messages for a peer that is away (XMTP, the memory network), so the first copies
+reach it when it returns: re-sends only make up for what was lost. Every retry gap carries jitter, so that tasks
+sent together do not come due together.
 """
 
 from __future__ import annotations
@@ -18,7 +28,9 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+import math
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,85 +51,48 @@ from coworker.core.tasks import (
     TaskState,
     advance,
     expires_at,
-    receipt_problem,
     state_for_error,
 )
 from coworker.runtime.link import Link
+from coworker.runtime.progress import WATCH_BUFFER, WATCH_BUFFER_BYTES, Feed, Reports
+from coworker.runtime.receipts import ReceiptChecks
 from coworker.runtime.taskset import TaskSet
-from coworker.store.records import Store, TaskRecord
+from coworker.store.records import TaskRecord
 
 log = logging.getLogger("coworker.runtime")
 
-# What one task's progress may hold in memory, in its backlog (for a late watcher) and again in each watcher's
-# queue: a peer may send as many reports as it likes, of up to a message's size each.
-WATCH_BUFFER = 1000  # progress reports
-WATCH_BUFFER_BYTES = 4_000_000  # their size as received
-CHECK_GATHER = 0.02  # seconds receipts gather before they are checked together, off the call path
+RESEND_WINDOW = 64  # re-sent copies to one peer that may wait for an answer at once (each answer frees one)
+JITTER = 0.25  # every retry gap is drawn between (1 - JITTER) and (1 + JITTER) times its length
 
 
-class _Reports:
-    """Progress reports, oldest first, bounded by :data:`WATCH_BUFFER` and :data:`WATCH_BUFFER_BYTES` (each
-    counted at the size of the message that brought it): past either bound the oldest go, and are counted."""
+def jittered(seconds: float) -> float:
+    return seconds * random.uniform(1 - JITTER, 1 + JITTER)
+
+
+class _Line:
+    """One peer as our drivers see it: when it last said anything, whether it is presumed away (and the probe
+    that looks for it), and its window of re-sends: at most :data:`RESEND_WINDOW` re-sent copies wait for an
+    answer at once, so that re-sends go at the pace the peer answers them, oldest waiting first."""
 
     def __init__(self) -> None:
-        self._items: collections.deque[tuple[Progress, int]] = collections.deque()
-        self.bytes = 0
-        self.dropped = 0
+        self.tasks = 0  # our live tasks there
+        self.heard = -math.inf  # loop time the peer last said anything to us
+        self.away = False
+        self.back = asyncio.Event()  # wakes the prober
+        self.prober: asyncio.Task[None] | None = None
+        self.parked: set[_Watch] = set()  # drivers waiting for the peer to come back
+        self.queue: collections.deque[_Watch] = collections.deque()  # drivers waiting for a place in the window
+        self.outstanding: set[_Watch] = set()  # drivers whose re-sent copy waits for an answer
 
-    def __iter__(self) -> Iterator[Progress]:
-        return (event for event, _ in self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def add(self, event: Progress, size: int) -> int:
-        """Keep ``event``; how many older reports went to make room (the newest one always stays)."""
-        self._items.append((event, size))
-        self.bytes += size
-        dropped = 0
-        while len(self._items) > 1 and (len(self._items) > WATCH_BUFFER or self.bytes > WATCH_BUFFER_BYTES):
-            self.bytes -= self._items.popleft()[1]
-            dropped += 1
-        self.dropped += dropped
-        return dropped
-
-    def take(self) -> Progress:
-        event, size = self._items.popleft()
-        self.bytes -= size
-        return event
-
-    def copy(self) -> _Reports:
-        other = _Reports()
-        other._items.extend(self._items)
-        other.bytes = self.bytes
-        return other
-
-
-class _Feed:
-    """One watcher's queue: the reports it has not taken yet (bounded as a backlog is), then the end."""
-
-    def __init__(self, backlog: _Reports, ended: bool) -> None:
-        self.reports = backlog.copy()
-        self.ended = ended
-        self._ready = asyncio.Event()
-
-    def put(self, event: Progress, size: int) -> int:
-        dropped = self.reports.add(event, size)
-        self._ready.set()
-        return dropped
-
-    def end(self) -> None:
-        self.ended = True
-        self._ready.set()
-
-    async def get(self) -> Progress | None:
-        """The next report, or None once the task has ended and every report kept has been taken."""
-        while not self.reports:
-            if self.ended:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-        return self.reports.take()
+    def release(self, watch: _Watch) -> None:
+        """``watch``'s re-sent copy was answered (or its task ended, or its gap passed): the next in line goes."""
+        if watch in self.outstanding:
+            self.outstanding.discard(watch)
+            while self.queue:
+                nxt = self.queue.popleft()
+                if nxt.task.state in LIVE:
+                    nxt.changed.set()
+                    break
 
 
 @dataclass(eq=False)
@@ -129,8 +104,8 @@ class _Watch:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     listeners: list[Callable[[Progress], None]] = field(default_factory=list)
-    backlog: _Reports = field(default_factory=_Reports)
-    feeds: list[_Feed] = field(default_factory=list)
+    backlog: Reports = field(default_factory=Reports)
+    feeds: list[Feed] = field(default_factory=list)
     sent_ids: list[str] = field(default_factory=list)
     seq: int = 0  # the last progress message taken
     partials: int = 0  # partial results passed on so far
@@ -138,13 +113,13 @@ class _Watch:
     dropped: int = 0  # progress reports dropped from the backlog and the watchers' queues (over their bounds)
     first: tuple[proto.Envelope, bytes] | None = None  # the first copy, encoded by submit() (to check its size)
 
-    def subscribe(self) -> _Feed:
+    def subscribe(self) -> Feed:
         """A queue of the task's progress for one watcher, from the reports kept so far; :meth:`unsubscribe` it."""
-        feed = _Feed(self.backlog, self.done.is_set())
+        feed = Feed(self.backlog, self.done.is_set())
         self.feeds.append(feed)
         return feed
 
-    def unsubscribe(self, feed: _Feed) -> None:
+    def unsubscribe(self, feed: Feed) -> None:
         with contextlib.suppress(ValueError):
             self.feeds.remove(feed)
 
@@ -158,7 +133,8 @@ class Caller:
         self._drivers = TaskSet()  # one per live task: cancelled at once on close, resumed on start
         self._watches: dict[str, _Watch] = {}  # our live tasks, by task id
         self._sent: dict[str, str] = {}  # message id of a call.request copy -> its task id
-        self._peers: collections.Counter[str] = collections.Counter()  # lower-case wallet -> our live tasks there
+        self._lines: dict[str, _Line] = {}  # lower-case wallet -> the peer as our drivers see it
+        self._probes: set[str] = set()  # message ids of our probes (their pongs are expected)
         self._checks = ReceiptChecks(link)
 
     def resume(self) -> None:
@@ -171,11 +147,34 @@ class Caller:
         await self._drivers.close(0)
         self._watches.clear()
         self._sent.clear()
-        self._peers.clear()
+        self._lines.clear()
+        self._probes.clear()
 
     def awaits(self, wallet: str) -> bool:
         """Whether one of our live tasks went to ``wallet`` (lower-case)."""
-        return wallet in self._peers
+        line = self._lines.get(wallet)
+        return line is not None and line.tasks > 0
+
+    def heard(self, wallet: str) -> None:
+        """``wallet`` (as authenticated) said something to us: it is there; drivers waiting for it go on."""
+        line = self._lines.get(wallet.lower())
+        if line is None:
+            return
+        line.heard = asyncio.get_running_loop().time()
+        if line.away:
+            line.away = False
+            line.back.set()
+            log.info("%s answers again: %d task(s) go on", wallet, len(line.parked))
+            for watch in line.parked:
+                watch.changed.set()
+
+    def took_probe_reply(self, corr: str) -> bool:
+        """Whether a reply answers one of our probes (it was expected; :meth:`heard` has counted it)."""
+        return corr in self._probes
+
+    def away(self) -> dict[str, int]:
+        """Peers presumed away, with our live tasks there."""
+        return {wallet: line.tasks for wallet, line in self._lines.items() if line.away}
 
     def submit(self, peer: str, skill: str, input: dict[str, Any], *, version: str | None = None,
                timeout: float | None = None, cap: float | None = None, task_id: str | None = None,
@@ -225,22 +224,27 @@ class Caller:
 
     def _start_driver(self, task: TaskRecord, first: tuple[proto.Envelope, bytes] | None = None) -> _Watch:
         watch = self._watches[task.id] = _Watch(task, first=first)
-        self._peers[task.peer.lower()] += 1
-        self._drivers.spawn(self._drive(task, watch), f"coworker-task-{task.id}")
+        line = self._lines.get(task.peer.lower())
+        if line is None:
+            line = self._lines[task.peer.lower()] = _Line()
+        line.tasks += 1
+        self._drivers.spawn(self._drive(task, watch, line), f"coworker-task-{task.id}")
         return watch
 
-    async def _drive(self, task: TaskRecord, watch: _Watch) -> None:
+    async def _drive(self, task: TaskRecord, watch: _Watch, line: _Line) -> None:
         """Deliver one of our tasks: send the request, send it again until the task ends, expire it.
 
         One copy at a time: the next copy goes only once the previous one's send has returned, and no sooner than
-        that send took (:meth:`RetryPolicy.delay`). A copy's send is waited for while the transport recovers (a
-        sidecar restarting), never past the task's expiry, where it is cancelled. When the task ends while a copy
-        is being sent, the driver ends at once, so that whoever waits for the task has its answer, and leaves that
-        send to finish: it may be in the transport's hands already (XMTP's sidecar sends what it has been given
-        whether or not anyone waits), so cutting it short would gain nothing. Close cancels it with the driver."""
+        that send took (:meth:`RetryPolicy.delay`, with jitter). A copy is sent again only through the peer's
+        line (see the module's docstring): not while the peer is presumed away, and within its re-send budget.
+        A copy's send is waited for while the transport recovers (a sidecar restarting), never past the task's
+        expiry, where it is cancelled. When the task ends while a copy is being sent, the driver ends at once, so
+        that whoever waits for the task has its answer, and leaves that send to finish: it may be in the
+        transport's hands already (XMTP's sidecar sends what it has been given whether or not anyone waits), so
+        cutting it short would gain nothing. Close cancels it with the driver."""
         body = self._call_body(task.id, task.skill, task.input, task.version)
         loop = asyncio.get_running_loop()
-        copies, next_send = 0, loop.time()
+        copies, next_send, sent_at = 0, loop.time(), 0.0
         sending: asyncio.Task[CoworkerError | None] | None = None
         started = 0.0
         try:
@@ -249,14 +253,15 @@ class Caller:
                 watch.changed.clear()  # before looking: a change from here on wakes the wait below
                 if sending is not None and sending.done():
                     error = TransportError("cancelled") if sending.cancelled() else sending.result()
-                    took, sending = loop.time() - started, None
+                    sent_at = loop.time()
+                    took, sending = sent_at - started, None
                     if isinstance(error, PeerUnreachable | LocalProtocolError):
                         code = "PEER_UNREACHABLE" if isinstance(error, PeerUnreachable) else "PROTOCOL_ERROR"
                         self._end(task, watch, TaskState.REJECTED, error_code=code, error_message=str(error))
                     elif error is not None:
                         log.info("could not send task %s to %s (will try again): %s", task.id, task.peer, error)
                     copies += 1
-                    next_send = loop.time() + self._retry.delay(copies, took)
+                    next_send = sent_at + jittered(self._retry.delay(copies, took))
                 if task.state not in LIVE:
                     break  # a copy still being sent goes on by itself (see above)
                 now = loop.time()
@@ -266,11 +271,14 @@ class Caller:
                         sending.cancel()
                     self._expire(task, watch)
                     break
+                held = False
                 if sending is None and now >= next_send:
-                    started = now
-                    sending = self._drivers.spawn(self._send_copy(task, watch, body), f"coworker-copy-{task.id}")
-                    sending.add_done_callback(lambda _: watch.changed.set())
-                wait = None if sending is not None else next_send - loop.time()
+                    held = copies > 0 and self._hold(task, watch, line, sent_at)
+                    if not held:
+                        started = now
+                        sending = self._drivers.spawn(self._send_copy(task, watch, body), f"coworker-copy-{task.id}")
+                        sending.add_done_callback(lambda _: watch.changed.set())
+                wait = None if sending is not None or held else next_send - loop.time()
                 if ends is not None:
                     wait = ends - self._link.clock() if wait is None else min(wait, ends - self._link.clock())
                 if wait is None or wait > 0:
@@ -278,7 +286,51 @@ class Caller:
                         async with asyncio.timeout(wait):
                             await watch.changed.wait()
         finally:
+            line.parked.discard(watch)
+            line.release(watch)
             self._forget(task.id, watch)
+
+    def _hold(self, task: TaskRecord, watch: _Watch, line: _Line, sent_at: float) -> bool:
+        """Whether a due re-send of ``task`` must wait (for the peer to come back, or for a place in its
+        window); False: send it now (its place taken)."""
+        line.release(watch)  # its previous re-send, if any, had its time
+        if line.away or line.heard < sent_at:  # not a word from the peer since our last copy: presumed away
+            if not line.away:
+                self._presume_away(task.peer, line)
+            line.parked.add(watch)
+            return True
+        line.parked.discard(watch)
+        if len(line.outstanding) >= RESEND_WINDOW:
+            if watch not in line.queue:
+                line.queue.append(watch)
+            return True
+        line.outstanding.add(watch)
+        return False
+
+    def _presume_away(self, peer: str, line: _Line) -> None:
+        line.away = True
+        line.back.clear()
+        log.info("%s has not answered since our last request: presumed away; probing it instead of sending "
+                 "again each of our %d task(s) there", peer, line.tasks)
+        if line.prober is None or line.prober.done():
+            line.prober = self._drivers.spawn(self._probe(peer, line), f"coworker-probe-{peer}")
+
+    async def _probe(self, peer: str, line: _Line) -> None:
+        """Send the peer one ``ping`` at a time, on the retry schedule with jitter, until it says anything (its
+        pong, or any other message) or none of our tasks there is live any more."""
+        sent = 0
+        while line.away and line.tasks > 0:
+            env = proto.request("ping", {}, sender=self._link.wallet, recipient=peer, now_ms=self._link.now_ms())
+            self._probes.add(env.id)
+            try:
+                await self._link.send(env)
+            except CoworkerError as exc:
+                log.info("could not probe %s: %s", peer, exc)
+            sent += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(jittered(self._retry.delay(sent))):
+                    await line.back.wait()
+            self._probes.discard(env.id)
 
     async def _send_copy(self, task: TaskRecord, watch: _Watch, body: dict[str, Any]) -> CoworkerError | None:
         """Send one copy of a task's request; why it could not be sent (returned, not raised: the driver may
@@ -301,9 +353,12 @@ class Caller:
         if self._watches.get(task_id) is watch:
             del self._watches[task_id]
             key = watch.task.peer.lower()
-            self._peers[key] -= 1
-            if self._peers[key] <= 0:
-                del self._peers[key]
+            line = self._lines.get(key)
+            if line is not None:
+                line.tasks -= 1
+                if line.tasks <= 0:
+                    del self._lines[key]
+                    line.back.set()  # ends its prober
         for mid in watch.sent_ids:
             self._sent.pop(mid, None)
         for feed in watch.feeds:
@@ -376,6 +431,9 @@ class Caller:
         watch = self._watches.get(task.id)
         if watch is not None:
             watch.answered = True
+            line = self._lines.get(peer.lower())
+            if line is not None:
+                line.release(watch)
         now = self._link.clock()
         if env.type == "call.ack":
             new = advance(TaskState(task.state), "need_input" if body.state == "input_required" else "accept")
@@ -426,36 +484,3 @@ class Caller:
         """A task ended with the receipt stored as sent: check it off the call path."""
         if task.receipt is not None:
             self._checks.add(task)
-
-
-def settle_receipt(store: Store, task: TaskRecord, wallet: str) -> None:
-    """Check now the receipt of one of our ended tasks that is still unchecked (and store the verdict), so that
-    ``receipt_valid`` is never reported before the receipt was checked."""
-    if (store.closed or task.direction != "out" or task.receipt is None or task.receipt_valid is not None
-            or task.state in LIVE):
-        return
-    problem = receipt_problem(task.receipt, task_id=task.id, skill=task.skill, caller=wallet, provider=task.peer,
-                              status="completed" if task.state == TaskState.COMPLETED else "failed")
-    if problem is not None:
-        log.warning("task %s: the receipt from %s does not verify: %s", task.id, task.peer, problem)
-    store.update_task(task, receipt_valid=problem is None)
-
-
-class ReceiptChecks:
-    """Checks the receipts of our tasks off the call path: the receipts that came in within
-    :data:`CHECK_GATHER` seconds are checked together, on the loop, after the calls they belong to have returned
-    (measured: a worker thread costs more in hand-overs and contention for the interpreter than it saves)."""
-
-    def __init__(self, link: Link) -> None:
-        self._link = link
-        self._batch: list[TaskRecord] = []
-
-    def add(self, task: TaskRecord) -> None:
-        self._batch.append(task)
-        if len(self._batch) == 1:
-            asyncio.get_running_loop().call_later(CHECK_GATHER, self._check)
-
-    def _check(self) -> None:
-        batch, self._batch = self._batch, []
-        for task in batch:
-            settle_receipt(self._link.store, task, self._link.wallet)

@@ -257,6 +257,7 @@ class Runtime:
                 await self._link.refuse(env, "EXPIRED", stale)
             return
         peer = checksum(env.sender)
+        self._caller.heard(peer)  # it is there: drivers waiting for it go on (see runtime.caller)
         if env.is_reply:
             # Not remembered: a reply counts only while its request waits for it, and only once (_resolve), or
             # moves a task only forward (_task_reply), so a replayed reply changes nothing.
@@ -311,6 +312,8 @@ class Runtime:
     def _resolve(self, env: proto.Envelope, peer: str, size: int) -> None:
         pending = self._pending.get(env.corr)
         if pending is None:
+            if self._caller.took_probe_reply(env.corr):
+                return  # the pong to a probe of ours: that the peer answered is all it says
             if env.type in ("trust.grant", "trust.deny"):
                 try:
                     body = proto.parse_body(env)

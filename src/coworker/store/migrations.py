@@ -107,8 +107,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 3: indexes for the lookups that scanned: a served task by id (get_result) and task ids by prefix (both
     # directions' ids, in two partial indexes: each row is in one), and the newest tasks of one direction and
-    # state without a sort; the (direction, state) index is a prefix of the new one
+    # state without a sort; the (direction, state) index is a prefix of the new one. A served task keeps the id of
+    # the message that brought it: that message delivered again is a duplicate, dropped (the task key
+    # de-duplicates calls, so a call.request keeps no row of its own in the replay defence's table)
     """
+    ALTER TABLE tasks ADD COLUMN request_id TEXT;
     CREATE INDEX tasks_in_id ON tasks (id) WHERE direction = 'in';
     CREATE INDEX tasks_listing ON tasks (direction, state, created_at);
     DROP INDEX tasks_state;

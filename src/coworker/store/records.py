@@ -62,6 +62,7 @@ class TaskRecord:
     response_bytes: int = 0
     receipt: dict[str, Any] | None = None
     receipt_valid: bool | None = None
+    request_id: str | None = None  # served tasks: the message id of the request that brought it
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,9 @@
 """The agent's state in SQLite: :class:`SQLiteStore` implements :class:`~coworker.store.records.Store`. All SQL
 lives here and in :mod:`coworker.store.migrations`.
 
+One piece: every statement on the agent's database, over one connection whose transactions, group commits and
+checkpoints they share; split up, each part would have to reach into the others' connection state.
+
 Theory of operation. One SQLite database per agent, in WAL mode, so that the CLI and the dashboard can read
 (and set trust) while the agent serves. Schema changes are numbered migrations applied in order and recorded in
 ``PRAGMA user_version``.
@@ -347,7 +350,7 @@ class SQLiteStore:
             _json(task.input), _json_or_none(task.output), task.error_code, task.error_message, task.error_path,
             task.created_at, task.updated_at, task.last_activity, task.timeout, task.cap, task.attempts,
             task.duration_ms, task.request_bytes, task.response_bytes, _json_or_none(task.receipt),
-            None if task.receipt_valid is None else int(task.receipt_valid)))
+            None if task.receipt_valid is None else int(task.receipt_valid), task.request_id))
         return cur.rowcount == 1
 
     def add_refusal(self, task: TaskRecord) -> bool:
@@ -401,6 +404,7 @@ class SQLiteStore:
                 "WHERE direction = ? AND state = ? ", (d, state), limit)]
             rows.sort(key=lambda row: (row[1], row[0]), reverse=True)  # (created_at, rowid), as each query
             return [_task(row[2:]) for row in rows[:limit]]
+        params: tuple[Any, ...]
         if state is not None:  # (direction, state, created_at): the index's order
             clause, params = "WHERE direction = ? AND state = ? ", (direction, state)
         elif direction is not None:  # "+": the newest first by created_at, keeping the rows of that direction
@@ -477,7 +481,7 @@ class SQLiteStore:
 _TASK_COLUMNS: tuple[str, ...] = (
     "id", "direction", "address", "skill", "version", "state", "input", "output", "error_code", "error_message",
     "error_path", "created_at", "updated_at", "last_activity", "timeout", "cap", "attempts", "duration_ms",
-    "request_bytes", "response_bytes", "receipt", "receipt_valid")
+    "request_bytes", "response_bytes", "receipt", "receipt_valid", "request_id")
 _TASK_FIELD = {"address": "peer"}
 _TASK_COLUMN = {"peer": "address"}
 _JSON_COLUMNS = frozenset({"input", "output", "receipt"})
