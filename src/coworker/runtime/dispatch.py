@@ -22,7 +22,8 @@ side is :mod:`coworker.runtime.caller` (a driver per live task), the callee's si
 (store before run, answer repeats from the store); both pick up their live tasks again when the agent starts.
 Both send through one :class:`~coworker.runtime.link.Link`.
 
-Each message is handled in its own task, so a slow skill never holds up other messages. Tasks belong to the
+The checks, and replies, are handled at once, as the message is delivered; what has to wait (an answer to send,
+a request to serve) runs in a task of its own, so a slow skill never holds up other messages. Tasks belong to the
 runtime's task set and are cancelled and awaited (with a bound) by :meth:`Runtime.close`.
 """
 
@@ -33,7 +34,7 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,16 +217,22 @@ class Runtime:
                 log.warning("refused a batch frame from %s: %s", sorted(addresses), refusal)
                 continue
             part = incoming if data is incoming.data else Incoming(sender, data)
-            self._link.tasks.spawn(self._handle(part, tier if replies else None), "coworker-message")
+            work = self._dispatch(part, tier if replies else None)
+            if work is not None:
+                self._link.tasks.spawn(self._handle(work, addresses), "coworker-message")
 
-    async def _handle(self, incoming: Incoming, replies_from: TrustTier | None = None) -> None:
+    @staticmethod
+    async def _handle(work: Coroutine[Any, Any, Any], addresses: frozenset[str]) -> None:
         try:
-            await self._dispatch(incoming, replies_from)
+            await work
         except TransportError as exc:
-            log.warning("could not answer %s: %s", sorted(incoming.sender.addresses), exc)
+            log.warning("could not answer %s: %s", sorted(addresses), exc)
 
-    async def _dispatch(self, incoming: Incoming, replies_from: TrustTier | None = None) -> None:
-        """Handle one message; ``replies_from``: it came in on the replies' budget of a peer held at that tier."""
+    def _dispatch(self, incoming: Incoming,
+                  replies_from: TrustTier | None = None) -> Coroutine[Any, Any, Any] | None:
+        """Handle one message: the checks, and a reply, at once; what needs to wait (an answer to send, a request
+        to serve) is returned as a coroutine, which runs in a task of its own. ``replies_from``: the message came
+        in on the replies' budget of a peer held at that tier."""
         now_ms = self._link.now_ms()
         addresses = incoming.sender.addresses
         try:
@@ -233,29 +240,29 @@ class Runtime:
         except RemoteProtocolError as exc:
             log.warning("refused a message from %s: %s", sorted(addresses), exc)
             if replies_from is None or self._charge_tier(incoming, replies_from):  # an answer costs the tier's
-                await self._refuse_undecodable(incoming, exc)
-            return
+                return self._refuse_undecodable(incoming, exc)
+            return None
         if replies_from is not None and env.is_request and not self._charge_tier(incoming, replies_from):
-            return  # the replies' budget is for replies: a request is charged to the tier's budget as well
+            return None  # the replies' budget is for replies: a request is charged to the tier's budget as well
         if env.sender.lower() not in addresses:
             log.warning("refused %s %s: body claims %s but the transport authenticated %s",
                         env.type, env.id, env.sender, sorted(addresses))
             if env.is_request:
                 forged = dataclasses.replace(env, sender=checksum(min(addresses)))
-                await self._link.refuse(forged, "SENDER_MISMATCH", "the sender in the message is not the sender "
-                                        "the network authenticated")
-            return
+                return self._link.refuse(forged, "SENDER_MISMATCH", "the sender in the message is not the sender "
+                                         "the network authenticated")
+            return None
         if env.recipient.lower() != self.wallet.lower():
             log.warning("refused %s %s from %s: addressed to %s", env.type, env.id, env.sender, env.recipient)
             if env.is_request:
-                await self._link.refuse(env, "WRONG_RECIPIENT", "message is addressed to another wallet")
-            return
+                return self._link.refuse(env, "WRONG_RECIPIENT", "message is addressed to another wallet")
+            return None
         stale = proto.check_fresh(env, now_ms)
         if stale is not None:
             log.warning("refused %s %s from %s: %s", env.type, env.id, env.sender, stale)
             if env.is_request:
-                await self._link.refuse(env, "EXPIRED", stale)
-            return
+                return self._link.refuse(env, "EXPIRED", stale)
+            return None
         peer = checksum(env.sender)
         self._caller.heard(peer)  # it is there: drivers waiting for it go on (see runtime.caller)
         if env.is_reply:
@@ -266,14 +273,14 @@ class Runtime:
                 self._caller.on_reply(env, peer, len(incoming.data))
             else:
                 self._resolve(env, peer, len(incoming.data))
-            return
+            return None
         # A call's task key (caller, task id) de-duplicates it already (a repeat is answered from the store and
         # never runs again), so a call.request costs no replay-id row.
         if env.type != "call.request" and not self.store.remember(env.id, env.exp, now_ms):
             log.info("ignored %s %s from %s: already seen", env.type, env.id, env.sender)
-            return
+            return None
         self._touch(peer)
-        await self._serve_request(env, peer, len(incoming.data))
+        return self._serve_request(env, peer, len(incoming.data))
 
     async def _refuse_undecodable(self, incoming: Incoming, exc: RemoteProtocolError) -> None:
         peeked = proto.peek_id(incoming.data)

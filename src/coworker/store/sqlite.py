@@ -84,7 +84,9 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from None
         self._commit_scheduled = False
-        self._sync_waiters: list[asyncio.Future[None]] | None = None  # waiting for the commit of the next turn
+        self._sync_due = False  # a commit for sync() waiters is scheduled
+        self._sync_turns = 0  # commits made for sync() waiters so far
+        self._sync_failure: tuple[int, StoreError] | None = None  # the latest such commit that failed, and why
         self._closed = False
         self._commits = 0
         self._checkpointer: threading.Thread | None = None
@@ -143,33 +145,33 @@ class SQLiteStore:
         """Return once everything written so far is committed: by one commit at the next turn of the event loop,
         shared by everything that awaits this meanwhile (group commit).
 
+        The commit is scheduled (once per turn) before the waiting coroutine yields, and the loop runs its
+        callbacks in the order they were scheduled, so each waiter resumes right after the commit: one turn.
+
         Raises:
             StoreError: the commit failed (the writes are not durable).
         """
         if not self._db.in_transaction:
             return
-        loop = asyncio.get_running_loop()
-        if self._sync_waiters is None:
-            self._sync_waiters = []
-            loop.call_soon(self._commit_for_waiters)
-        future: asyncio.Future[None] = loop.create_future()
-        self._sync_waiters.append(future)
-        await future
+        if not self._sync_due:
+            self._sync_due = True
+            asyncio.get_running_loop().call_soon(self._commit_for_waiters)
+        turn = self._sync_turns
+        await asyncio.sleep(0)  # resumed after _commit_for_waiters, scheduled before this yield
+        if self._sync_turns == turn:  # cannot happen: the loop runs callbacks in order
+            raise StoreError("the commit this waited for did not run")
+        if self._sync_failure is not None and self._sync_failure[0] == turn + 1:
+            raise self._sync_failure[1]
 
     def _commit_for_waiters(self) -> None:
-        waiters, self._sync_waiters = self._sync_waiters or [], None
-        failure: BaseException | None = None
+        self._sync_due = False
+        self._sync_turns += 1
         try:
             self.flush()
         except sqlite3.Error as exc:
             failure = StoreError(f"cannot commit to the database {self.path}: {exc}")
+            self._sync_failure = (self._sync_turns, failure)
             log.error("%s", failure)
-        for future in waiters:
-            if not future.done():
-                if failure is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(failure)
 
     def _committed(self) -> None:
         """After each commit: one step of the checkpoint cycle (see the module's docstring)."""
