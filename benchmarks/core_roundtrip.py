@@ -6,10 +6,13 @@ object (``{"text": "hello"}``), first ``seq`` calls one after the other (round t
 
 ``coworker``
     Two :class:`coworker.AsyncAgent` on one :class:`coworker.MemoryNetwork`, each with its own temporary
-    ``data_dir`` (so persistence is on: SQLite in WAL mode, replay ids, call records), the callee trusting the
-    caller at ``KNOWN`` (so the trust check runs on every call) and serving ``async def echo(text: str)``. The
-    rate limiter runs on every message, with the KNOWN budget raised to 1,000,000 calls/s: the default (50/s)
-    is a limit on purpose, and this measures the cost of a call, not the budget.
+    ``data_dir``, so every call is a durable task: stored and committed by the caller before ``request()``
+    returns, by the callee before the skill runs and with its outcome before the answer leaves (SQLite in WAL
+    mode, group commit), with a usage receipt signed by the callee and checked by the caller (off the call
+    path). The callee trusts the caller at ``KNOWN`` (so the trust check runs on every call) and serves
+    ``async def echo(text: str)``. The rate limiter runs on every message, with the callee's KNOWN budget and
+    the caller's budget for replies raised to 1,000,000 messages/s: their defaults (50/s, 1,000/s) are limits
+    on purpose, and this measures the cost of a call, not the budgets.
 ``tcp-json``
     A raw asyncio TCP echo on 127.0.0.1: newline-delimited JSON, one connection, a request id in every
     message so that any number of requests can be outstanding on it; a reader task on the client resolves the
@@ -23,7 +26,7 @@ object (``{"text": "hello"}``), first ``seq`` calls one after the other (round t
 
 The MCP rows need the optional ``bench`` extra (``pip install -e '.[bench]'``); without it they are skipped.
 
-Targets (information, never an exit status; see docs/style.md rule 20): CoWorker p50 <= 0.3 ms, and CoWorker
+Targets (information, never an exit status; see docs/style.md rule 20): CoWorker p50 <= 0.45 ms, and CoWorker
 calls/s >= the ``mcp-memory`` calls/s measured in the same run.
 
 Run: ``python benchmarks/core_roundtrip.py`` (``--quick`` for a smoke run). Import: ``run()`` returns the
@@ -48,7 +51,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 PAYLOAD: dict[str, Any] = {"text": "hello"}
-TARGET_P50_MS = 0.3
+TARGET_P50_MS = 0.45  # with durable tasks and signed receipts (an earlier 0.3 ms target had neither)
 TARGET_BASELINE = "mcp-memory"
 
 Call = Callable[[], Awaitable[Any]]
