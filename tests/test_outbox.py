@@ -306,7 +306,7 @@ async def test_two_agents_on_the_memory_network_still_pass_calls_and_count_what_
         assert status["outbox"]["payloads_sent"] >= 8 and "outbox" not in status["rate_limits"]
     sent = bob.stats()["outbox"]
     assert sent["payloads_sent"] >= 8 and sent["write_limit"] is None and sent["batch"] is True
-    assert set(bob.stats()) == {"dropped", "tracked_peers", "outbox"}
+    assert set(bob.stats()) == {"dropped", "tracked_peers", "outbox", "away"}
     alice.close()
     bob.close()
 

@@ -670,8 +670,10 @@ class AsyncAgent:
         wire), ``payloads_sent`` (protocol messages in them), ``payloads_per_frame``, ``frames_failed``,
         ``queued``, the write budget (``write_limit``, ``write_window_s``, ``writes_in_window``; limit and use
         None without a limit), ``budget_waits`` and ``budget_wait_s`` (time frames waited for the budget), and
-        ``batch`` (whether batching is on)."""
-        return {**self._limiter.stats(), "outbox": self._outbox.stats() if self._outbox is not None else None}
+        ``batch`` (whether batching is on). ``away``: the peers presumed away while it runs (they answered nothing
+        since our last request; probed, not sent to again), with our live tasks there."""
+        return {**self._limiter.stats(), "outbox": self._outbox.stats() if self._outbox is not None else None,
+                "away": self._runtime.away() if self._runtime is not None else {}}
 
     def calls(self, limit: int = 50) -> list[CallRecord]:
         """The latest calls made and served, newest first."""

@@ -182,10 +182,10 @@ class ControlServer:
     async def _status(self, _: dict[str, Any]) -> dict[str, Any]:
         agent = self._agent
         stats = agent.stats()
-        outbox = stats.pop("outbox", None)
+        outbox, away = stats.pop("outbox", None), stats.pop("away", {})
         status: dict[str, Any] = {"name": agent.name, "wallet": agent.wallet, "network": agent.network_name,
                                   "pid": os.getpid(), "skills": sorted(agent.skills), "rate_limits": stats,
-                                  "outbox": outbox}
+                                  "outbox": outbox, "away": away}
         transport = agent.transport
         if transport is not None and hasattr(transport, "status"):
             try:

@@ -117,6 +117,7 @@ def _status(agent: AsyncAgent) -> dict[str, Any]:
         "xmtp": bridge.get("xmtp"),
         "rate_limits": bridge.get("rate_limits"),  # what the running agent dropped, by reason
         "outbox": bridge.get("outbox"),  # what it sent: frames, messages in them, the write budget used
+        "away": bridge.get("away"),  # peers presumed away, with our live tasks there
     }
 
 
@@ -169,6 +170,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     writes = _writes_line(status["outbox"], status["network"])
     if writes:
         print(writes)
+    away = status["away"]
+    if isinstance(away, dict) and away:
+        print("away:      " + "; ".join(f"{shown(wallet)} ({count(tasks, 'task')} waiting, probed)"
+                                        for wallet, tasks in sorted(away.items())[:5])
+              + (f"; {len(away) - 5} more" if len(away) > 5 else ""))
     print(f"trust:     {count(status['trusted_peers'], 'trusted peer')}, "
           f"{count(status['pending_trust_requests'], 'pending request')}")
     print(f"calls:     {calls['made']} made{breakdown(calls['made_by_status'])}, "

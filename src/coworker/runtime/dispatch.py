@@ -305,6 +305,10 @@ class Runtime:
                     "minute for each peer", sorted(addresses), tier.name, reason.replace("_", " "),
                     self.limiter.dropped[reason])
 
+    def away(self) -> dict[str, int]:
+        """Peers presumed away (see :mod:`coworker.runtime.caller`), with our live tasks there."""
+        return self._caller.away()
+
     def stats(self) -> dict[str, object]:
         """What the rate limiter dropped, by reason, and how many peers it tracks."""
         return self.limiter.stats()
