@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("core_roundtrip", "devnet_pingpong", "xmtp_calls", "flood", "store_lookups", "import_time")
+ORDER = ("core_roundtrip", "devnet_pingpong", "xmtp_calls", "flood", "absent_peer", "store_lookups", "import_time")
 
 
 def discover() -> list[str]:
