@@ -205,7 +205,9 @@ class Caller:
         if not self._link.store.add_task(task):
             raise ConfigurationError(f"a task with id {task_id} exists already")
         # durable before the request leaves (the driver awaits the commit first) and before the agent's request()
-        # returns (it awaits the same commit): after a crash the task is picked up again
+        # returns (it awaits the same commit): after a crash the task is picked up again. The commit is scheduled
+        # before the driver starts, so that the driver finds it done.
+        self._link.store.commit_soon()
         watch = self._start_driver(task, (first, data))
         if on_progress is not None:
             watch.listeners.append(on_progress)
@@ -385,6 +387,8 @@ class Caller:
         self._link.store.update_task(task, state=state, updated_at=self._link.clock(), **changes)
         if watch is not None:
             watch.changed.set()
+            if state not in LIVE:
+                watch.done.set()  # whoever waits for the end goes on now, as the driver winds down
         return True
 
     def _send_cancel(self, task: TaskRecord) -> None:

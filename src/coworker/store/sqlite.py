@@ -153,15 +153,20 @@ class SQLiteStore:
         """
         if not self._db.in_transaction:
             return
-        if not self._sync_due:
-            self._sync_due = True
-            asyncio.get_running_loop().call_soon(self._commit_for_waiters)
+        self.commit_soon()
         turn = self._sync_turns
         await asyncio.sleep(0)  # resumed after _commit_for_waiters, scheduled before this yield
         if self._sync_turns == turn:  # cannot happen: the loop runs callbacks in order
             raise StoreError("the commit this waited for did not run")
         if self._sync_failure is not None and self._sync_failure[0] == turn + 1:
             raise self._sync_failure[1]
+
+    def commit_soon(self) -> None:
+        """Schedule the commit :meth:`sync` waits for (once per turn of the loop), without waiting for it: a
+        coroutine started after this call and awaiting :meth:`sync` at its start finds it done."""
+        if self._db.in_transaction and not self._sync_due:
+            self._sync_due = True
+            asyncio.get_running_loop().call_soon(self._commit_for_waiters)
 
     def _commit_for_waiters(self) -> None:
         self._sync_due = False
