@@ -15,11 +15,11 @@ Re-sends go through the peer's :class:`_Line`, so that a peer that is away draws
 only if the peer has said something since that copy left (it is there: the copy, or its answer, was lost, or the
 task runs long and this is a poll); if it has not, the peer is presumed away: its drivers stop sending and one
 probe (a ``ping``) goes to it at a time, on the retry schedule with jitter, until it answers anything. Then the
-drivers go on, their re-sends paced by the line's window (:data:`RESEND_WINDOW` re-sent copies waiting for an
-answer at once: the pace at which the peer answers), oldest waiting first. Both
-networks CoWorker runs on keep messages for a peer that is away (XMTP, the memory network), so the first copies
-reach it when it returns: re-sends only make up for what was lost. Every retry gap carries jitter, so that tasks
-sent together do not come due together.
+drivers go on after one retry gap (the peer answers first the copies it kept), their re-sends paced by the line's
+window (:data:`RESEND_WINDOW` re-sent copies waiting for an answer at once: the pace at which the peer answers),
+oldest waiting first. Both networks CoWorker runs on keep messages for a peer that is away (XMTP, the memory
+network), so the first copies reach it when it returns: re-sends only make up for what was lost. Every retry gap
+carries jitter, so that tasks sent together do not come due together.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ class _Line:
         self.parked: set[_Watch] = set()  # drivers waiting for the peer to come back
         self.queue: collections.deque[_Watch] = collections.deque()  # drivers waiting for a place in the window
         self.outstanding: set[_Watch] = set()  # drivers whose re-sent copy waits for an answer
+        self.settle_until = 0.0  # loop time before which no copy is sent again (the peer just came back)
 
     def release(self, watch: _Watch) -> None:
         """``watch``'s re-sent copy was answered (or its task ended, or its gap passed): the next in line goes."""
@@ -163,6 +164,9 @@ class Caller:
         line.heard = asyncio.get_running_loop().time()
         if line.away:
             line.away = False
+            # Both networks keep messages for a peer that is away: it has our first copies, and answers them now.
+            # Re-sends wait a retry gap, so that only what it does not answer by then is sent again.
+            line.settle_until = line.heard + jittered(self._retry.first)
             line.back.set()
             log.info("%s answers again: %d task(s) go on", wallet, len(line.parked))
             for watch in line.parked:
@@ -275,8 +279,11 @@ class Caller:
                     break
                 held = False
                 if sending is None and now >= next_send:
-                    held = copies > 0 and self._hold(task, watch, line, sent_at)
-                    if not held:
+                    hold = 0.0 if copies == 0 else self._hold(task, watch, line, sent_at, now)
+                    held = hold == math.inf
+                    if hold > 0.0 and not held:
+                        next_send = now + hold  # the peer just came back: its backlog first
+                    elif not held:
                         started = now
                         sending = self._drivers.spawn(self._send_copy(task, watch, body), f"coworker-copy-{task.id}")
                         sending.add_done_callback(lambda _: watch.changed.set())
@@ -292,22 +299,25 @@ class Caller:
             line.release(watch)
             self._forget(task.id, watch)
 
-    def _hold(self, task: TaskRecord, watch: _Watch, line: _Line, sent_at: float) -> bool:
-        """Whether a due re-send of ``task`` must wait (for the peer to come back, or for a place in its
-        window); False: send it now (its place taken)."""
+    def _hold(self, task: TaskRecord, watch: _Watch, line: _Line, sent_at: float, now: float) -> float:
+        """Seconds a due re-send of ``task`` must wait: ``inf`` until the peer comes back or a place in its window
+        frees (the driver is woken), a while after the peer came back (it answers what it has first), or 0: send
+        it now (its place taken)."""
         line.release(watch)  # its previous re-send, if any, had its time
         if line.away or line.heard < sent_at:  # not a word from the peer since our last copy: presumed away
             if not line.away:
                 self._presume_away(task.peer, line)
             line.parked.add(watch)
-            return True
+            return math.inf
         line.parked.discard(watch)
+        if now < line.settle_until:
+            return line.settle_until - now
         if len(line.outstanding) >= RESEND_WINDOW:
             if watch not in line.queue:
                 line.queue.append(watch)
-            return True
+            return math.inf
         line.outstanding.add(watch)
-        return False
+        return 0.0
 
     def _presume_away(self, peer: str, line: _Line) -> None:
         line.away = True
