@@ -61,6 +61,7 @@ from coworker.store.records import TaskRecord
 
 log = logging.getLogger("coworker.runtime")
 
+PROBES_KEPT = 1024  # ids of the latest probes whose pongs are taken quietly
 RESEND_WINDOW = 64  # re-sent copies to one peer that may wait for an answer at once (each answer frees one)
 JITTER = 0.25  # every retry gap is drawn between (1 - JITTER) and (1 + JITTER) times its length
 
@@ -135,7 +136,9 @@ class Caller:
         self._watches: dict[str, _Watch] = {}  # our live tasks, by task id
         self._sent: dict[str, str] = {}  # message id of a call.request copy -> its task id
         self._lines: dict[str, _Line] = {}  # lower-case wallet -> the peer as our drivers see it
-        self._probes: set[str] = set()  # message ids of our probes (their pongs are expected)
+        # message ids of our latest probes: their pongs are expected, also late ones (a peer that was away answers
+        # every probe it kept when it returns)
+        self._probes: collections.deque[str] = collections.deque(maxlen=PROBES_KEPT)
         self._checks = ReceiptChecks(link)
 
     def resume(self) -> None:
@@ -333,7 +336,7 @@ class Caller:
         sent = 0
         while line.away and line.tasks > 0:
             env = proto.request("ping", {}, sender=self._link.wallet, recipient=peer, now_ms=self._link.now_ms())
-            self._probes.add(env.id)
+            self._probes.append(env.id)
             try:
                 await self._link.send(env)
             except CoworkerError as exc:
@@ -342,7 +345,6 @@ class Caller:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(jittered(self._retry.delay(sent))):
                     await line.back.wait()
-            self._probes.discard(env.id)
 
     async def _send_copy(self, task: TaskRecord, watch: _Watch, body: dict[str, Any]) -> CoworkerError | None:
         """Send one copy of a task's request; why it could not be sent (returned, not raised: the driver may
