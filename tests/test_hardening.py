@@ -264,3 +264,29 @@ def test_a_reader_holding_the_wal_delays_its_checkpoint_only_while_it_reads(
     finally:
         reader.close()
         store.close()
+
+
+# ---- 6. a message whose handling breaks loses that message only ---------------------------------------------
+
+async def test_a_message_whose_handling_breaks_is_logged_and_the_agent_goes_on(
+        pair: tuple[AsyncAgent, AsyncAgent], raw: RawClient, logged: list[logging.LogRecord],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Messages are checked as the transport delivers them (on its reading path, for XMTP): an error there must not
+    # reach the transport, whatever breaks (here the store, for one message).
+    alice, _ = pair
+    runtime = alice._runtime
+    assert runtime is not None
+    real = runtime.store.remember
+    broken = {"calls": 0}
+
+    def remember(message_id: str, expires_at_ms: int, now_ms: int) -> bool:
+        if broken["calls"] == 0:
+            broken["calls"] += 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(message_id, expires_at_ms, now_ms)
+
+    monkeypatch.setattr(runtime.store, "remember", remember)
+    await raw.send(alice.wallet, envelope(raw, alice.wallet, "ping", {"message": "lost"}))
+    await ping_through(raw, alice)  # the next message is handled
+    errors = [r for r in logged if r.levelno >= logging.ERROR]
+    assert broken["calls"] == 1 and len(errors) == 1 and "handling a message" in errors[0].getMessage()

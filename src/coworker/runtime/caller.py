@@ -11,7 +11,7 @@ calls have returned); :func:`settle_receipt` checks one still unchecked at once,
 holds (in its :class:`_Watch`) and wakes the driver. Drivers are cancelled at once when the agent
 stops and started again, from the store, by :meth:`Caller.resume` on the next start.
 
-Re-sends go through the peer's :class:`_Line`, so that a peer that is away draws no storm. A copy is sent again
+Re-sends go through the peer's :class:`Line`, so that a peer that is away draws no storm. A copy is sent again
 only if the peer has said something since that copy left (it is there: the copy, or its answer, was lost, or the
 task runs long and this is a poll); if it has not, the peer is presumed away: its drivers stop sending and one
 probe (a ``ping``) goes to it at a time, on the retry schedule with jitter, until it answers anything. Then the
@@ -29,7 +29,6 @@ import collections
 import contextlib
 import logging
 import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +52,7 @@ from coworker.core.tasks import (
     expires_at,
     state_for_error,
 )
+from coworker.runtime.lines import RESEND_WINDOW, Line, jittered
 from coworker.runtime.link import Link
 from coworker.runtime.progress import WATCH_BUFFER, WATCH_BUFFER_BYTES, Feed, Reports
 from coworker.runtime.receipts import ReceiptChecks
@@ -62,41 +62,6 @@ from coworker.store.records import TaskRecord
 log = logging.getLogger("coworker.runtime")
 
 PROBES_KEPT = 1024  # ids of the latest probes whose pongs are taken quietly
-RESEND_WINDOW = 64  # re-sent copies to one peer that may wait for an answer at once (each answer frees one)
-JITTER = 0.25  # every retry gap is drawn between (1 - JITTER) and (1 + JITTER) times its length
-
-
-def jittered(seconds: float) -> float:
-    return seconds * random.uniform(1 - JITTER, 1 + JITTER)
-
-
-class _Line:
-    """One peer as our drivers see it: when it last said anything, whether it is presumed away (and the probe
-    that looks for it), and its window of re-sends: at most :data:`RESEND_WINDOW` re-sent copies wait for an
-    answer at once, so that re-sends go at the pace the peer answers them, oldest waiting first."""
-
-    def __init__(self) -> None:
-        self.tasks = 0  # our live tasks there
-        self.heard = -math.inf  # loop time the peer last said anything to us
-        self.away = False
-        self.back = asyncio.Event()  # wakes the prober
-        self.prober: asyncio.Task[None] | None = None
-        self.parked: set[_Watch] = set()  # drivers waiting for the peer to come back
-        self.queue: collections.deque[_Watch] = collections.deque()  # drivers waiting for a place in the window
-        self.outstanding: set[_Watch] = set()  # drivers whose re-sent copy waits for an answer
-        self.settle_until = 0.0  # loop time before which no copy is sent again (the peer just came back)
-
-    def release(self, watch: _Watch) -> None:
-        """``watch``'s re-sent copy was answered (or its task ended, or its gap passed): the next in line goes."""
-        if watch in self.outstanding:
-            self.outstanding.discard(watch)
-            while self.queue:
-                nxt = self.queue.popleft()
-                if nxt.task.state in LIVE:
-                    nxt.changed.set()
-                    break
-
-
 @dataclass(eq=False)
 class _Watch:
     """What the caller side keeps in memory for one of its live tasks: the record its driver holds (every
@@ -135,7 +100,7 @@ class Caller:
         self._drivers = TaskSet()  # one per live task: cancelled at once on close, resumed on start
         self._watches: dict[str, _Watch] = {}  # our live tasks, by task id
         self._sent: dict[str, str] = {}  # message id of a call.request copy -> its task id
-        self._lines: dict[str, _Line] = {}  # lower-case wallet -> the peer as our drivers see it
+        self._lines: dict[str, Line] = {}  # lower-case wallet -> the peer as our drivers see it
         # message ids of our latest probes: their pongs are expected, also late ones (a peer that was away answers
         # every probe it kept when it returns)
         self._probes: collections.deque[str] = collections.deque(maxlen=PROBES_KEPT)
@@ -235,12 +200,12 @@ class Caller:
         watch = self._watches[task.id] = _Watch(task, first=first)
         line = self._lines.get(task.peer.lower())
         if line is None:
-            line = self._lines[task.peer.lower()] = _Line()
+            line = self._lines[task.peer.lower()] = Line()
         line.tasks += 1
         self._drivers.spawn(self._drive(task, watch, line), f"coworker-task-{task.id}")
         return watch
 
-    async def _drive(self, task: TaskRecord, watch: _Watch, line: _Line) -> None:
+    async def _drive(self, task: TaskRecord, watch: _Watch, line: Line) -> None:
         """Deliver one of our tasks: send the request, send it again until the task ends, expire it.
 
         One copy at a time: the next copy goes only once the previous one's send has returned, and no sooner than
@@ -302,7 +267,7 @@ class Caller:
             line.release(watch)
             self._forget(task.id, watch)
 
-    def _hold(self, task: TaskRecord, watch: _Watch, line: _Line, sent_at: float, now: float) -> float:
+    def _hold(self, task: TaskRecord, watch: _Watch, line: Line, sent_at: float, now: float) -> float:
         """Seconds a due re-send of ``task`` must wait: ``inf`` until the peer comes back or a place in its window
         frees (the driver is woken), a while after the peer came back (it answers what it has first), or 0: send
         it now (its place taken)."""
@@ -322,7 +287,7 @@ class Caller:
         line.outstanding.add(watch)
         return 0.0
 
-    def _presume_away(self, peer: str, line: _Line) -> None:
+    def _presume_away(self, peer: str, line: Line) -> None:
         line.away = True
         line.back.clear()
         log.info("%s has not answered since our last request: presumed away; probing it instead of sending "
@@ -330,7 +295,7 @@ class Caller:
         if line.prober is None or line.prober.done():
             line.prober = self._drivers.spawn(self._probe(peer, line), f"coworker-probe-{peer}")
 
-    async def _probe(self, peer: str, line: _Line) -> None:
+    async def _probe(self, peer: str, line: Line) -> None:
         """Send the peer one ``ping`` at a time, on the retry schedule with jitter, until it says anything (its
         pong, or any other message) or none of our tasks there is live any more."""
         sent = 0

@@ -194,6 +194,13 @@ class Runtime:
     # ---- receiving ----------------------------------------------------------------------------------------
 
     def _deliver(self, incoming: Incoming) -> None:
+        """Take one message from the transport (on its delivery path: nothing may escape to it)."""
+        try:
+            self._receive(incoming)
+        except Exception:  # the delivery's top boundary: a bug or a store error loses this message, no more
+            log.exception("handling a message from %s failed", sorted(incoming.sender.addresses))
+
+    def _receive(self, incoming: Incoming) -> None:
         if self._early is not None:
             self._early.append(incoming)
             return
