@@ -86,7 +86,8 @@ class AsyncAgent:
     def __init__(self, name: str, *, network: str | Network | None = None, data_dir: str | Path | None = None,
                  auto_accept_trust: bool = False, max_auto_accept_tier: TrustTier | int = TrustTier.KNOWN,
                  passphrase: str | None = None, retry: RetryPolicy | None = None,
-                 clock: Callable[[], float] = time.time, rate_limits: RateLimits | None = None) -> None:
+                 clock: Callable[[], float] = time.time, rate_limits: RateLimits | None = None,
+                 v1: bool = True) -> None:
         self.name = validate_agent_name(name)
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else _paths.agent_dir(name)
         self._network_spec = network
@@ -104,6 +105,7 @@ class AsyncAgent:
         self._policy = TrustPolicy(bool(auto_accept_trust), max_tier)
         self._clock = clock
         self._retry = retry
+        self._v1 = bool(v1)  # answer CoWorker 1.0 agents in 1.0, and speak it to peers that speak only that
         if rate_limits is not None and not isinstance(rate_limits, RateLimits):
             raise ConfigurationError(f"rate_limits is a RateLimits, got {type(rate_limits).__name__}")
         self._limiter = RateLimiter(rate_limits or RateLimits())
@@ -205,7 +207,8 @@ class AsyncAgent:
                 self._identity = Identity.load_or_create(self.data_dir, self._passphrase)
             self._lock.acquire()
             runtime = Runtime(identity=self._identity, name=self.name, store=self.store, skills=self._skills,
-                              policy=self._policy, clock=self._clock, retry=self._retry, limiter=self._limiter)
+                              policy=self._policy, clock=self._clock, retry=self._retry, limiter=self._limiter,
+                              v1=self._v1)
             try:
                 await runtime.open(network, self.data_dir)
             except BaseException:
@@ -328,7 +331,8 @@ class AsyncAgent:
         cards = [card.model_dump() for card in body.skills]
         self.store.touch_peer(peer, self._clock(), name=body.name, card={"skills": cards})
         return Peer(name=body.name, wallet=peer, skills=[c["name"] for c in cards], skill_cards=cards,
-                    trust_tier=self.store.trust_tier(peer), rtt_ms=rtt)
+                    trust_tier=self.store.trust_tier(peer), rtt_ms=rtt,
+                    protocol="1.0" if reply.dialect is not None else "2")
 
     async def call(self, wallet: str, skill: str, input: dict[str, Any] | None = None, *,
                    timeout: float = 30, max_duration: float | None = None,

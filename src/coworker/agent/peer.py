@@ -21,6 +21,8 @@ class Peer:
         skill_cards: full descriptions of those skills (description, JSON schemas, tier, version).
         trust_tier: the tier *we* hold for this peer.
         rtt_ms: the round trip of the discovery, in milliseconds.
+        protocol: the wire format it answered in: ``"2"``, or ``"1.0"`` for an agent of the earlier CoWorker
+            (spoken to in 1.0 from then on).
     """
 
     name: str
@@ -29,8 +31,9 @@ class Peer:
     skill_cards: list[dict[str, Any]] = field(repr=False)
     trust_tier: TrustTier
     rtt_ms: float = 0.0
+    protocol: str = "2"
 
-    _KEYS = ("name", "wallet", "skills", "skill_cards", "trust_tier", "rtt_ms")
+    _KEYS = ("name", "wallet", "skills", "skill_cards", "trust_tier", "rtt_ms", "protocol")
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._KEYS:
@@ -59,7 +62,9 @@ def task_dict(task: TaskRecord) -> dict[str, Any]:
     return {"task_id": task.id, "state": str(task.state), "result": task.output, "error": error,
             "direction": task.direction, "peer": task.peer, "skill": task.skill, "created_at": task.created_at,
             "updated_at": task.updated_at, "duration_ms": task.duration_ms, "attempts": task.attempts,
-            "receipt": task.receipt, "receipt_valid": task.receipt_valid}
+            "receipt": task.receipt, "receipt_valid": task.receipt_valid,
+            # CoWorker 1.0 agents sign no receipts: a task with one has receipt None, and says so here
+            "protocol": "1.0" if task.v1_correlation is not None else "2"}
 
 
 def peer_json(peer: Peer) -> dict[str, Any]:

@@ -59,8 +59,21 @@ Millis = Annotated[int, Field(ge=0, lt=2**53)]
 
 
 @dataclass(frozen=True, slots=True)
+class Dialect:
+    """How to answer a message that came in the CoWorker 1.0 wire format (:mod:`coworker.core.v1`): the
+    correlation id to echo, the 1.0 type answered, and what its answer must carry (``skill`` for a
+    ``skill_card_query``, ``goal`` for a ``plan_propose``)."""
+
+    correlation_id: str
+    kind: str
+    skill: str | None = None
+    goal: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Envelope:
-    """One protocol v2 message. Built by :func:`request`, :func:`reply` and :func:`decode`."""
+    """One protocol message. Built by :func:`request`, :func:`reply` and :func:`decode`; one that came in the
+    1.0 wire format (:func:`coworker.core.v1.to_envelope`) carries its :class:`Dialect`, and is answered in it."""
 
     id: str
     type: str
@@ -70,6 +83,7 @@ class Envelope:
     ts: int
     exp: int
     body: dict[str, Any]
+    dialect: Dialect | None = None
 
     @property
     def is_request(self) -> bool:
@@ -149,7 +163,7 @@ def parse_json(data: bytes) -> Any:
     return pydantic_core.from_json(data, allow_inf_nan=False)
 
 
-def _unacceptable(value: Any) -> str | None:
+def unacceptable(value: Any) -> str | None:
     """Why a parsed message cannot be taken: nested deeper than :data:`MAX_DEPTH`, or holding a number that is
     not finite; None when it can.
 
@@ -190,7 +204,7 @@ def decode(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
         raise RemoteProtocolError("message is not a JSON object")
     if obj.get("coworker") != VERSION:
         raise RemoteProtocolError(f"not a CoWorker v{VERSION} message")
-    refusal = _unacceptable(obj)
+    refusal = unacceptable(obj)
     if refusal is not None:  # a number no float holds is bad input, whoever chose it; nesting breaks the protocol
         raise RemoteProtocolError(refusal, code="INVALID_INPUT" if "finite" in refusal else "PROTOCOL_ERROR")
     try:

@@ -136,7 +136,7 @@ class Callee:
         now = self._link.clock()
         task = TaskRecord(task_id, "in", peer, skill.name, TaskState.WORKING, body.input, now,
                           version=skill.version, updated_at=now, last_activity=now, attempts=1, request_bytes=size,
-                          request_id=env.id)
+                          request_id=env.id, v1_correlation=env.dialect.correlation_id if env.dialect else None)
         try:
             prepared = self._prepare(task, tier)
         except CoworkerError as exc:
@@ -274,7 +274,8 @@ class Callee:
     def _stub_request(self, task: TaskRecord) -> proto.Envelope:
         """A stand-in for a request we no longer have (a task resumed after a restart): answers go to its task."""
         now = self._link.now_ms()
-        return proto.Envelope(task.id, "call.request", task.id, task.peer, self._link.wallet, now, now, {})
+        dialect = None if task.v1_correlation is None else proto.Dialect(task.v1_correlation, "task_request")
+        return proto.Envelope(task.id, "call.request", task.id, task.peer, self._link.wallet, now, now, {}, dialect)
 
     def _task_answer(self, to: proto.Envelope, task: TaskRecord) -> bytes:
         """The bytes that tell the caller where a served task stands: its result, its error, or its state."""

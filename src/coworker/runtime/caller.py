@@ -272,6 +272,8 @@ class Caller:
         frees (the driver is woken), a while after the peer came back (it answers what it has first), or 0: send
         it now (its place taken)."""
         line.release(watch)  # its previous re-send, if any, had its time
+        if self._link.speaks_v1(task.peer):
+            return math.inf  # a CoWorker 1.0 agent runs a request again for every copy: one copy only
         if line.away or line.heard < sent_at:  # not a word from the peer since our last copy: presumed away
             if not line.away:
                 self._presume_away(task.peer, line)
@@ -319,6 +321,12 @@ class Caller:
         else:
             env = proto.request("call.request", body, sender=self._link.wallet, recipient=task.peer,
                                 now_ms=self._link.now_ms())
+            data = b""
+        if self._link.speaks_v1(task.peer):  # in CoWorker 1.0, with the task id as its correlation id
+            data = self._link.encode_request(env)
+            if task.v1_correlation is None:
+                self._link.store.update_task(task, v1_correlation=task.id)
+        elif not data:
             data = proto.encode(env)
         self._sent[env.id] = task.id
         watch.sent_ids.append(env.id)

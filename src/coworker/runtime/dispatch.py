@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from coworker._errors import CallTimeout, RemoteProtocolError, TransportError
-from coworker.core import batch
+from coworker.core import batch, v1
 from coworker.core import protocol as proto
 from coworker.core.limits import RateLimiter
 from coworker.core.plans import check_proposal
@@ -59,6 +59,8 @@ from coworker.transports.base import Incoming, Network, Transport
 log = logging.getLogger("coworker.runtime")
 
 PEER_TOUCH_INTERVAL = 60.0  # seconds between two last-seen updates of one peer
+# Requests that go to a peer of unknown wire format in both (v2 and CoWorker 1.0): whichever it answers tells.
+FIRST_CONTACT = frozenset({"discover", "ping"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,7 @@ class Runtime:
 
     def __init__(self, *, identity: Identity, name: str, store: Store, skills: Mapping[str, Skill],
                  policy: TrustPolicy, clock: Callable[[], float] = time.time,
-                 retry: RetryPolicy | None = None, limiter: RateLimiter | None = None) -> None:
+                 retry: RetryPolicy | None = None, limiter: RateLimiter | None = None, v1: bool = True) -> None:
         self.identity = identity
         self.wallet = identity.address
         self.name = name
@@ -89,7 +91,7 @@ class Runtime:
         self.policy = policy
         self.clock = clock
         self.retry = retry or RetryPolicy()
-        self._link = Link(identity, store, clock)
+        self._link = Link(identity, store, clock, name=name, v1=v1)
         self._callee = Callee(self._link, skills)
         self._caller = Caller(self._link, self.retry)
         self.limiter = limiter or RateLimiter()
@@ -157,7 +159,12 @@ class Runtime:
                     ids.append(env.id)
                     started = loop.time()
                     sent = await self._link.send(env)
-                    done, _ = await asyncio.wait({future}, timeout=self.retry.delay(len(ids), loop.time() - started))
+                    once = self._link.speaks_v1(peer)  # a 1.0 agent would act on every copy: one is sent
+                    if len(ids) == 1 and kind in FIRST_CONTACT and self._link.v1 and self._link.protocol(peer) is None:
+                        await self._link.send_data(peer, v1.encode_request(env, name=self.name,
+                                                                            now_ms=self._link.now_ms()) or b"")
+                    gap = None if once else self.retry.delay(len(ids), loop.time() - started)
+                    done, _ = await asyncio.wait({future}, timeout=gap)
                     if done:
                         reply, received = future.result()
                         return reply, sent, received
@@ -245,10 +252,16 @@ class Runtime:
         try:
             env = proto.decode(incoming.data)
         except RemoteProtocolError as exc:
-            log.warning("refused a message from %s: %s", sorted(addresses), exc)
-            if replies_from is None or self._charge_tier(incoming, replies_from):  # an answer costs the tier's
-                return self._refuse_undecodable(incoming, exc)
-            return None
+            old = self._from_v1(incoming, now_ms) if self._link.v1 else None
+            if old is None:  # not CoWorker 1.0 either
+                log.warning("refused a message from %s: %s", sorted(addresses), exc)
+                if replies_from is None or self._charge_tier(incoming, replies_from):  # an answer costs the tier's
+                    return self._refuse_undecodable(incoming, exc)
+                return None
+            translated, work = old
+            if translated is None:
+                return work
+            env = translated
         if replies_from is not None and env.is_request and not self._charge_tier(incoming, replies_from):
             return None  # the replies' budget is for replies: a request is charged to the tier's budget as well
         if env.sender.lower() not in addresses:
@@ -272,6 +285,7 @@ class Runtime:
             return None
         peer = checksum(env.sender)
         self._caller.heard(peer)  # it is there: drivers waiting for it go on (see runtime.caller)
+        self._link.heard_in(peer, "1.0" if env.dialect is not None else "2")
         if env.is_reply:
             # Not remembered: a reply counts only while its request waits for it, and only once (_resolve), or
             # moves a task only forward (_task_reply), so a replayed reply changes nothing.
@@ -288,6 +302,64 @@ class Runtime:
             return None
         self._touch(peer)
         return self._serve_request(env, peer, len(incoming.data))
+
+    def _from_v1(self, incoming: Incoming,
+                 now_ms: int) -> tuple[proto.Envelope | None, Coroutine[Any, Any, Any] | None] | None:
+        """A CoWorker 1.0 message (:mod:`coworker.core.v1`): the envelope it becomes, which then takes the path of
+        any other message, or (None, what to do instead: a refusal in 1.0, or nothing); None when the bytes are
+        not 1.0 either. The sender is the one the transport authenticated: a ``sender_wallet`` that differs is
+        refused, to the real sender, and changes nothing."""
+        try:
+            obj = proto.parse_json(incoming.data)
+        except ValueError:
+            return None
+        if not v1.is_v1(obj) or proto.unacceptable(obj) is not None:
+            return None
+        addresses = incoming.sender.addresses
+        sole = checksum(min(addresses)) if len(addresses) == 1 else None
+        try:
+            msg = v1.parse(obj)
+        except RemoteProtocolError as exc:
+            log.warning("refused a CoWorker 1.0 message from %s: %s", sorted(addresses), exc)
+            correlation = obj.get("correlation_id")
+            if sole is None or not isinstance(correlation, str) or not 0 < len(correlation) <= 128:
+                return None, None
+            return None, self._answer_v1(sole, proto.Dialect(correlation, str(obj.get("type"))[:64]), "error",
+                                         proto.error_body("PROTOCOL_ERROR", str(exc)))
+        claimed = msg.sender_wallet.lower() if msg.sender_wallet is not None else None
+        if claimed is not None and claimed not in addresses:
+            log.warning("refused CoWorker 1.0 %s: it claims %s but the transport authenticated %s", msg.type,
+                        claimed, sorted(addresses))
+            if sole is None or msg.type not in v1.REQUESTS:
+                return None, None
+            return None, self._answer_v1(sole, proto.Dialect(msg.correlation_id, msg.type), "error", proto.error_body(
+                "SENDER_MISMATCH", "the sender in the message is not the sender the network authenticated"))
+        sender = checksum(claimed) if claimed is not None else sole
+        if sender is None:
+            log.warning("ignored CoWorker 1.0 %s: no wallet of its own from %s", msg.type, sorted(addresses))
+            return None, None
+        if msg.type in FIRST_CONTACT and self._link.protocol(sender) == "2":
+            return None, None  # the 1.0 copy a v2 agent sends on first contact: its v2 one is answered
+        mid = v1.message_id(incoming.sender.inbox_id, incoming.data)
+        try:
+            env = v1.to_envelope(msg, mid=mid, sender=sender, recipient=self.wallet)
+        except RemoteProtocolError as exc:
+            log.warning("refused CoWorker 1.0 %s from %s: %s", msg.type, sender, exc)
+            if msg.type not in v1.REQUESTS:
+                return None, None
+            return None, self._answer_v1(sender, proto.Dialect(msg.correlation_id, msg.type), "error",
+                                         proto.error_body(exc.code, str(exc)))
+        if env is None:  # taken, and not answered (agent_card_query: see coworker.core.v1)
+            self._link.heard_in(sender, "1.0")
+            return None, None
+        if env.type == "error" and self._caller.watch(env.corr) is not None:
+            env = dataclasses.replace(env, type="call.error")  # 1.0 refuses calls with a plain error
+        return env, None
+
+    async def _answer_v1(self, to: str, dialect: proto.Dialect, kind: str, body: dict[str, Any]) -> None:
+        data = v1.encode_answer(dialect, kind, body, name=self.name, wallet=self.wallet, now_ms=self._link.now_ms())
+        if data:
+            await self._link.outbox_send(to, data)
 
     async def _refuse_undecodable(self, incoming: Incoming, exc: RemoteProtocolError) -> None:
         peeked = proto.peek_id(incoming.data)

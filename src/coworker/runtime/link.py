@@ -2,7 +2,11 @@
 encoding of requests, one-way messages and replies (a reply that cannot be sent becomes an error reply).
 
 Everything sent goes through the :class:`~coworker.runtime.outbox.Outbox` of the open transport, which batches
-what waits for one peer and keeps to the network's write limit."""
+what waits for one peer and keeps to the network's write limit.
+
+A peer that speaks only CoWorker 1.0 (:mod:`coworker.core.v1`) gets everything in 1.0, alone (1.0 agents read no
+batch frames); what has no 1.0 form (acknowledgements, progress, cancellations) is not sent to it. The wire
+format of each peer is the one its messages came in (v2 once it spoke v2), remembered in the store."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any
 
 from coworker._errors import CoworkerError, LocalProtocolError, TransportError
 from coworker.core import protocol as proto
+from coworker.core import v1
 from coworker.runtime.outbox import Outbox
 from coworker.runtime.taskset import TaskSet
 from coworker.store.identity import Identity
@@ -27,14 +32,37 @@ class Link:
     background task the runtime spawns (handlers, acknowledgements, notifications, the outbox's drains).
     ``outbox`` is the outbox of the transport opened last (kept after it closes, for its figures)."""
 
-    def __init__(self, identity: Identity, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, identity: Identity, store: Store, clock: Callable[[], float] = time.time, *,
+                 name: str = "", v1: bool = True) -> None:
         self.identity = identity
         self.wallet = identity.address
         self.store = store
         self.clock = clock
+        self.name = name
+        self.v1 = v1  # speak CoWorker 1.0 to peers that speak only that
         self._transport: Transport | None = None
         self.outbox: Outbox | None = None
         self.tasks = TaskSet()
+        self._protocols: dict[str, str | None] = {}  # lower-case wallet -> "2", "1.0" or None (not known yet)
+
+    def protocol(self, peer: str) -> str | None:
+        """The wire format ``peer`` speaks, as its latest message came (``"2"``, ``"1.0"``), or None."""
+        key = peer.lower()
+        if key not in self._protocols:
+            self._protocols[key] = self.store.peer_protocol(key)
+        return self._protocols[key]
+
+    def speaks_v1(self, peer: str) -> bool:
+        """Whether messages to ``peer`` go in CoWorker 1.0."""
+        return self.v1 and self.protocol(peer) == "1.0"
+
+    def heard_in(self, peer: str, protocol: str) -> None:
+        """A message from ``peer`` (checksummed) came in ``protocol``: remember it (stored when it changes). A
+        peer that spoke v2 stays v2: its 1.0 messages are the copies a v2 agent sends on first contact."""
+        known = self.protocol(peer)
+        if known != protocol and not (known == "2" and protocol == "1.0"):
+            self._protocols[peer.lower()] = protocol
+            self.store.set_peer_protocol(peer, protocol, self.clock())
 
     @property
     def transport(self) -> Transport | None:
@@ -49,8 +77,15 @@ class Link:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
+    def encode_request(self, env: proto.Envelope) -> bytes:
+        """A request's (or a one-way message's) bytes, in the peer's wire format; empty when it has no 1.0 form
+        and the peer speaks only 1.0 (nothing to send)."""
+        if self.speaks_v1(env.recipient):
+            return v1.encode_request(env, name=self.name, now_ms=self.now_ms()) or b""
+        return proto.encode(env)
+
     async def send(self, env: proto.Envelope) -> int:
-        data = proto.encode(env)
+        data = self.encode_request(env)
         if len(data) > proto.MAX_ENVELOPE_BYTES:
             raise LocalProtocolError(f"message of {len(data)} bytes exceeds the network limit of "
                                      f"{proto.MAX_ENVELOPE_BYTES} bytes")
@@ -58,9 +93,18 @@ class Link:
         return len(data)
 
     async def send_data(self, recipient: str, data: bytes) -> None:
+        """Send encoded bytes; empty ones are a message with no form in the peer's wire format: nothing goes."""
         if self._transport is None or self.outbox is None:
             raise TransportError("agent is not started")
-        await self.outbox.send(recipient, data)
+        if not data:
+            return
+        await self.outbox.send(recipient, data, alone=self.speaks_v1(recipient))
+
+    async def outbox_send(self, recipient: str, data: bytes) -> None:
+        """Send bytes already in CoWorker 1.0 (an answer to a 1.0 message of a peer not known to speak it yet)."""
+        if self._transport is None or self.outbox is None:
+            raise TransportError("agent is not started")
+        await self.outbox.send(recipient, data, alone=True)
 
     async def notify(self, peer: str, kind: str, body: dict[str, Any], corr: str) -> None:
         """Send a one-way message that answers an earlier request ``corr`` (e.g. a later trust grant)."""
@@ -82,8 +126,12 @@ class Link:
     def encoded(self, to: proto.Envelope, kind: str, body: dict[str, Any]) -> bytes | str:
         """The reply's bytes, or why it cannot be sent (a body JSON cannot carry, or one over the size limit)."""
         try:
-            data = proto.encode(proto.reply(to, kind, body, now_ms=self.now_ms()))
-        except ValueError as exc:
+            if to.dialect is not None:  # it came in CoWorker 1.0: answered in 1.0 (empty: 1.0 has no such answer)
+                data = v1.encode_answer(to.dialect, kind, body, name=self.name, wallet=self.wallet,
+                                        now_ms=self.now_ms()) or b""
+            else:
+                data = proto.encode(proto.reply(to, kind, body, now_ms=self.now_ms()))
+        except (ValueError, TypeError) as exc:
             log.warning("cannot encode %s reply: %s", kind, exc)
             return f"the result cannot be sent as JSON: {exc}"
         if len(data) > proto.MAX_ENVELOPE_BYTES:
@@ -96,8 +144,11 @@ class Link:
         if isinstance(data, bytes):
             return kind, data
         error_kind = "call.error" if to.type in ("call.request", "call.cancel") else "error"
-        return error_kind, proto.encode(proto.reply(to, error_kind, proto.error_body(
-            "SKILL_FAILED", data, task=body.get("task")), now_ms=self.now_ms()))
+        error = proto.error_body("SKILL_FAILED", data, task=body.get("task"))
+        if to.dialect is not None:
+            return error_kind, v1.encode_answer(to.dialect, error_kind, error, name=self.name, wallet=self.wallet,
+                                                now_ms=self.now_ms()) or b""
+        return error_kind, proto.encode(proto.reply(to, error_kind, error, now_ms=self.now_ms()))
 
     async def answer(self, to: proto.Envelope, kind: str, body: dict[str, Any]) -> int:
         _, data = self.encode_reply(to, kind, body)

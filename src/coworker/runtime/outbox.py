@@ -99,13 +99,14 @@ class Outbox:
         """Messages waiting for a send."""
         return sum(len(q.items) for q in self._queues.values())
 
-    async def send(self, recipient: str, data: bytes) -> None:
-        """Hand ``data`` to the transport for ``recipient``, alone or in a frame with others for that recipient.
+    async def send(self, recipient: str, data: bytes, *, alone: bool = False) -> None:
+        """Hand ``data`` to the transport for ``recipient``, alone or in a frame with others for that recipient
+        (``alone``: never in a frame, for a peer that reads none - a CoWorker 1.0 agent).
 
         Raises:
             whatever the transport's send of the frame raised (PeerUnreachable, TransportError).
         """
-        if not self.batch:
+        if not self.batch or alone:
             await self._wait_for_budget()
             await self._write(recipient, data, 1)
             return

@@ -116,4 +116,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_listing ON tasks (direction, state, created_at);
     DROP INDEX tasks_state;
     """,
+    # 4: CoWorker 1.0 peers: the wire format each peer speaks (as its latest message came), and for a task that
+    # came or went in 1.0 the correlation id its answer must echo
+    """
+    ALTER TABLE peers ADD COLUMN protocol TEXT;
+    ALTER TABLE tasks ADD COLUMN v1_correlation TEXT;
+    """,
 )

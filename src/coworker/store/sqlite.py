@@ -312,6 +312,16 @@ class SQLiteStore:
 
     # ---- peers --------------------------------------------------------------------------------------------
 
+    def peer_protocol(self, wallet: str) -> str | None:
+        """The wire format the peer's latest message came in (``"2"``, ``"1.0"``), or None before any."""
+        row = self._db.execute("SELECT protocol FROM peers WHERE wallet = ?", (_key(wallet),)).fetchone()
+        return str(row[0]) if row and row[0] is not None else None
+
+    def set_peer_protocol(self, address: str, protocol: str, now: float) -> None:
+        self._write("INSERT INTO peers (wallet, address, name, protocol, first_seen, last_seen) "
+                    "VALUES (?, ?, '', ?, ?, ?) ON CONFLICT (wallet) DO UPDATE SET protocol = excluded.protocol",
+                    (_key(address), address, protocol, now, now))
+
     def touch_peer(self, address: str, now: float, name: str | None = None,
                    card: dict[str, Any] | None = None) -> None:
         self._write(
@@ -357,7 +367,7 @@ class SQLiteStore:
             _json(task.input), _json_or_none(task.output), task.error_code, task.error_message, task.error_path,
             task.created_at, task.updated_at, task.last_activity, task.timeout, task.cap, task.attempts,
             task.duration_ms, task.request_bytes, task.response_bytes, _json_or_none(task.receipt),
-            None if task.receipt_valid is None else int(task.receipt_valid), task.request_id))
+            None if task.receipt_valid is None else int(task.receipt_valid), task.request_id, task.v1_correlation))
         return cur.rowcount == 1
 
     def add_refusal(self, task: TaskRecord) -> bool:
@@ -488,7 +498,7 @@ class SQLiteStore:
 _TASK_COLUMNS: tuple[str, ...] = (
     "id", "direction", "address", "skill", "version", "state", "input", "output", "error_code", "error_message",
     "error_path", "created_at", "updated_at", "last_activity", "timeout", "cap", "attempts", "duration_ms",
-    "request_bytes", "response_bytes", "receipt", "receipt_valid", "request_id")
+    "request_bytes", "response_bytes", "receipt", "receipt_valid", "request_id", "v1_correlation")
 _TASK_FIELD = {"address": "peer"}
 _TASK_COLUMN = {"peer": "address"}
 _JSON_COLUMNS = frozenset({"input", "output", "receipt"})
