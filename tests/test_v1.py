@@ -229,6 +229,9 @@ class OldAgent:
             elif kind == "task_request":
                 text = message["payload"]["input"]["text"]
                 await self._answer(sender, "task_response", corr, {"success": True, "result": text.upper()})
+            elif kind == "plan_propose":
+                await self._answer(sender, "plan_accept", corr, {"goal": message["payload"]["goal"],
+                                                                 "accepted": True})
 
     async def _answer(self, to: str, kind: str, corr: str, payload: dict[str, Any]) -> None:
         await self.raw.send(to, json.dumps({
@@ -280,3 +283,19 @@ def test_the_codec_refuses_what_1_0_agents_would_choke_on() -> None:
                          ("correlation_id", ""), ("sender_wallet", "0x12"), ("version", "2.0")):
         with pytest.raises(RemoteProtocolError):
             v1.parse({**good, field: value})
+
+
+async def test_our_collaboration_with_a_1_0_peer_runs_its_steps_there_in_1_0(
+        pair: tuple[AsyncAgent, AsyncAgent], raw: RawClient, counter: Counter) -> None:
+    _, bob = pair
+    old = OldAgent(raw)
+    try:
+        await bob.connect(raw.wallet, timeout=10)
+        plan = {"steps": [{"id": "loud", "skill": "shout", "agent": raw.wallet, "input": {"text": "mls"}}]}
+        result = await bob.collaborate(raw.wallet, "Shout about MLS", plan=plan, timeout=10)
+        assert result["state"] == "completed" and result["steps"][0]["output"] == "MLS"
+        proposal = next(m for m in old.requests if m["type"] == "plan_propose")
+        assert proposal["payload"]["steps"][0]["agent_wallet"] == raw.wallet.lower()
+        assert proposal["payload"]["initiator_wallet"] == bob.wallet.lower()
+    finally:
+        old.close()

@@ -208,7 +208,9 @@ class Collaborations:
             self._save(collab, state=collaboration_after(collab.state, "reject"),
                        record={**collab.record, "reason": f"{answer.code}: {answer.message}"})
             raise error
-        if not isinstance(answer, PlanAnswerBody) or answer.collaboration != collab.id:
+        # a CoWorker 1.0 peer's answer names no collaboration, only our proposal (its correlation id)
+        expected = collab.id if reply.dialect is None else reply.corr
+        if not isinstance(answer, PlanAnswerBody) or answer.collaboration != expected:
             raise error_from_wire("PROTOCOL_ERROR", f"{collab.peer} answered the plan of collaboration "
                                                     f"{collab.id} with {reply.type} {reply.body!r}"[:500])
         if reply.type == "plan.reject":
