@@ -443,3 +443,15 @@ def test_python_dash_m_coworker_runs_the_same_command(capsys: Capture, monkeypat
         runpy.run_module("coworker", run_name="__main__")
     assert exit_.value.code == 0
     assert capsys.readouterr().out == f"coworker {coworker.__version__}\n"
+
+
+def test_status_counts_the_peers_that_speak_coworker_1_0(home: Path, capsys: Capture) -> None:
+    init(capsys, "alice")
+    agent = AsyncAgent("alice")
+    agent.store.set_peer_protocol("0x" + "1" * 40, "1.0", 1.0)
+    agent.store.set_peer_protocol("0x" + "2" * 40, "2", 1.0)
+    agent.store.set_peer_protocol("0x" + "3" * 40, "2", 1.0)
+    agent.close()
+    assert status(capsys)["peers_by_protocol"] == {"1.0": 1, "2": 2}
+    code, out, _ = run(capsys, "status")
+    assert code == 0 and "2 peers on protocol v2, 1 on CoWorker 1.0" in out

@@ -110,6 +110,7 @@ def _status(agent: AsyncAgent) -> dict[str, Any]:
         "running": pid is not None,
         "pid": pid if pid is not None and pid > 0 else None,
         "trusted_peers": len(trusted),
+        "peers_by_protocol": agent.store.peers_by_protocol(),  # {"2": n, "1.0": n}: CoWorker 1.0 agents among them
         "pending_trust_requests": len(agent.trust_requests()),
         "calls": {"made": sum(made.values()), "served": sum(served.values()),
                   "made_by_status": made, "served_by_status": served},
@@ -175,6 +176,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("away:      " + "; ".join(f"{shown(wallet)} ({count(tasks, 'task')} waiting, probed)"
                                         for wallet, tasks in sorted(away.items())[:5])
               + (f"; {len(away) - 5} more" if len(away) > 5 else ""))
+    old = status["peers_by_protocol"].get("1.0", 0)
+    if old:
+        print(f"peers:     {count(status['peers_by_protocol'].get('2', 0), 'peer')} on protocol v2, "
+              f"{old} on CoWorker 1.0 (spoken to in 1.0)")
     print(f"trust:     {count(status['trusted_peers'], 'trusted peer')}, "
           f"{count(status['pending_trust_requests'], 'pending request')}")
     print(f"calls:     {calls['made']} made{breakdown(calls['made_by_status'])}, "

@@ -317,6 +317,12 @@ class SQLiteStore:
         row = self._db.execute("SELECT protocol FROM peers WHERE wallet = ?", (_key(wallet),)).fetchone()
         return str(row[0]) if row and row[0] is not None else None
 
+    def peers_by_protocol(self) -> dict[str, int]:
+        """How many peers spoke each wire format (``"2"``, ``"1.0"``) in their latest messages."""
+        rows = self._db.execute("SELECT protocol, COUNT(*) FROM peers WHERE protocol IS NOT NULL "
+                                "GROUP BY protocol").fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
     def set_peer_protocol(self, address: str, protocol: str, now: float) -> None:
         self._write("INSERT INTO peers (wallet, address, name, protocol, first_seen, last_seen) "
                     "VALUES (?, ?, '', ?, ?, ?) ON CONFLICT (wallet) DO UPDATE SET protocol = excluded.protocol",
