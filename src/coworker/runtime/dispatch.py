@@ -161,8 +161,8 @@ class Runtime:
                     sent = await self._link.send(env)
                     once = self._link.speaks_v1(peer)  # a 1.0 agent would act on every copy: one is sent
                     if len(ids) == 1 and kind in FIRST_CONTACT and self._link.v1 and self._link.protocol(peer) is None:
-                        await self._link.send_data(peer, v1.encode_request(env, name=self.name,
-                                                                            now_ms=self._link.now_ms()) or b"")
+                        await self._link.outbox_send(peer, v1.encode_request(env, name=self.name,
+                                                                              now_ms=self._link.now_ms()) or b"")
                     gap = None if once else self.retry.delay(len(ids), loop.time() - started)
                     done, _ = await asyncio.wait({future}, timeout=gap)
                     if done:

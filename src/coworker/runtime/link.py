@@ -101,10 +101,11 @@ class Link:
         await self.outbox.send(recipient, data, alone=self.speaks_v1(recipient))
 
     async def outbox_send(self, recipient: str, data: bytes) -> None:
-        """Send bytes already in CoWorker 1.0 (an answer to a 1.0 message of a peer not known to speak it yet)."""
+        """Send bytes already in CoWorker 1.0, alone (to a peer not known to speak it yet: never in a frame)."""
         if self._transport is None or self.outbox is None:
             raise TransportError("agent is not started")
-        await self.outbox.send(recipient, data, alone=True)
+        if data:
+            await self.outbox.send(recipient, data, alone=True)
 
     async def notify(self, peer: str, kind: str, body: dict[str, Any], corr: str) -> None:
         """Send a one-way message that answers an earlier request ``corr`` (e.g. a later trust grant)."""
