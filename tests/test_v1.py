@@ -299,3 +299,18 @@ async def test_our_collaboration_with_a_1_0_peer_runs_its_steps_there_in_1_0(
         assert proposal["payload"]["initiator_wallet"] == bob.wallet.lower()
     finally:
         old.close()
+
+
+async def test_skills_are_listed_to_1_0_agents_with_the_informal_schemas_they_fill_in(
+        pair: tuple[AsyncAgent, AsyncAgent], raw: RawClient) -> None:
+    # A 1.0 agent's collaborate() sends one value per key of a skill's input_schema: a JSON Schema's keys
+    # ("type", "properties", ...) would make every such call invalid.
+    alice, _ = pair
+    alice.set_trust(raw.wallet, TrustTier.KNOWN)
+    await raw.send(alice.wallet, v1_message(raw, "discover", {}))
+    skills = {s["name"]: s for s in (await answer(raw))["payload"]["skills"]}
+    assert skills["echo"]["input_schema"] == {"text": "str"}
+    assert skills["fail"]["input_schema"] == {"where": "str"}
+    assert v1.informal_schema({"type": "object", "properties": {"n": {"type": "integer"}, "x": {}}}) == {
+        "n": "int", "x": "any"}
+    assert v1.informal_schema({"text": "str"}) == {"text": "str"}  # already informal: as it is

@@ -334,11 +334,33 @@ def encode_answer(dialect: Dialect, kind: str, body: dict[str, Any], *, name: st
 
 
 def _skill_dict(card: dict[str, Any]) -> dict[str, Any]:
-    """A v2 skill card as 1.0 agents list skills."""
+    """A v2 skill card as 1.0 agents list skills: their schemas are maps of field names to type names, and a
+    1.0 agent fills a skill's input with one value per key of it (``collaborate``), so a JSON Schema goes as the
+    map of its properties."""
     return {"name": card.get("name", ""), "description": card.get("description", ""),
-            "input_schema": card.get("input_schema", {}), "output_schema": card.get("output_schema", {}),
+            "input_schema": informal_schema(card.get("input_schema", {})),
+            "output_schema": informal_schema(card.get("output_schema", {})),
             "min_trust_tier": card.get("min_trust_tier", 1), "max_context_privacy_tier": "L1_PUBLIC",
             "version": card.get("version", "1.0.0")}
+
+
+_TYPE_NAMES: Final = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "array": "list",
+                      "object": "dict", "null": "None"}
+
+
+def informal_schema(schema: Any) -> dict[str, Any]:
+    """A JSON Schema as 1.0's informal map (``{"text": "str", "max_words": "int"}``): its properties' names and
+    types; a map that is not a JSON Schema is kept as it is."""
+    if not isinstance(schema, dict):
+        return {}
+    properties = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(properties, dict):
+        return schema
+    informal: dict[str, Any] = {}
+    for name, spec in properties.items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        informal[str(name)] = _TYPE_NAMES.get(kind, "any") if isinstance(kind, str) else "any"
+    return informal
 
 
 def encode_request(env: Envelope, *, name: str, now_ms: int) -> bytes | None:
