@@ -314,3 +314,19 @@ async def test_skills_are_listed_to_1_0_agents_with_the_informal_schemas_they_fi
     assert v1.informal_schema({"type": "object", "properties": {"n": {"type": "integer"}, "x": {}}}) == {
         "n": "int", "x": "any"}
     assert v1.informal_schema({"text": "str"}) == {"text": "str"}  # already informal: as it is
+
+
+async def test_a_trust_request_as_first_contact_reaches_a_1_0_peer_and_a_v2_peer_answers_it_once(
+        pair: tuple[AsyncAgent, AsyncAgent], raw: RawClient, network: Network, tmp_path: Path) -> None:
+    alice, bob = pair
+    old = OldAgent(raw)
+    try:
+        assert await bob.request_trust(raw.wallet) == "granted"  # sent in both formats: the 1.0 one answered
+        assert [m["type"] for m in old.requests] == ["trust_request"]
+    finally:
+        old.close()
+    carol = AsyncAgent("carol", network=network, data_dir=tmp_path / "carol")
+    async with carol:
+        assert await carol.request_trust(alice.wallet) == "pending"  # the v2 one; the 1.0 copy is not answered
+        assert [r.wallet for r in alice.trust_requests()] == [carol.wallet]
+    carol.close()

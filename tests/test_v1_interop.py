@@ -309,3 +309,26 @@ async def test_a_v1_collaboration_with_our_agent_as_the_peer_completes(
     assert [step["skill"] for step in ours_steps] == ["reverse"], outcome
     assert ours_steps[0]["result"]["result"] == {"text": "txet siht esrever"}
     assert ours.ran() == 1
+
+
+async def test_a_v1_agents_async_request_to_ours_runs_once_and_its_result_comes_back(
+        ours: ServedAgent, make_v1: Callable[..., V1Agent]) -> None:
+    beta = make_v1("beta")
+    wallet = (await ours.ask("status"))["wallet"]
+    await ours.ask("set_trust", wallet=beta.wallet, tier=1)
+    task_id = await beta.ask("request", wallet=wallet, skill="reverse", input={"text": "later"})
+    result = await beta.ask("result", task_id=task_id, timeout=60)
+    assert (result["state"], result["result"]) == ("succeeded", {"text": "retal"}), f"{result}\n{our_log(ours)}"
+    assert ours.ran() == 1
+
+
+async def test_our_collaboration_with_a_v1_agent_as_the_peer_completes(
+        ours: ServedAgent, make_v1: Callable[..., V1Agent]) -> None:
+    beta = make_v1("beta")  # grants trust requests up to KNOWN at once
+    assert await ours.ask("request_trust", wallet=beta.wallet, tier=1, reason="interop") == "granted"
+    plan = {"steps": [{"id": "shout", "skill": "echo", "agent": beta.wallet, "input": {"text": "mls"}},
+                      {"id": "back", "skill": "reverse", "input": {"text": "{{shout.output.text}}"}}]}
+    result = await ours.ask("collaborate", wallet=beta.wallet, goal="echo and reverse", plan=plan, timeout=120)
+    assert result["state"] == "completed", f"{result}\n{our_log(ours)}"
+    assert [step["output"] for step in result["steps"]] == [{"text": "mls"}, {"text": "slm"}]
+    assert [line["input"] for line in beta.events("ran")] == [{"text": "mls"}]  # their step ran once

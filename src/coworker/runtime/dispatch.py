@@ -60,7 +60,7 @@ log = logging.getLogger("coworker.runtime")
 
 PEER_TOUCH_INTERVAL = 60.0  # seconds between two last-seen updates of one peer
 # Requests that go to a peer of unknown wire format in both (v2 and CoWorker 1.0): whichever it answers tells.
-FIRST_CONTACT = frozenset({"discover", "ping"})
+FIRST_CONTACT = frozenset({"discover", "ping", "trust.request"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +338,7 @@ class Runtime:
         if sender is None:
             log.warning("ignored CoWorker 1.0 %s: no wallet of its own from %s", msg.type, sorted(addresses))
             return None, None
-        if msg.type in FIRST_CONTACT and self._link.protocol(sender) == "2":
+        if v1.REQUESTS.get(msg.type) in FIRST_CONTACT and self._link.protocol(sender) == "2":
             return None, None  # the 1.0 copy a v2 agent sends on first contact: its v2 one is answered
         mid = v1.message_id(incoming.sender.inbox_id, incoming.data)
         try:
