@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -21,3 +24,18 @@ def sibling(name: str) -> ModuleType:
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def print_figures(name: str, figures: Callable[[], dict[str, Any]], render: Callable[[dict[str, Any]], str],
+                  as_json: bool) -> int:
+    """A devnet benchmark's ending: its figures printed (JSON or a table); exit status 2, said on stderr, when
+    port 5556, where it runs its own devnet, is taken."""
+    from coworker.devnet import PortInUseError
+
+    try:
+        result = figures()
+    except PortInUseError as exc:
+        print(f"{name}: this benchmark runs its own devnet on port 5556, which is taken: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if as_json else render(result))
+    return 0

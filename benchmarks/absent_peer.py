@@ -56,7 +56,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _siblings import sibling  # noqa: E402 (after the path it needs)
+from _siblings import print_figures, sibling  # noqa: E402 (after the path it needs)
 
 DEFAULT_TASKS = 10_000
 DEFAULT_ABSENCE_S = 60.0
@@ -418,16 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             options[key] = getattr(args, key)
     if args.retry is not None:
         options["retry"] = tuple(args.retry)
-    from coworker.devnet import PortInUseError
-
-    try:
-        figures = run(quick=args.quick, **options)
-    except PortInUseError as exc:
-        print(f"absent_peer: the devnet mode runs its own devnet on port 5556, which is taken: {exc}",
-              file=sys.stderr)
-        return 2
-    print(json.dumps(figures, indent=2) if args.json else render(figures))
-    return 0
+    return print_figures("absent_peer", lambda: run(quick=args.quick, **options), render, args.json)
 
 
 if __name__ == "__main__":

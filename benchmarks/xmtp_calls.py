@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import platform
 import statistics
@@ -48,13 +47,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from coworker.devnet import DEFAULT_PORT, PortInUseError, running_devnet
+from coworker.devnet import running_devnet
 from coworker.transports.xmtp.driver import node_sdk_available
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _siblings import sibling  # noqa: E402 (after the path it needs)
+from _siblings import print_figures, sibling  # noqa: E402 (after the path it needs)
 
 PAYLOAD: dict[str, Any] = {"text": "hello"}
 TARGET_RATIO = 1.3
@@ -293,14 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     args = parser.parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k in ("seq", "total", "in_flight", "warmup") and v is not None}
-    try:
-        figures = run(quick=args.quick, **options)
-    except PortInUseError as exc:
-        print(f"xmtp_calls: this benchmark runs its own devnet on port {DEFAULT_PORT}, which is taken: {exc}",
-              file=sys.stderr)
-        return 2
-    print(json.dumps(figures, indent=2) if args.json else render(figures))
-    return 0
+    return print_figures("xmtp_calls", lambda: run(quick=args.quick, **options), render, args.json)
 
 
 if __name__ == "__main__":

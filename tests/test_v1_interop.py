@@ -28,7 +28,7 @@ import pytest
 
 from coworker.devnet import DevnetServer
 
-from .test_xmtp_processes import ServedAgent
+from .test_xmtp_processes import ServedAgent, served_app
 
 SETUP = "make interop-v1 (or `export $(scripts/v1_interop_env.sh)` first)"
 pytestmark = [
@@ -164,15 +164,7 @@ class V1Agent:
 @pytest.fixture
 def ours(xmtp_node: DevnetServer, home: Path, tmp_path: Path) -> Iterator[ServedAgent]:
     """Our agent, ``coworker serve APP.py``: skills reverse (KNOWN) and secret (INTERNAL)."""
-    runs = tmp_path / "runs.txt"
-    app = tmp_path / "ours_app.py"
-    app.write_text(APP.format(runs=str(runs)))
-    served = ServedAgent(app, home / "agents" / "ours", runs)
-    served.start()
-    yield served
-    if served.process is not None and served.process.poll() is None:
-        served.process.terminate()
-        served.process.wait(15)
+    yield from served_app(APP, "ours", home, tmp_path)
 
 
 @pytest.fixture

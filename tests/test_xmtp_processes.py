@@ -102,17 +102,23 @@ class ServedAgent:
         return len(self.runs.read_text().splitlines()) if self.runs.exists() else 0
 
 
-@pytest.fixture
-def alice(xmtp_node: DevnetServer, home: Path, tmp_path: Path) -> Iterator[ServedAgent]:
+def served_app(source: str, name: str, home: Path, tmp_path: Path) -> Iterator[ServedAgent]:
+    """``coworker serve`` of an app written from ``source`` (its ``{runs}`` filled in), as agent ``name``; stopped
+    after the test."""
     runs = tmp_path / "runs.txt"
-    app = tmp_path / "alice_app.py"
-    app.write_text(APP.format(runs=str(runs)))
-    served = ServedAgent(app, home / "agents" / "alice", runs)
+    app = tmp_path / f"{name}_app.py"
+    app.write_text(source.format(runs=str(runs)))
+    served = ServedAgent(app, home / "agents" / name, runs)
     served.start()
     yield served
     if served.process is not None and served.process.poll() is None:
         served.process.terminate()
         served.process.wait(15)
+
+
+@pytest.fixture
+def alice(xmtp_node: DevnetServer, home: Path, tmp_path: Path) -> Iterator[ServedAgent]:
+    yield from served_app(APP, "alice", home, tmp_path)
 
 
 @pytest.fixture
