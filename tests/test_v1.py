@@ -330,3 +330,37 @@ async def test_a_trust_request_as_first_contact_reaches_a_1_0_peer_and_a_v2_peer
         assert await carol.request_trust(alice.wallet) == "pending"  # the v2 one; the 1.0 copy is not answered
         assert [r.wallet for r in alice.trust_requests()] == [carol.wallet]
     carol.close()
+
+
+async def test_a_request_to_a_1_0_peer_is_never_sent_again_however_long_it_takes(
+        network: Network, tmp_path: Path, raw: RawClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1.0 agents run a request again for every copy: ours waits for the answer to its one copy.
+    from coworker import RetryPolicy
+    from coworker.runtime.caller import Caller
+
+    bob = AsyncAgent("bob", network=network, data_dir=tmp_path / "bob", retry=RetryPolicy(0.01, 1.0, 0.01))
+    held = asyncio.Event()
+    real_hold = Caller._hold
+
+    def hold(self: Caller, *args: Any) -> float:
+        wait: float = real_hold(self, *args)
+        if wait == float("inf"):
+            held.set()  # a copy came due again, and was held
+        return wait
+
+    monkeypatch.setattr(Caller, "_hold", hold)
+    old = OldAgent(raw)
+    async with bob:
+        await bob.connect(raw.wallet, timeout=10)
+        old.task.cancel()  # from now on the 1.0 peer reads but does not answer
+        await asyncio.gather(old.task, return_exceptions=True)
+        task_id = await bob.request(raw.wallet, "shout", {"text": "slow"}, timeout=30)
+        await held.wait()  # the retry gap passed, and the copy it would have sent is held: the driver waits
+        calls = []
+        while not raw.inbox.empty():
+            message = json.loads((raw.inbox.get_nowait()).data)
+            calls += [message] if message.get("type") == "task_request" else []
+        assert [m["correlation_id"] for m in calls] == [task_id]  # one copy, the task id as its correlation id
+        assert bob.get_result(task_id)["state"] == "submitted"
+        assert bob.stats()["away"] == {}  # held because it speaks 1.0, not probed as a peer that is away
+    bob.close()
