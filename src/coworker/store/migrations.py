@@ -122,4 +122,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE peers ADD COLUMN protocol TEXT;
     ALTER TABLE tasks ADD COLUMN v1_correlation TEXT;
     """,
+    # 5: the owner's choice, per skill name, to hide a skill from every peer or expose it; a name with no row is
+    # exposed. A table rather than settings: one row per name, so "record it only if none is recorded yet" (a
+    # skill folder found for the first time) is one INSERT OR IGNORE, and each choice keeps its own time
+    """
+    CREATE TABLE skill_visibility (
+        name        TEXT PRIMARY KEY,
+        hidden      INTEGER NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    """,
 )

@@ -488,6 +488,29 @@ class SQLiteStore:
                                 "ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
         return [_collaboration(r) for r in rows]
 
+    # ---- skill visibility ---------------------------------------------------------------------------------
+
+    def hidden_skills(self) -> set[str]:
+        """The names of the skills the owner hid (a name with no record, or exposed, is not among them)."""
+        return {str(r[0]) for r in self._db.execute("SELECT name FROM skill_visibility WHERE hidden = 1")}
+
+    def skill_visibility(self, name: str) -> bool | None:
+        """Whether ``name`` is recorded hidden (True), exposed (False), or not recorded (None)."""
+        row = self._db.execute("SELECT hidden FROM skill_visibility WHERE name = ?", (name,)).fetchone()
+        return None if row is None else bool(row[0])
+
+    def set_skill_visibility(self, name: str, hidden: bool, now: float, *, only_if_unset: bool = False) -> bool:
+        """Record ``name`` as hidden or exposed; with ``only_if_unset``, only when nothing is recorded for it yet.
+        Returns whether it was recorded."""
+        if only_if_unset:
+            cur = self._write("INSERT OR IGNORE INTO skill_visibility (name, hidden, updated_at) VALUES (?, ?, ?)",
+                              (name, int(hidden), now))
+        else:
+            cur = self._write("INSERT INTO skill_visibility (name, hidden, updated_at) VALUES (?, ?, ?) "
+                              "ON CONFLICT (name) DO UPDATE SET hidden = excluded.hidden, "
+                              "updated_at = excluded.updated_at", (name, int(hidden), now))
+        return cur.rowcount == 1
+
     # ---- settings -----------------------------------------------------------------------------------------
 
     def get_setting(self, key: str) -> str | None:
