@@ -36,7 +36,14 @@ from coworker.agent.control import ControlServer
 from coworker.agent.peer import Peer, task_dict
 from coworker.core.limits import RateLimiter, RateLimits
 from coworker.core.protocol import ErrorBody, parse_body
-from coworker.core.skills import Skill, SkillFunction, build_skill
+from coworker.core.skills import (
+    Skill,
+    SkillFunction,
+    VisibleSkills,
+    build_skill,
+    skill_overview,
+    valid_skill_name,
+)
 from coworker.core.tasks import LIVE, Progress, RetryPolicy, TaskState
 from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum
@@ -102,6 +109,8 @@ class AsyncAgent:
             self.wallet = self._identity.address
         self.store = SQLiteStore(self.data_dir / DB_FILE)
         self._skills: dict[str, Skill] = {}
+        self._hidden: set[str] = self.store.hidden_skills()  # names the owner hid from every peer
+        self._visible = VisibleSkills(self._skills, self._hidden)  # what the runtime answers peers from
         self._policy = TrustPolicy(bool(auto_accept_trust), max_tier)
         self._clock = clock
         self._retry = retry
@@ -185,11 +194,78 @@ class AsyncAgent:
 
     @property
     def skills(self) -> dict[str, Skill]:
-        """The registered skills, by name."""
+        """The registered skills, by name (hidden ones too: see :meth:`hide_skill`)."""
         return dict(self._skills)
 
     def _publish_skills(self) -> None:
         self.store.set_setting("skills", json.dumps([s.card() for s in self._skills.values()]))
+
+    # ---- skill visibility ---------------------------------------------------------------------------------
+
+    def hide_skill(self, name: str) -> None:
+        """Hide a skill from every peer: to each of them it is then exactly like a skill that does not exist
+        (absent from discover, a call to it gets :class:`SkillNotFound`, a plan naming it is rejected).
+
+        Recorded in the agent's store (durable when this returns) and kept across restarts; on a running agent
+        it applies from the next message. A task the skill already took goes on running, after a restart too,
+        and its caller gets its result: hiding stops new calls.
+
+        Raises:
+            ConfigurationError: the agent has no skill named ``name``.
+        """
+        self._set_hidden(name, True)
+
+    def expose_skill(self, name: str) -> None:
+        """Let peers see and call a hidden skill again (at the tier it needs), as :meth:`hide_skill` hid it.
+
+        Raises:
+            ConfigurationError: the agent has no skill named ``name``.
+        """
+        self._set_hidden(name, False)
+
+    def _set_hidden(self, name: str, hidden: bool) -> None:
+        if not isinstance(name, str) or name not in self._skills:
+            raise ConfigurationError(f"{self.name} has no skill named {name!r} (skills: "
+                                     f"{', '.join(sorted(self._skills)) or 'none'})")
+        self.store.set_skill_visibility(name, hidden, self._clock())
+        self.store.flush()  # durable when this returns, like every decision an owner makes
+        if hidden:
+            self._hidden.add(name)
+        else:
+            self._hidden.discard(name)
+
+    def skill_hidden(self, name: str) -> bool:
+        """Whether ``name`` is hidden from peers: recorded hidden by :meth:`hide_skill` or
+        :meth:`set_default_visibility` (a name with no record is exposed; a name not registered may have one)."""
+        return name in self._recorded_hidden()
+
+    def _recorded_hidden(self) -> set[str]:
+        """The hidden names; a stopped agent reads them again (the CLI records choices while it is stopped)."""
+        if self._runtime is None:
+            self._hidden.clear()
+            self._hidden.update(self.store.hidden_skills())
+        return self._hidden
+
+    def set_default_visibility(self, name: str, *, exposed: bool) -> None:
+        """Record whether ``name`` is exposed only when nothing is recorded for it yet (the owner's later
+        :meth:`hide_skill` or :meth:`expose_skill` is never undone). A skill loader calls it for a skill found
+        for the first time, before registering it, so that a new skill waits for the owner's review hidden.
+
+        Raises:
+            ConfigurationError: ``name`` is not a valid skill name.
+        """
+        if not valid_skill_name(name):
+            raise ConfigurationError(f"invalid skill name {name!r}")
+        if self.store.set_skill_visibility(name, not exposed, self._clock(), only_if_unset=True):
+            self.store.flush()
+            if not exposed:
+                self._hidden.add(name)
+
+    def skills_overview(self) -> list[dict[str, Any]]:
+        """Each registered skill and whether peers may know of it, by name: ``{"name", "description",
+        "version", "tier": "known", "min_trust_tier": 1, "hidden": False}``."""
+        hidden = self._recorded_hidden()
+        return [skill_overview(s.card(), s.name in hidden) for _, s in sorted(self._skills.items())]
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -206,9 +282,10 @@ class AsyncAgent:
             if self._identity is None:
                 self._identity = Identity.load_or_create(self.data_dir, self._passphrase)
             self._lock.acquire()
-            runtime = Runtime(identity=self._identity, name=self.name, store=self.store, skills=self._skills,
+            self._recorded_hidden()  # as recorded now: the CLI records choices while the agent is stopped
+            runtime = Runtime(identity=self._identity, name=self.name, store=self.store, skills=self._visible,
                               policy=self._policy, clock=self._clock, retry=self._retry, limiter=self._limiter,
-                              v1=self._v1)
+                              v1=self._v1, registered=self._skills)
             try:
                 await runtime.open(network, self.data_dir)
             except BaseException:
@@ -285,7 +362,10 @@ class AsyncAgent:
         info = getattr(self.transport, "info", None)
         where = f", XMTP inbox {info.inbox_id[:16]}..., sidecar pid {info.pid}" if info is not None else ""
         logs = self.data_dir / "logs"
-        skills = f"skills: {', '.join(sorted(self._skills)) or 'none'}" + (f"; logs in {logs}" if logs.is_dir() else "")
+        hidden = sorted(self._hidden & self._skills.keys())
+        skills = (f"skills: {', '.join(sorted(self._visible)) or 'none'}"
+                  + (f" (hidden from peers: {', '.join(hidden)})" if hidden else "")
+                  + (f"; logs in {logs}" if logs.is_dir() else ""))
         stop = "Ctrl-C stops it" if ctrl_c else "stop() stops it"
         if self.data_dir.resolve() == _paths.agent_dir(self.name).resolve():  # where the CLI finds it
             stop += f" (or `coworker bridge stop --agent {self.name}` from another shell)"

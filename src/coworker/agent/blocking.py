@@ -68,6 +68,26 @@ class Agent:
         """Register ``fn`` as a skill; see :meth:`AsyncAgent.add_skill`."""
         return self._agent.add_skill(fn, **options)
 
+    def hide_skill(self, name: str) -> None:
+        """Hide a skill from every peer; see :meth:`AsyncAgent.hide_skill`."""
+        self._run(lambda: self._agent.hide_skill(name))
+
+    def expose_skill(self, name: str) -> None:
+        """Let peers see a hidden skill again; see :meth:`AsyncAgent.expose_skill`."""
+        self._run(lambda: self._agent.expose_skill(name))
+
+    def skill_hidden(self, name: str) -> bool:
+        """See :meth:`AsyncAgent.skill_hidden`."""
+        return self._run(lambda: self._agent.skill_hidden(name))  # type: ignore[no-any-return]
+
+    def set_default_visibility(self, name: str, *, exposed: bool) -> None:
+        """See :meth:`AsyncAgent.set_default_visibility`."""
+        self._run(lambda: self._agent.set_default_visibility(name, exposed=exposed))
+
+    def skills_overview(self) -> list[dict[str, Any]]:
+        """See :meth:`AsyncAgent.skills_overview`."""
+        return self._run(self._agent.skills_overview)  # type: ignore[no-any-return]
+
     def _run(self, fn: Callable[[], Any]) -> Any:
         async def call() -> Any:
             result = fn()

@@ -8,7 +8,9 @@ can drive it, and every request must carry the token. The protocol is one JSON o
     reply:    {"ok": true, "result": ...}
               {"ok": false, "error": {"type": "SkillNotFound", "message": "...", "code": "...", "path": "..."}}
 
-Commands: status, ping, connect, call, request_trust, trust_requests, approve, deny, set_trust, stop.
+Commands: status, ping, connect, call, request_trust, trust_requests, approve, deny, set_trust, skills, hide_skill,
+expose_skill, stop. ``status`` lists only the skills peers may know of; ``skills`` lists every skill with its
+visibility.
 :class:`ControlClient` raises the same :class:`CoworkerError` subclasses the agent raised.
 
 Any local process can connect before it shows a token, so what one connection may cost is bounded: a request line
@@ -29,7 +31,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,8 +62,6 @@ class ControlledAgent(Protocol):
     @property
     def network_name(self) -> str: ...
     @property
-    def skills(self) -> Mapping[str, Any]: ...
-    @property
     def transport(self) -> Any: ...
     def stats(self) -> dict[str, Any]: ...
     async def ping(self, wallet: str, *, timeout: float = 30) -> float: ...
@@ -76,6 +76,9 @@ class ControlledAgent(Protocol):
     async def approve_trust(self, wallet: str, tier: TrustTier | int | None = None) -> TrustTier: ...
     async def deny_trust(self, wallet: str) -> None: ...
     def set_trust(self, wallet: str, tier: TrustTier | int) -> None: ...
+    def skills_overview(self) -> list[dict[str, Any]]: ...
+    def hide_skill(self, name: str) -> None: ...
+    def expose_skill(self, name: str) -> None: ...
 
 log = logging.getLogger("coworker.control")
 
@@ -118,6 +121,9 @@ class ControlServer:
             "approve": self._approve,
             "deny": self._deny,
             "set_trust": self._set_trust,
+            "skills": self._skills,
+            "hide_skill": self._hide_skill,
+            "expose_skill": self._expose_skill,
             "stop": self._stop,
         }
 
@@ -183,8 +189,9 @@ class ControlServer:
         agent = self._agent
         stats = agent.stats()
         outbox, away = stats.pop("outbox", None), stats.pop("away", {})
+        visible = [s["name"] for s in agent.skills_overview() if not s["hidden"]]
         status: dict[str, Any] = {"name": agent.name, "wallet": agent.wallet, "network": agent.network_name,
-                                  "pid": os.getpid(), "skills": sorted(agent.skills), "rate_limits": stats,
+                                  "pid": os.getpid(), "skills": visible, "rate_limits": stats,
                                   "outbox": outbox, "away": away}
         transport = agent.transport
         if transport is not None and hasattr(transport, "status"):
@@ -208,6 +215,15 @@ class ControlServer:
 
     async def _set_trust(self, args: dict[str, Any]) -> None:
         self._agent.set_trust(args["wallet"], args["tier"])
+
+    async def _skills(self, _: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._agent.skills_overview()
+
+    async def _hide_skill(self, args: dict[str, Any]) -> None:
+        self._agent.hide_skill(args["name"])
+
+    async def _expose_skill(self, args: dict[str, Any]) -> None:
+        self._agent.expose_skill(args["name"])
 
     async def _stop(self, _: dict[str, Any]) -> None:
         asyncio.get_running_loop().call_soon(self._on_stop)

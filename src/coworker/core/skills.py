@@ -13,7 +13,7 @@ import collections.abc
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,6 +274,54 @@ class Skill:
 
 _STREAM_ORIGINS = frozenset({collections.abc.AsyncIterator, collections.abc.AsyncGenerator,
                              collections.abc.AsyncIterable})
+
+
+class VisibleSkills(Mapping[str, Skill]):
+    """A live, read-only view of ``skills`` without the names in ``hidden``: the skills peers may know of.
+
+    The agent keeps one and hands it to its runtime, so that every path that answers a peer (discover and the
+    capabilities cards, calls, plan proposals, and the CoWorker 1.0 messages that become them) sees a hidden
+    skill as one that does not exist, and a change to ``hidden`` takes effect on the next message.
+    """
+
+    __slots__ = ("_hidden", "_skills")
+
+    def __init__(self, skills: Mapping[str, Skill], hidden: Set[str]) -> None:
+        self._skills = skills
+        self._hidden = hidden
+
+    def __getitem__(self, name: str) -> Skill:
+        if name in self._hidden:
+            raise KeyError(name)
+        return self._skills[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in self._skills if name not in self._hidden)
+
+    def __len__(self) -> int:
+        return sum(1 for name in self._skills if name not in self._hidden)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._skills and name not in self._hidden
+
+    def __repr__(self) -> str:
+        return f"<VisibleSkills {sorted(self)}>"
+
+
+def skill_overview(card: Mapping[str, Any], hidden: bool) -> dict[str, Any]:
+    """What the owner sees of one of the agent's skills: from its card, and whether it is hidden from peers."""
+    try:
+        tier = TrustTier.parse(card.get("min_trust_tier", TrustTier.KNOWN))
+    except ValueError:
+        tier = TrustTier.KNOWN
+    return {"name": str(card.get("name", "")), "description": str(card.get("description") or ""),
+            "version": str(card.get("version") or ""), "tier": tier.name.lower(), "min_trust_tier": int(tier),
+            "hidden": bool(hidden)}
+
+
+def valid_skill_name(name: object) -> bool:
+    """Whether ``name`` is a name a skill may have."""
+    return isinstance(name, str) and _NAME_RE.match(name) is not None
 
 
 def _yielded_type(ret: Any) -> Any:

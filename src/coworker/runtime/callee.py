@@ -25,7 +25,7 @@ from coworker._errors import CoworkerError, SkillFailed, SkillNotFound
 from coworker.core import protocol as proto
 from coworker.core.skills import CallContext, Skill
 from coworker.core.tasks import LIVE, Receipt, TaskState, json_size
-from coworker.core.trust import TrustTier
+from coworker.core.trust import TrustTier, may_see
 from coworker.runtime.link import Link
 from coworker.store.records import TaskRecord
 
@@ -128,6 +128,21 @@ class Callee:
                                                 {}, now, updated_at=now, last_activity=now, error_code=code,
                                                 error_message=message, error_path=path or None, request_bytes=size))
         return message
+
+    async def answer_accepted(self, env: proto.Envelope, body: proto.CallRequestBody, peer: str,
+                              tier: TrustTier) -> bool:
+        """Answer, as it stands, a repeat (a retry, a poll) of a task ``peer`` started before its skill was hidden,
+        and return True; False when the request is no such repeat (it is then refused as a missing skill).
+
+        Only the caller that started the task, with its id and skill name, gets this answer: it tells nothing
+        that caller did not know. A task of a skill removed from the code, or that the peer's tier no longer
+        reaches, is refused as before."""
+        known = self._link.store.task("in", body.task or env.id, peer)
+        skill = self._skills.get(body.skill)
+        if known is None or known.skill != body.skill or skill is None or not may_see(tier, skill.min_trust_tier):
+            return False
+        await self._link.send_data(env.sender, self._task_answer(env, known))
+        return True
 
     async def serve(self, env: proto.Envelope, body: proto.CallRequestBody, peer: str, tier: TrustTier,
                     size: int) -> None:

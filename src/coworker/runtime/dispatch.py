@@ -82,7 +82,10 @@ class Runtime:
 
     def __init__(self, *, identity: Identity, name: str, store: Store, skills: Mapping[str, Skill],
                  policy: TrustPolicy, clock: Callable[[], float] = time.time,
-                 retry: RetryPolicy | None = None, limiter: RateLimiter | None = None, v1: bool = True) -> None:
+                 retry: RetryPolicy | None = None, limiter: RateLimiter | None = None, v1: bool = True,
+                 registered: Mapping[str, Skill] | None = None) -> None:
+        """``skills``: what peers may know of (hidden skills left out: every request is judged on it alone);
+        ``registered``: hidden ones too, which tasks taken before a skill was hidden run (after a restart too)."""
         self.identity = identity
         self.wallet = identity.address
         self.name = name
@@ -92,7 +95,7 @@ class Runtime:
         self.clock = clock
         self.retry = retry or RetryPolicy()
         self._link = Link(identity, store, clock, name=name, v1=v1)
-        self._callee = Callee(self._link, skills)
+        self._callee = Callee(self._link, skills if registered is None else registered)
         self._caller = Caller(self._link, self.retry)
         self.limiter = limiter or RateLimiter()
         self._pending: dict[str, _Pending] = {}
@@ -440,6 +443,9 @@ class Runtime:
         decision = decide(tier, env.type, skill_name, {n: s.min_trust_tier for n, s in self.skills.items()})
         if not decision.allowed:
             task_id = getattr(body, "task", None) or (env.id if env.type == "call.request" else None)
+            if (env.type == "call.request" and decision.code == "SKILL_NOT_FOUND"
+                    and await self._callee.answer_accepted(env, body, peer, tier)):
+                return  # a repeat of a task this peer's call started before its skill was hidden: as it stands
             if env.type == "call.request" and task_id is not None:
                 self._callee.reject(env, body, peer, decision.code, decision.message, size)
             await self._link.refuse(env, decision.code, decision.message, task=task_id)
