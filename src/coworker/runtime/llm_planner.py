@@ -89,7 +89,22 @@ class LLMPlanner:
             ConfigurationError: the endpoint cannot be reached, refuses the request, or answers no JSON plan;
                 the message names the URL.
         """
-        body = {"model": self.model, "messages": planner_messages(goal, own, peer), "temperature": 0}
+        content = await self.chat(planner_messages(goal, own, peer))
+        try:
+            data = plan_from_answer(content)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"the LLM at {self.url} answered no usable plan: {exc}") from None
+        log.info("the LLM at %s (%s) planned %s", self.url, self.model, goal[:80])
+        return data
+
+    async def chat(self, messages: Sequence[Mapping[str, str]], *, temperature: float = 0) -> str:
+        """Send a chat to the endpoint and return the model's answer (the planner's and instruction skills' call).
+
+        Raises:
+            ConfigurationError: the endpoint cannot be reached, refuses the request, or answers no text; the
+                message names the URL.
+        """
+        body = {"model": self.model, "messages": list(messages), "temperature": temperature}
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         try:
             async with httpx.AsyncClient(timeout=self.timeout, transport=self._transport) as client:
@@ -111,9 +126,4 @@ class LLMPlanner:
                                      f"completion: {response.text[:300]!r}") from None
         if not isinstance(content, str):
             raise ConfigurationError(f"the LLM at {self.url} answered no text: {content!r}"[:400])
-        try:
-            data = plan_from_answer(content)
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"the LLM at {self.url} answered no usable plan: {exc}") from None
-        log.info("the LLM at %s (%s) planned %s", self.url, self.model, goal[:80])
-        return data
+        return content
