@@ -192,6 +192,39 @@ class AsyncAgent:
             self._publish_skills()
         return skill
 
+    def add_skill_folders(self, *roots: str | Path, expose: bool = False) -> list[Skill]:
+        """Register every loadable skill folder (a ``SKILL.md`` and its scripts) under each root and return them.
+
+        With no root: ``~/.openclaw/workspace/skills``, ``~/.agents/skills``, ``~/.openclaw/skills`` and
+        ``~/.nanobot/workspace/skills``, a name in an earlier root shadowing the same name later. A root that is
+        itself a skill folder is loaded alone. Each call of a script skill runs its script in a subprocess (see
+        :mod:`coworker.agent.folder_skills`); an instruction-only folder asks the configured LLM. A folder that
+        cannot load (bad frontmatter, a missing binary, ...) is logged and skipped: ``coworker skills scan`` says
+        why. A skill found for the first time stays hidden from peers until exposed (:meth:`expose_skill`,
+        ``coworker skills expose``), unless ``expose`` is true; the owner's later choice is kept either way.
+
+        Raises:
+            ConfigurationError: a folder's skill has the name of a skill already registered.
+
+        Example::
+
+            agent.add_skill_folders("~/.openclaw/workspace/skills")
+            agent.expose_skill("weather")
+        """
+        from coworker.agent.folder_skills import OUTPUT_SCHEMA, load  # subprocess and YAML code only when used
+
+        found = load(roots, ())
+        taken = sorted(spec.name for spec, _ in found if spec.name in self._skills)
+        if taken:
+            raise ConfigurationError(f"skill folders {', '.join(taken)} have the names of skills already registered")
+        added: list[Skill] = []
+        for spec, fn in found:
+            self.set_default_visibility(spec.name, exposed=expose)
+            added.append(self.add_skill(fn, name=spec.name, description=spec.description,
+                                        input_schema=spec.input_schema, output_schema=OUTPUT_SCHEMA,
+                                        min_trust_tier=spec.min_trust_tier))
+        return added
+
     @property
     def skills(self) -> dict[str, Skill]:
         """The registered skills, by name (hidden ones too: see :meth:`hide_skill`)."""

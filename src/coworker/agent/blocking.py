@@ -8,6 +8,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -67,6 +68,10 @@ class Agent:
     def add_skill(self, fn: SkillFunction, **options: Any) -> Skill:
         """Register ``fn`` as a skill; see :meth:`AsyncAgent.add_skill`."""
         return self._agent.add_skill(fn, **options)
+
+    def add_skill_folders(self, *roots: str | Path, expose: bool = False) -> list[Skill]:
+        """Register the skill folders under each root; see :meth:`AsyncAgent.add_skill_folders`."""
+        return self._run(lambda: self._agent.add_skill_folders(*roots, expose=expose))  # type: ignore[no-any-return]
 
     def hide_skill(self, name: str) -> None:
         """Hide a skill from every peer; see :meth:`AsyncAgent.hide_skill`."""
