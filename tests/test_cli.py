@@ -259,8 +259,8 @@ def test_status_shows_a_running_agent_its_calls_and_skills(home: Path, capsys: C
     code, out, _ = run(capsys, "skills")
     assert code == 0
     header, row = out.splitlines()
-    assert header.split() == ["NAME", "MIN", "TIER", "VERSION", "DESCRIPTION"]
-    assert row.split() == ["echo", "internal", "(2)", "2.1.0", "Echo", "the", "text", "back."]
+    assert header.split() == ["NAME", "MIN", "TIER", "VERSION", "PEERS", "DESCRIPTION"]
+    assert row.split() == ["echo", "internal", "(2)", "2.1.0", "visible", "Echo", "the", "text", "back."]
     code, out, _ = run(capsys, "skills", "--json")
     assert json.loads(out)[0]["min_trust_tier"] == 2
 

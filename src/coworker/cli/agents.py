@@ -1,4 +1,4 @@
-"""``coworker init``, ``status``, ``skills``, ``tasks`` and ``task``: an agent's own state, read through the library."""
+"""``coworker init``, ``status``, ``tasks`` and ``task``: an agent's own state, read through the library."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from coworker.cli.common import (
     print_json,
     published_skills,
     shown,
-    tier_text,
 )
 from coworker.cli.network import bridge_status
 from coworker.core.tasks import Receipt
@@ -99,6 +98,7 @@ def _status(agent: AsyncAgent) -> dict[str, Any]:
     served = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("in:")}
     trusted = [(w, t) for w, t in agent.store.trusted_peers() if t > TrustTier.UNTRUSTED]
     bridge = (bridge_status(agent.name) or {}) if pid is not None else {}
+    published, hidden = published_skills(agent), agent.store.hidden_skills()
     return {
         "name": agent.name,
         "wallet": agent.wallet,
@@ -114,7 +114,9 @@ def _status(agent: AsyncAgent) -> dict[str, Any]:
         "pending_trust_requests": len(agent.trust_requests()),
         "calls": {"made": sum(made.values()), "served": sum(served.values()),
                   "made_by_status": made, "served_by_status": served},
-        "skills": published_skills(agent),
+        # what peers may see, as published on the last run; hidden ones only by name (`coworker skills`)
+        "skills": None if published is None else [c for c in published if c.get("name") not in hidden],
+        "hidden_skills": sorted(str(c.get("name")) for c in published or [] if c.get("name") in hidden),
         "xmtp": bridge.get("xmtp"),
         "rate_limits": bridge.get("rate_limits"),  # what the running agent dropped, by reason
         "outbox": bridge.get("outbox"),  # what it sent: frames, messages in them, the write budget used
@@ -188,34 +190,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("skills:    none published yet (the agent has not run)")
     else:
         names = ", ".join(shown(c.get("name", "?")) for c in skills) or "none"
-        print(f"skills:    {len(skills)} published on the last run: {names}")
-    return 0
-
-
-# ---- skills ---------------------------------------------------------------------------------------------------
-
-
-def cmd_skills(args: argparse.Namespace) -> int:
-    with open_agent(args) as agent:
-        name = agent.name
-        cards = published_skills(agent)
-    if args.json:
-        print_json(cards or [])
-        return 0
-    if cards is None:
-        print(f"agent {name!r} has not run yet: skills are published when it starts")
-        return 0
-    if not cards:
-        print(f"agent {name!r} published no skills on its last run")
-        return 0
-    rows = [(shown(c.get("name", "?")), tier_text(TrustTier.parse(c.get("min_trust_tier", 1))),
-             shown(c.get("version", "")),
-             shown(str(c.get("description", "")).splitlines()[0]) if c.get("description") else "")
-            for c in cards]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(("NAME", "MIN TIER", "VERSION"))]
-    print(f"{'NAME':<{widths[0]}}  {'MIN TIER':<{widths[1]}}  {'VERSION':<{widths[2]}}  DESCRIPTION")
-    for row in rows:
-        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
+        hidden = status["hidden_skills"]
+        print(f"skills:    {len(skills)} published on the last run: {names}"
+              + (f" ({len(hidden)} more hidden from peers: `coworker skills` lists them)" if hidden else ""))
     return 0
 
 

@@ -22,11 +22,12 @@ from collections.abc import Callable, Sequence
 from coworker._errors import CoworkerError
 from coworker._version import __version__
 from coworker.agent.config import NETWORK_NAMES
-from coworker.cli.agents import cmd_init, cmd_skills, cmd_status, cmd_task, cmd_tasks
+from coworker.cli.agents import cmd_init, cmd_status, cmd_task, cmd_tasks
 from coworker.cli.common import CliError, EscapingFormatter, choose_agent, shown
 from coworker.cli.demo import run_demo
 from coworker.cli.network import register as register_network_commands
 from coworker.cli.setup import register as register_setup
+from coworker.cli.skills import register as register_skills
 from coworker.cli.trust import cmd_trust_approve, cmd_trust_deny, cmd_trust_list, cmd_trust_set
 from coworker.devnet._cli import register as register_devnet
 
@@ -98,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     set_.set_defaults(func=cmd_trust_set)
     trust.set_defaults(func=cmd_trust_list, json=False)
 
-    skills = commands.add_parser("skills", parents=[common], help="the skills published on the agent's last run")
-    skills.add_argument("--json", action="store_true", help="machine-readable output")
-    skills.set_defaults(func=cmd_skills)
+    register_skills(commands, common)  # returns its actions (hide, expose): add another one there
 
     tasks = commands.add_parser("tasks", parents=[common], help="the latest tasks, made and served")
     tasks.add_argument("--state", help="only tasks in this state (completed, failed, working, ...)")
