@@ -385,3 +385,38 @@ def test_scan_output_is_json_serialisable_for_the_cli(tmp_path: Path) -> None:
     make_skill(tmp_path, "echo-json", script=ECHO)
     [report] = scan([tmp_path])
     assert json.dumps({"name": report.name, "loadable": report.loadable, "problems": list(report.problems)})
+
+
+# ---- the CLI -------------------------------------------------------------------------------------------------------
+
+
+def test_coworker_skills_scan_lists_each_folder_loadable_or_why_not(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from coworker.cli.main import main
+
+    root = openclaw_workspace(tmp_path)
+    assert main(["skills", "scan", str(root), "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert [rows[n]["loadable"] for n in ("echo-json", "needs-tool", "vault")] == [True, False, True]
+    assert rows["needs-tool"]["problems"] == [f"missing binary '{MISSING_BINARY}'"]
+    assert main(["skills", "scan", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "ok    echo-json: script scripts/main.py, tier known" in out and "2 of 3 folders loadable" in out
+
+
+def test_coworker_serve_skills_loads_the_folders_hidden_unless_expose(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from coworker.cli.main import main
+    from coworker.cli.network import _add_skill_folders
+
+    assert main(["serve", "--expose"]) == 1
+    assert "--expose applies to the skill folders" in capsys.readouterr().err
+    root = openclaw_workspace(tmp_path)
+    agent = AsyncAgent("a", data_dir=tmp_path / "a")
+    _add_skill_folders(agent, [str(root)], expose=False)
+    assert "hidden from peers until `coworker skills expose NAME`: echo-json, vault" in capsys.readouterr().err
+    other = AsyncAgent("b", data_dir=tmp_path / "b")
+    _add_skill_folders(other, [str(root)], expose=True)
+    assert not other.skill_hidden("echo-json") and agent.skill_hidden("echo-json")
+    agent.close()
+    other.close()

@@ -27,6 +27,7 @@ from coworker.cli.common import CliError, EscapingFormatter, choose_agent, shown
 from coworker.cli.demo import run_demo
 from coworker.cli.network import register as register_network_commands
 from coworker.cli.setup import register as register_setup
+from coworker.cli.skill_scan import register as register_skill_scan
 from coworker.cli.skills import register as register_skills
 from coworker.cli.trust import cmd_trust_approve, cmd_trust_deny, cmd_trust_list, cmd_trust_set
 from coworker.devnet._cli import register as register_devnet
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     set_.set_defaults(func=cmd_trust_set)
     trust.set_defaults(func=cmd_trust_list, json=False)
 
-    register_skills(commands, common)  # returns its actions (hide, expose): add another one there
+    skill_actions = register_skills(commands, common)  # returns its actions (hide, expose): add another one there
+    register_skill_scan(skill_actions, common)  # skills scan [DIR]: the skill folders found, loadable or why not
 
     tasks = commands.add_parser("tasks", parents=[common], help="the latest tasks, made and served")
     tasks.add_argument("--state", help="only tasks in this state (completed, failed, working, ...)")

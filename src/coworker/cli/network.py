@@ -264,14 +264,28 @@ def _log_to_file(data_dir: Path) -> Path:
 
 
 def _cmd_serve(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
+    if args.expose and not args.skills:
+        raise CliError("--expose applies to the skill folders of --skills DIR: give at least one")
     app = load_app(Path(args.file), getattr(args, "agent", None)) if args.file is not None else Agent(choose(args))
     _log_to_file(app.data_dir)
+    if args.skills:
+        _add_skill_folders(app, args.skills, expose=args.expose)
     if isinstance(app, AsyncAgent):
         return asyncio.run(_serve_async(app, args))
     app.start()
     _report_ready(args)
     app.serve()  # says what it serves and how to stop it
     return 0
+
+
+def _add_skill_folders(app: Agent | AsyncAgent, roots: list[str], *, expose: bool) -> None:
+    """Load the skill folders under ``roots`` (``serve --skills``); say what was loaded and what is hidden."""
+    added = app.add_skill_folders(*roots, expose=expose)
+    hidden = [s.name for s in added if app.skill_hidden(s.name)]
+    names = ", ".join(shown(s.name) for s in added) or "none"
+    print(f"skill folders loaded: {names}" + (f"; hidden from peers until `coworker skills expose NAME`: "
+                                             f"{', '.join(shown(n) for n in hidden)}" if hidden else ""),
+          file=sys.stderr)
 
 
 async def _serve_async(agent: AsyncAgent, args: argparse.Namespace) -> int:
@@ -399,8 +413,15 @@ def register(commands: Any, common: argparse.ArgumentParser, choose: Callable[[a
     serve = commands.add_parser("serve", parents=[common], help="run an agent and answer peers until Ctrl-C",
                                 description="Serve the agent a Python file defines (a module-level "
                                             "`agent = Agent(...)` with its skills), or the chosen agent with "
-                                            "no skills when no file is given.")
+                                            "no skills when no file is given; --skills DIR adds the skill "
+                                            "folders under DIR (OpenClaw, Nanobot, Agent Skills).")
     serve.add_argument("file", nargs="?", default=None, help="a Python file that defines an Agent")
+    serve.add_argument("--skills", action="append", default=[], metavar="DIR",
+                       help="also serve the skill folders (SKILL.md + scripts) under DIR; repeatable. Not loadable "
+                            "ones are skipped with a warning (`coworker skills scan DIR` says why)")
+    serve.add_argument("--expose", action="store_true",
+                       help="let peers see the folders' skills found for the first time at once (default: hidden "
+                            "until `coworker skills expose NAME`)")
     serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=bind(_cmd_serve))
 
