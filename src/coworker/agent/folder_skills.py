@@ -229,6 +229,8 @@ def load(roots: Sequence[str | Path], taken: Iterable[str]) -> list[tuple[Folder
     """The loadable skills under the roots with their functions; each folder not loaded is logged with why."""
     loaded: list[tuple[FolderSkill, SkillFunction]] = []
     for report in scan(roots, taken):
+        if report.skill is None and report.problems == ("no SKILL.md",):
+            continue  # a plain directory next to the skill folders
         if not report.loadable or report.skill is None:
             log.warning("skill folder %s not loaded: %s", report.path, "; ".join(report.problems))
             continue
