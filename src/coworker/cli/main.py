@@ -25,6 +25,7 @@ from coworker.agent.config import NETWORK_NAMES
 from coworker.cli.agents import cmd_init, cmd_status, cmd_task, cmd_tasks
 from coworker.cli.common import CliError, EscapingFormatter, choose_agent, shown
 from coworker.cli.demo import run_demo
+from coworker.cli.mcp import register as register_mcp
 from coworker.cli.network import register as register_network_commands
 from coworker.cli.setup import register as register_setup
 from coworker.cli.skill_scan import register as register_skill_scan
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_network_commands(commands, common, choose_agent, trust_commands)
     register_setup(commands, common)
+    register_mcp(commands, common, choose_agent)
     register_devnet(commands)
     return parser
 

@@ -1,0 +1,99 @@
+"""``coworker mcp``: the agent as an MCP server for MCP hosts (Claude Desktop, Cursor, ...).
+
+Over stdio by default: stdout then carries the protocol only, and logs go to the agent's log file. With
+``--http PORT``: streamable HTTP on 127.0.0.1, for requests that carry the bearer token printed on stderr once and
+kept in ``<agent dir>/mcp_token`` (mode 0600). The agent runs in this process (``coworker mcp APP.py`` for an agent
+with code skills, as ``coworker serve APP.py``); see :mod:`coworker.agent.mcp_server` for the tools.
+
+Example::
+
+    coworker mcp --peer 0xB0B...                 # for an MCP host's configuration
+    coworker mcp skills.py --http 8765           # http://127.0.0.1:8765/mcp, Authorization: Bearer <token>
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from coworker.agent.agent import AsyncAgent
+from coworker.agent.blocking import Agent
+from coworker.agent.config import network_name
+from coworker.agent.control import ControlClient
+from coworker.cli.common import CliError
+from coworker.cli.network import _log_to_file, _peer_wallet, load_app
+from coworker.store.identity import write_private
+
+TOKEN_FILE = "mcp_token"
+INSTALL_HINT = "coworker mcp needs the MCP Python SDK: pip install 'mcp>=1.10' (or pip install 'coworker-xmtp[mcp]')"
+
+
+def _cmd_mcp(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
+    try:
+        from coworker.agent.mcp_server import McpBridge
+    except ImportError as exc:
+        raise CliError(f"{INSTALL_HINT} ({exc})") from None
+    if args.file is not None:
+        app: Agent | AsyncAgent = load_app(Path(args.file), getattr(args, "agent", None))
+    else:
+        app = AsyncAgent(choose(args))
+    agent = app.aio if isinstance(app, Agent) else app
+    running = ControlClient.find(agent.data_dir)
+    if running is not None:
+        agent.close()
+        raise CliError(f"agent {agent.name} already runs (pid {running.pid}) and one process owns an agent: stop it "
+                       f"(`coworker bridge stop --agent {agent.name}`) and run it with `coworker mcp` instead")
+    _log_to_file(agent.data_dir)
+    wallets = [_peer_wallet(p, network_name(None, agent.data_dir)[0])[0] for p in args.peer]
+    token = None
+    if args.http is not None:
+        token = secrets.token_urlsafe(32)
+        path = agent.data_dir / TOKEN_FILE
+        path.unlink(missing_ok=True)
+        write_private(path, token.encode())
+
+    async def run() -> None:
+        await agent.start()
+        try:
+            bridge = McpBridge(agent, peers=wallets, wait=args.wait)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(bridge.connect_pinned())
+                if token is None:
+                    await bridge.run_stdio()
+                else:
+                    await bridge.run_http(args.http, token, ready=lambda port: _announce(port, token, agent))
+        finally:
+            await agent.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        agent.close()
+    return 0
+
+
+def _announce(port: int, token: str, agent: AsyncAgent) -> None:
+    print(f"MCP server of agent {agent.name}: http://127.0.0.1:{port}/mcp\n"
+          f"bearer token (also in {agent.data_dir / TOKEN_FILE}): {token}", file=sys.stderr, flush=True)
+
+
+def register(commands: Any, common: argparse.ArgumentParser, choose: Callable[[argparse.Namespace], str]) -> None:
+    """Add ``coworker mcp`` to the ``coworker`` parser."""
+    mcp = commands.add_parser(
+        "mcp", parents=[common], help="serve the agent's skills and its peers' as MCP tools (stdio, or --http)",
+        description="An MCP server for MCP hosts: the agent's skills, the skills of each --peer, and the tools "
+                    "peers, connect, call, task, cancel and request_trust. A call that runs longer than --wait "
+                    "returns its task id; the task tool fetches its result later.")
+    mcp.add_argument("file", nargs="?", default=None, help="a Python file that defines the agent and its skills")
+    mcp.add_argument("--peer", action="append", default=[], metavar="WALLET|INVITE",
+                     help="offer this peer's skills as tools (<peer name>__<skill>); repeatable")
+    mcp.add_argument("--http", type=int, default=None, metavar="PORT",
+                     help="serve streamable HTTP on 127.0.0.1:PORT (0: any free port) with a bearer token")
+    mcp.add_argument("--wait", type=float, default=50.0,
+                     help="seconds a tool call waits for its result before returning the task id (default 50)")
+    mcp.set_defaults(func=lambda args: _cmd_mcp(args, choose))
