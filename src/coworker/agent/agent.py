@@ -16,10 +16,10 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from coworker import _paths
 from coworker._errors import (
@@ -55,6 +55,9 @@ from coworker.store.identity import KEYSTORE_FILE, Identity
 from coworker.store.records import CallRecord, PeerRecord, TaskRecord, TrustRequest
 from coworker.store.sqlite import SQLiteStore
 from coworker.transports.base import Network, Transport
+
+if TYPE_CHECKING:
+    from coworker.agent.mcp_client import McpServerLink, McpTool
 
 log = logging.getLogger("coworker.agent")
 
@@ -127,6 +130,7 @@ class AsyncAgent:
         self._stopping: asyncio.Task[None] | None = None
         self._on_stop: list[Callable[[], None]] = []  # called whenever the agent stops (the facade's serve)
         self._collaborations = Collaborations(self)
+        self._mcp_links: list[McpServerLink] = []  # add_mcp_server's, started and stopped with the agent
 
     def __repr__(self) -> str:
         return f"<AsyncAgent {self.name} {self.wallet}>"
@@ -225,6 +229,71 @@ class AsyncAgent:
                                         min_trust_tier=spec.min_trust_tier))
         return added
 
+    def add_mcp_server(self, command_or_url: str | Sequence[str], *, prefix: str | None = None,
+                       min_trust_tier: TrustTier | int = TrustTier.INTERNAL) -> McpServerLink:
+        """Serve an MCP server's tools as skills: each tool becomes the skill ``<prefix>__<tool>`` (the tool's
+        name when ``prefix`` is None; characters a skill name may not hold become ``_``), its input schema the
+        tool's, callable by peers trusted at ``min_trust_tier`` (INTERNAL by default: an MCP server often reaches
+        files, shells or accounts). The owner added the server, so its tools are visible at once, like skills of
+        code; :meth:`hide_skill` hides one.
+
+        The server runs while the agent runs: started (its tools listed) by :meth:`start`, stopped by
+        :meth:`stop`. A command runs with no shell and the MCP SDK's default environment (not the agent's
+        secrets); a URL is a streamable-HTTP server, over ``https://`` unless it is on this machine. MCP
+        progress reaches the caller as progress; a tool's error is :class:`SkillFailed` with its text; if the
+        server dies, calls fail with "the MCP server ... is not running; restarting" and it is restarted,
+        waiting 0.5 s, then twice as long each time up to 30 s. See :mod:`coworker.agent.mcp_client`.
+
+        Args:
+            command_or_url: ``"npx -y @modelcontextprotocol/server-everything"`` (split as a shell would, run
+                without one), an argv list, or ``"http://127.0.0.1:8000/mcp"``.
+
+        Returns:
+            the server's link; its ``skill_names`` once the agent started.
+
+        Raises:
+            ConfigurationError: an empty command, a bad prefix or tier, a plain-HTTP URL of another machine, or
+                the agent is running (add MCP servers before :meth:`start`). :meth:`start` raises it when the
+                server does not start, or a tool's skill name is taken.
+
+        Example::
+
+            agent.add_mcp_server("python -m my_tools.server", prefix="tools")
+            await agent.start()   # peers trusted at INTERNAL can call "tools__search"
+        """
+        from coworker.agent.mcp_client import McpServerLink  # the MCP SDK only when used
+
+        tier = parse_tier(min_trust_tier, "min_trust_tier")
+        if self._runtime is not None:
+            raise ConfigurationError("add MCP servers before the agent starts (its tools are listed at start)")
+
+        def register(link: McpServerLink, tools: list[McpTool]) -> None:
+            self._add_mcp_tools(link, tools, tier)
+
+        link = McpServerLink(command_or_url, prefix=prefix, register=register)
+        self._mcp_links.append(link)
+        return link
+
+    def _add_mcp_tools(self, link: McpServerLink, tools: list[McpTool], tier: TrustTier) -> None:
+        from coworker.agent.mcp_client import skill_name
+
+        built: dict[str, Skill] = {}
+        for tool in tools:
+            name = skill_name(link.prefix, tool.name)
+            if name in built:
+                raise ConfigurationError(f"the MCP server {link.label} has two tools named {name!r} as skills: "
+                                         f"give it a prefix, or fix its tool names")
+            if name in self._skills and name not in link.skill_names:
+                raise ConfigurationError(f"the MCP server {link.label}'s tool {tool.name!r} would be the skill "
+                                         f"{name!r}, already registered: pass add_mcp_server(prefix=...)")
+            built[name] = build_skill(link.skill_function(tool.name), name=name, description=tool.description,
+                                      input_schema=tool.input_schema, output_schema=tool.output_schema,
+                                      min_trust_tier=tier, version="1.0.0")
+        self._skills.update(built)  # a tool listed again replaces its skill (its schema may have changed)
+        link.skill_names.update(built)
+        if self._runtime is not None:
+            self._publish_skills()
+
     @property
     def skills(self) -> dict[str, Skill]:
         """The registered skills, by name (hidden ones too: see :meth:`hide_skill`)."""
@@ -316,12 +385,20 @@ class AsyncAgent:
                 self._identity = Identity.load_or_create(self.data_dir, self._passphrase)
             self._lock.acquire()
             self._recorded_hidden()  # as recorded now: the CLI records choices while the agent is stopped
+            try:
+                for link in self._mcp_links:  # their tools are skills before any peer asks
+                    await link.start()
+            except BaseException:
+                await self._stop_mcp_links()
+                self._lock.release()
+                raise
             runtime = Runtime(identity=self._identity, name=self.name, store=self.store, skills=self._visible,
                               policy=self._policy, clock=self._clock, retry=self._retry, limiter=self._limiter,
                               v1=self._v1, registered=self._skills)
             try:
                 await runtime.open(network, self.data_dir)
             except BaseException:
+                await self._stop_mcp_links()
                 self._lock.release()
                 raise
             control = ControlServer(self, on_stop=self._stop_soon)
@@ -329,6 +406,7 @@ class AsyncAgent:
                 await control.start()
             except BaseException:
                 await runtime.close()
+                await self._stop_mcp_links()
                 self._lock.release()
                 raise
             self._runtime, self._control = runtime, control
@@ -350,12 +428,17 @@ class AsyncAgent:
                 await control.close()
             await runtime.close()
         finally:
+            await self._stop_mcp_links()  # after the runtime: running calls had their few seconds to finish
             self._lock.release()
             if self._stopped is not None:
                 self._stopped.set()
             for listener in self._on_stop:
                 listener()
             log.info("agent %s stopped", self.name)
+
+    async def _stop_mcp_links(self) -> None:
+        for link in self._mcp_links:
+            await link.stop()
 
     def _stop_soon(self) -> None:
         """Stop from a callback (the control endpoint's ``stop``); serve() returns."""

@@ -1,0 +1,214 @@
+"""An MCP server's tools served as skills (add_mcp_server): a small server written here with the official MCP SDK,
+run over stdio by the agent: schemas, results, progress, errors, a server that dies and comes back, and trust
+tiers over the devnet."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coworker import AsyncAgent, CallContext, ConfigurationError, MemoryNetwork, SkillFailed, SkillNotFound, TrustTier
+from coworker.agent.mcp_client import McpServerLink, parse_target, skill_name, tool_output
+from coworker.core.tasks import Progress
+from coworker.devnet import DevnetServer
+from coworker.transports.xmtp.transport import XmtpNetwork
+
+SERVER = """\
+    import asyncio, os, sys
+    from pathlib import Path
+    from mcp.server.mcpserver import Context, MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    Path(sys.argv[1]).write_text(str(os.getpid()))  # the test kills it by this pid
+    server = MCPServer("test-tools")
+
+    @server.tool(description="Add two numbers, reporting progress on the way.")
+    async def add(a: int, b: int, ctx: Context) -> dict[str, int]:
+        await ctx.report_progress(1, 2, "half way")
+        await ctx.report_progress(2, 2, "done")
+        return {"sum": a + b}
+
+    @server.tool(description="Always fails.")
+    def explode(where: str) -> str:
+        raise ToolError(f"cannot open /home/owner/secret/{where}.txt")  # its text goes to the client
+
+    server.run()
+"""
+
+
+def write_server(tmp_path: Path) -> tuple[list[str], Path]:
+    """The server's argv (this interpreter runs it) and the file it writes its pid to."""
+    script = tmp_path / "tools_server.py"
+    script.write_text(textwrap.dedent(SERVER))
+    pid_file = tmp_path / "server.pid"
+    return [sys.executable, str(script), str(pid_file)], pid_file
+
+
+def ctx() -> CallContext:
+    return CallContext(caller="0x" + "1" * 40, trust_tier=TrustTier.INTERNAL, call_id="t", skill="s")
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[AsyncAgent, AsyncAgent, McpServerLink, Path]]:
+    """Alice serves the test MCP server with prefix "tools" and trusts Bob at INTERNAL, on the in-memory network."""
+    network = MemoryNetwork()
+    argv, pid_file = write_server(tmp_path)
+    alice = AsyncAgent("alice", network=network, data_dir=tmp_path / "alice")
+    bob = AsyncAgent("bob", network=network, data_dir=tmp_path / "bob")
+    link = alice.add_mcp_server(argv, prefix="tools")
+    alice.set_trust(bob.wallet, TrustTier.INTERNAL)
+    await alice.start()
+    await bob.start()
+    yield alice, bob, link, pid_file
+    await bob.stop()
+    await alice.stop()
+    alice.close()
+    bob.close()
+
+
+async def test_the_tools_become_skills_with_the_tools_input_schemas(served: Any) -> None:
+    alice, _, link, _ = served
+    assert link.skill_names == {"tools__add", "tools__explode"}
+    add = alice.skills["tools__add"]
+    assert add.min_trust_tier == TrustTier.INTERNAL and not alice.skill_hidden("tools__add")
+    assert add.description == "Add two numbers, reporting progress on the way."
+    assert add.input_schema["properties"].keys() == {"a", "b"}
+    assert add.input_schema["required"] == ["a", "b"]
+    assert add.input_schema["properties"]["a"]["type"] == "integer"
+
+
+async def test_an_internal_peer_gets_the_result_and_the_tools_progress(served: Any) -> None:
+    alice, bob, _, _ = served
+    reports: list[Progress] = []
+    result = await bob.call(alice.wallet, "tools__add", {"a": 2, "b": 3}, timeout=30, on_progress=reports.append)
+    assert result == {"sum": 5}
+    messages = [r.message for r in reports]
+    assert "half way" in messages or "done" in messages  # reports are coalesced to a few a second
+    assert all(r.progress in (0.5, 1.0) for r in reports if r.message in ("half way", "done"))
+
+
+async def test_input_breaking_the_tools_schema_never_reaches_the_server(served: Any) -> None:
+    from coworker import InvalidInput
+
+    alice, bob, _, _ = served
+    with pytest.raises(InvalidInput) as caught:
+        await bob.call(alice.wallet, "tools__add", {"a": "two", "b": 3}, timeout=30)
+    assert caught.value.path == "a"
+
+
+async def test_a_tool_error_is_skill_failed_with_its_text_paths_blanked(served: Any) -> None:
+    alice, bob, _, _ = served
+    with pytest.raises(SkillFailed) as caught:
+        await bob.call(alice.wallet, "tools__explode", {"where": "x"}, timeout=30)
+    assert "cannot open <path>" in str(caught.value) and "/home/owner" not in str(caught.value)
+
+
+async def test_a_killed_server_fails_the_next_call_clearly_and_is_restarted(served: Any) -> None:
+    alice, bob, link, pid_file = served
+    gate = asyncio.Event()
+
+    async def held(delay: float) -> None:  # the restart waits for the test, not for a clock
+        await gate.wait()
+
+    link._pause = held
+    first_pid = int(pid_file.read_text())
+    os.kill(first_pid, signal.SIGKILL)
+    with pytest.raises(SkillFailed) as caught:
+        await bob.call(alice.wallet, "tools__add", {"a": 1, "b": 1}, timeout=30)
+    assert str(caught.value) == "the MCP server tools is not running; restarting"  # no command line: peers see it
+    gate.set()
+    await asyncio.wait_for(link.ready.wait(), 30)
+    assert await bob.call(alice.wallet, "tools__add", {"a": 1, "b": 1}, timeout=30) == {"sum": 2}
+    assert int(pid_file.read_text()) != first_pid and link.restarts == 1
+
+
+async def test_the_server_stops_with_the_agent(tmp_path: Path) -> None:
+    argv, pid_file = write_server(tmp_path)
+    agent = AsyncAgent("alice", network=MemoryNetwork(), data_dir=tmp_path / "alice")
+    link = agent.add_mcp_server(argv)
+    await agent.start()
+    pid = int(pid_file.read_text())
+    assert sorted(link.skill_names) == ["add", "explode"]
+    await agent.stop()
+    agent.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # stdio_client waited for it to exit
+    with pytest.raises(SkillFailed, match="not running"):
+        await link.call("add", {"a": 1, "b": 2}, ctx())
+
+
+async def test_a_server_that_does_not_start_fails_start_clearly_and_releases_the_agent(tmp_path: Path) -> None:
+    agent = AsyncAgent("alice", network=MemoryNetwork(), data_dir=tmp_path / "alice")
+    agent.add_mcp_server([sys.executable, "-c", "import sys; sys.exit(3)"])
+    with pytest.raises(ConfigurationError, match="did not start"):
+        await agent.start()
+    assert not agent.running
+    agent.close()
+
+
+async def test_a_tool_named_like_a_registered_skill_is_refused_at_start(tmp_path: Path) -> None:
+    argv, _ = write_server(tmp_path)
+    agent = AsyncAgent("alice", network=MemoryNetwork(), data_dir=tmp_path / "alice")
+
+    @agent.skill()
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    agent.add_mcp_server(argv)
+    with pytest.raises(ConfigurationError, match=r"pass add_mcp_server\(prefix=\.\.\.\)"):
+        await agent.start()
+    assert not agent.running
+    agent.close()
+
+
+def test_commands_urls_names_and_results() -> None:
+    assert parse_target("npx -y '@scope/my server'") == ("stdio", ["npx", "-y", "@scope/my server"])
+    assert parse_target("http://127.0.0.1:8000/mcp") == ("http", ["http://127.0.0.1:8000/mcp"])
+    assert parse_target("https://tools.example/mcp")[0] == "http"
+    with pytest.raises(ConfigurationError, match="in clear"):
+        parse_target("http://tools.example/mcp")
+    with pytest.raises(ConfigurationError):
+        parse_target("  ")
+    assert skill_name(None, "get weather/now") == "get_weather_now"
+    assert skill_name("gh", "1st") == "gh___1st"
+    with pytest.raises(ConfigurationError):
+        skill_name("bad prefix", "x")
+    image = {"type": "image", "data": "AAAA", "mimeType": "image/png"}
+    assert tool_output({"content": [{"type": "text", "text": "a"}, image]}) == "a\n[image/png image omitted]"
+    assert tool_output({"content": [], "structuredContent": {"x": 1}}) == {"x": 1}
+    with pytest.raises(SkillFailed, match="boom"):
+        tool_output({"content": [{"type": "text", "text": "boom"}], "isError": True})
+
+
+async def test_over_xmtp_an_internal_peer_calls_the_tool_and_a_known_one_cannot_see_it(
+        xmtp_node: DevnetServer, tmp_path: Path) -> None:
+    argv, _ = write_server(tmp_path)
+    alice = AsyncAgent("alice", network=XmtpNetwork("local"), data_dir=tmp_path / "alice")
+    bob = AsyncAgent("bob", network=XmtpNetwork("local"), data_dir=tmp_path / "bob")
+    carol = AsyncAgent("carol", network=XmtpNetwork("local"), data_dir=tmp_path / "carol")
+    alice.add_mcp_server(argv, prefix="tools")
+    alice.set_trust(bob.wallet, TrustTier.INTERNAL)
+    alice.set_trust(carol.wallet, TrustTier.KNOWN)
+    await alice.start()
+    await bob.start()
+    await carol.start()
+    try:
+        assert await bob.call(alice.wallet, "tools__add", {"a": 20, "b": 22}, timeout=60) == {"sum": 42}
+        assert "tools__add" in (await bob.connect(alice.wallet, timeout=60)).skills
+        assert (await carol.connect(alice.wallet, timeout=60)).skills == []
+        with pytest.raises(SkillNotFound):
+            await carol.call(alice.wallet, "tools__add", {"a": 1, "b": 2}, timeout=60)
+    finally:
+        await carol.stop()
+        await bob.stop()
+        await alice.stop()
+        for agent in (alice, bob, carol):
+            agent.close()
