@@ -212,3 +212,27 @@ async def test_over_xmtp_an_internal_peer_calls_the_tool_and_a_known_one_cannot_
         await alice.stop()
         for agent in (alice, bob, carol):
             agent.close()
+
+
+def test_coworker_serve_mcp_server_serves_the_tools_through_the_blocking_agent(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shlex
+
+    from coworker import Agent
+    from coworker.cli.main import build_parser
+    from coworker.cli.network import _add_mcp_servers
+
+    argv, _ = write_server(tmp_path)
+    command = shlex.join(argv)
+    args = build_parser().parse_args(["serve", "--mcp-server", command, "--mcp-server", "http://127.0.0.1:1/mcp"])
+    assert args.mcp_server == [command, "http://127.0.0.1:1/mcp"]
+    agent = Agent("alice", network=MemoryNetwork(), data_dir=tmp_path / "alice")
+    _add_mcp_servers(agent, [command])
+    assert "MCP servers: 1" in capsys.readouterr().err
+    agent.start()
+    try:
+        assert {"add", "explode"} <= agent.skills.keys()
+        assert agent.skills["add"].min_trust_tier == TrustTier.INTERNAL
+    finally:
+        agent.stop()
+        agent.close()

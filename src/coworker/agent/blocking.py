@@ -7,10 +7,10 @@ import atexit
 import contextlib
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from coworker.agent.agent import AsyncAgent
 from coworker.agent.peer import Peer
@@ -20,6 +20,9 @@ from coworker.core.tasks import Progress
 from coworker.core.trust import TrustTier
 from coworker.runtime.collaboration import Planner
 from coworker.store.records import CallRecord, PeerRecord, TrustRequest
+
+if TYPE_CHECKING:
+    from coworker.agent.mcp_client import McpServerLink
 
 F = TypeVar("F", bound=SkillFunction)
 
@@ -72,6 +75,12 @@ class Agent:
     def add_skill_folders(self, *roots: str | Path, expose: bool = False) -> list[Skill]:
         """Register the skill folders under each root; see :meth:`AsyncAgent.add_skill_folders`."""
         return self._run(lambda: self._agent.add_skill_folders(*roots, expose=expose))  # type: ignore[no-any-return]
+
+    def add_mcp_server(self, command_or_url: str | Sequence[str], *, prefix: str | None = None,
+                       min_trust_tier: TrustTier | int = TrustTier.INTERNAL) -> McpServerLink:
+        """Serve an MCP server's tools as skills while the agent runs; see :meth:`AsyncAgent.add_mcp_server`."""
+        return self._run(lambda: self._agent.add_mcp_server(  # type: ignore[no-any-return]
+            command_or_url, prefix=prefix, min_trust_tier=min_trust_tier))
 
     def hide_skill(self, name: str) -> None:
         """Hide a skill from every peer; see :meth:`AsyncAgent.hide_skill`."""

@@ -30,13 +30,15 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import re
 import shlex
+import sys
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from coworker._errors import ConfigurationError, SkillFailed
 from coworker.core.skills import CallContext, SkillFunction, public_message, valid_skill_name
@@ -288,7 +290,7 @@ class McpServerLink:
         self._wake.clear()
         async with contextlib.AsyncExitStack() as stack:
             async with asyncio.timeout(START_TIMEOUT):
-                streams = await stack.enter_async_context(self._transport())
+                streams = await stack.enter_async_context(self._transport(stack))
                 read, write = streams[0], streams[1]
                 send_in, receive_in = anyio.create_memory_object_stream[Any](0)
                 group = await stack.enter_async_context(anyio.create_task_group())
@@ -325,14 +327,19 @@ class McpServerLink:
                 self._conn = None
                 self.ready.clear()
 
-    def _transport(self) -> contextlib.AbstractAsyncContextManager[Any]:
+    def _transport(self, stack: contextlib.AsyncExitStack) -> contextlib.AbstractAsyncContextManager[Any]:
         if self.kind == "http":
             from mcp.client.streamable_http import streamable_http_client
 
             return streamable_http_client(self.argv[0])
         from mcp.client.stdio import StdioServerParameters, stdio_client
 
-        return stdio_client(StdioServerParameters(command=self.argv[0], args=self.argv[1:]))
+        errlog: TextIO = sys.stderr  # the server's stderr: the agent's, where its own log lines go
+        try:
+            errlog.fileno()
+        except (AttributeError, OSError, ValueError):  # replaced by an object with no file (captured output)
+            errlog = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115 - closed by the stack
+        return stdio_client(StdioServerParameters(command=self.argv[0], args=self.argv[1:]), errlog=errlog)
 
     @staticmethod
     async def _list_tools(session: Any) -> list[McpTool]:

@@ -270,6 +270,7 @@ def _cmd_serve(args: argparse.Namespace, choose: Callable[[argparse.Namespace], 
     _log_to_file(app.data_dir)
     if args.skills:
         _add_skill_folders(app, args.skills, expose=args.expose)
+    _add_mcp_servers(app, args.mcp_server)
     if isinstance(app, AsyncAgent):
         return asyncio.run(_serve_async(app, args))
     app.start()
@@ -286,6 +287,15 @@ def _add_skill_folders(app: Agent | AsyncAgent, roots: list[str], *, expose: boo
     print(f"skill folders loaded: {names}" + (f"; hidden from peers until `coworker skills expose NAME`: "
                                              f"{', '.join(shown(n) for n in hidden)}" if hidden else ""),
           file=sys.stderr)
+
+
+def _add_mcp_servers(app: Agent | AsyncAgent, commands: list[str]) -> None:
+    """Serve each MCP server's tools as skills (``serve --mcp-server``); they are listed when the agent starts."""
+    for command in commands:
+        app.add_mcp_server(command)
+    if commands:
+        print(f"MCP servers: {len(commands)}; their tools become skills for peers trusted at INTERNAL when the "
+              f"agent starts", file=sys.stderr)
 
 
 async def _serve_async(agent: AsyncAgent, args: argparse.Namespace) -> int:
@@ -422,6 +432,9 @@ def register(commands: Any, common: argparse.ArgumentParser, choose: Callable[[a
     serve.add_argument("--expose", action="store_true",
                        help="let peers see the folders' skills found for the first time at once (default: hidden "
                             "until `coworker skills expose NAME`)")
+    serve.add_argument("--mcp-server", action="append", default=[], metavar="\"CMD ARGS\"|URL",
+                       help="also serve the tools of this MCP server as skills (for INTERNAL peers): a command run "
+                            "with no shell while the agent runs, or a streamable-HTTP URL; repeatable")
     serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=bind(_cmd_serve))
 
