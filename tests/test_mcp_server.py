@@ -127,9 +127,11 @@ async def tool_names(client: Client, watcher: Watcher, wanted: str) -> list[str]
 
 
 @asynccontextmanager
-async def stdio_client(app: Path, *extra: str) -> AsyncIterator[tuple[Client, Watcher]]:
+async def stdio_client(app: Path | None, *extra: str) -> AsyncIterator[tuple[Client, Watcher]]:
+    """``coworker mcp [APP] EXTRA...`` as an MCP host starts it."""
     watcher = Watcher()
-    params = StdioServerParameters(command=sys.executable, args=["-m", "coworker", "mcp", str(app), *extra],
+    where = [str(app)] if app is not None else []
+    params = StdioServerParameters(command=sys.executable, args=["-m", "coworker", "mcp", *where, *extra],
                                    env=dict(os.environ))
     async with Client(params, mode="legacy", message_handler=watcher, read_timeout_seconds=90) as client:
         yield client, watcher
@@ -244,3 +246,58 @@ async def test_http_needs_the_bearer_token_and_serves_the_tools(me: tuple[Path, 
     finally:
         process.terminate()
         process.wait(30)
+
+
+@pytest.fixture
+def served_me(me: tuple[Path, str, str], home: Path, tmp_path: Path) -> Iterator[ServedAgent]:
+    """Agent "me" (ME's skills) already running as ``coworker serve`` in its own process."""
+    (tmp_path / "served").mkdir()
+    yield from served_app(ME.replace("{", "{{").replace("}", "}}"), "me", home, tmp_path / "served")
+
+
+async def test_coworker_mcp_drives_an_agent_already_running_through_its_control_port(
+        me: tuple[Path, str, str], alice: ServedAgent, served_me: ServedAgent) -> None:
+    _, wallet, alice_wallet = me
+    async with stdio_client(None, "--agent", "me", "--peer", alice_wallet, "--wait", "40") as (client, watcher):
+        names = await tool_names(client, watcher, "alice__summarize")
+        assert {"peers", "call", "task", "cancel", "shout", "count", "alice__summarize", "alice__slow"} <= set(names)
+        assert not {"alice__secret", "alice__private"} & set(names)
+
+        shouted = await client.call_tool("shout", {"text": "hi"})  # runs in the serving process
+        assert not shouted.is_error and shouted.structured_content == {"text": "HI"}
+
+        reports: list[tuple[float, str | None]] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            reports.append((progress, message))
+
+        counted = await client.call_tool("count", {"n": 3}, progress_callback=on_progress)
+        assert counted.structured_content == {"result": 3}
+        assert reports and reports[-1] == (1.0, "step 3")
+
+        reports.clear()
+        slow = await client.call_tool("alice__slow", {"seconds": 0.5}, progress_callback=on_progress)
+        assert not slow.is_error and slow.structured_content == {"result": "done"}
+        assert (0.5, "half way") in reports
+
+        started = asyncio.Event()
+
+        async def on_start(progress: float, total: float | None, message: str | None) -> None:
+            started.set()
+
+        call = asyncio.create_task(client.call_tool("alice__slow", {"seconds": 3600}, progress_callback=on_start))
+        await asyncio.wait_for(started.wait(), 30)  # running at the peer
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        after = await client.call_tool("alice__summarize", {"text": "x"})  # the cancel went before it
+        assert not after.is_error
+    status = await served_me.ask("status")
+    assert status["wallet"] == wallet  # the served agent went on serving all along
+    await alice.stop()
+    stopped = AsyncAgent("alice", passphrase="")
+    try:
+        served = [t["state"] for t in stopped.list_tasks(direction="in") if t["skill"] == "slow"]
+        assert sorted(served) == ["canceled", "completed"]
+    finally:
+        stopped.close()

@@ -10,7 +10,11 @@ can drive it, and every request must carry the token. The protocol is one JSON o
 
 Commands: status, ping, connect, call, request_trust, trust_requests, approve, deny, set_trust, skills, hide_skill,
 expose_skill, stop. ``status`` lists only the skills peers may know of; ``skills`` lists every skill with its
-visibility.
+visibility. For ``coworker mcp`` through a running agent (:class:`~coworker.agent.owner_tasks.OwnerTasks` does the
+work): request (a peer's skill: the task id), run_skill (one of our own skills as a local task: its id), task
+(where a task stands, after a wait of at most :data:`MAX_WAIT` seconds), progress (reports since report N,
+long-polled for at most :data:`MAX_WAIT` seconds), cancel, skill_cards (our skills' cards) and peers (with their
+cards and our trust in them).
 :class:`ControlClient` raises the same :class:`CoworkerError` subclasses the agent raised.
 
 Any local process can connect before it shows a token, so what one connection may cost is bounded: a request line
@@ -31,7 +35,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,11 +49,14 @@ from coworker._errors import (
     RemoteProtocolError,
     TransportError,
 )
+from coworker.agent.owner_tasks import OwnerTasks
 from coworker.agent.peer import Peer, peer_json
 from coworker.core.protocol import MAX_ENVELOPE_BYTES, parse_json
+from coworker.core.skills import Skill
+from coworker.core.tasks import Progress
 from coworker.core.trust import TrustTier
 from coworker.store.identity import write_private
-from coworker.store.records import TrustRequest
+from coworker.store.records import PeerRecord, TrustRequest
 
 
 class ControlledAgent(Protocol):
@@ -79,6 +86,15 @@ class ControlledAgent(Protocol):
     def skills_overview(self) -> list[dict[str, Any]]: ...
     def hide_skill(self, name: str) -> None: ...
     def expose_skill(self, name: str) -> None: ...
+    @property
+    def skills(self) -> Mapping[str, Skill]: ...
+    async def request(self, wallet: str, skill: str, input: dict[str, Any] | None = None) -> str: ...
+    async def wait(self, task_id: str, timeout: float | None = None) -> Any: ...
+    def get_result(self, task_id: str) -> dict[str, Any]: ...
+    async def cancel(self, task_id: str) -> bool: ...
+    def watch(self, task_id: str) -> AsyncGenerator[Progress, None]: ...
+    def peers(self) -> list[PeerRecord]: ...
+    def trust_tier(self, wallet: str) -> TrustTier: ...
 
 log = logging.getLogger("coworker.control")
 
@@ -91,6 +107,7 @@ MAX_REQUEST_BYTES = 1024 * 1024
 MAX_REPLY_BYTES = 8 * 1024 * 1024  # what the client reads of the agent's own answer (escaped JSON, 1 MB results)
 MAX_CONNECTIONS = 16  # the CLI opens one connection per command
 READ_TIMEOUT = 30.0  # seconds a connection may take to send a whole line (the CLI sends its line at once)
+MAX_WAIT = 60.0  # seconds a task or progress command may wait before it answers
 
 
 class ControlServer:
@@ -107,6 +124,7 @@ class ControlServer:
         self._connections = 0
         self._server: asyncio.Server | None = None
         self._path = agent.data_dir / CONTROL_FILE
+        self._tasks = OwnerTasks(agent)
         self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "status": self._status,
             "ping": lambda a: agent.ping(a["wallet"], timeout=float(a.get("timeout", 30))),
@@ -125,6 +143,14 @@ class ControlServer:
             "hide_skill": self._hide_skill,
             "expose_skill": self._expose_skill,
             "stop": self._stop,
+            "request": lambda a: self._tasks.request(a["wallet"], str(a["skill"]), _object(a.get("input"))),
+            "run_skill": self._run_skill,
+            "task": lambda a: self._tasks.state(str(a["task_id"]), _bounded(a.get("wait", 0))),
+            "progress": lambda a: self._tasks.progress(str(a["task_id"]), int(a.get("since", 0)),
+                                                       _bounded(a.get("wait", 0))),
+            "cancel": lambda a: self._tasks.cancel(str(a["task_id"])),
+            "skill_cards": self._skill_cards,
+            "peers": self._peers,
         }
 
     async def start(self) -> None:
@@ -136,6 +162,7 @@ class ControlServer:
         tmp.replace(self._path)
 
     async def close(self) -> None:
+        await self._tasks.close()
         with contextlib.suppress(FileNotFoundError):
             if json.loads(self._path.read_text()).get("token") == self._token:
                 self._path.unlink()
@@ -228,6 +255,31 @@ class ControlServer:
     async def _stop(self, _: dict[str, Any]) -> None:
         asyncio.get_running_loop().call_soon(self._on_stop)
 
+    async def _run_skill(self, args: dict[str, Any]) -> str:
+        return self._tasks.run_skill(str(args["skill"]), _object(args.get("input")))
+
+    async def _skill_cards(self, _: dict[str, Any]) -> list[dict[str, Any]]:
+        return [skill.card() for _, skill in sorted(self._agent.skills.items())]
+
+    async def _peers(self, _: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"wallet": p.wallet, "name": p.name, "card": p.card,
+                 "trust_tier": self._agent.trust_tier(p.wallet).name.lower()} for p in self._agent.peers()]
+
+
+def _bounded(wait: object) -> float:
+    """A wait asked for, as seconds between 0 and :data:`MAX_WAIT`."""
+    if not isinstance(wait, int | float) or isinstance(wait, bool):
+        raise TypeError(f"wait is a number of seconds, got {wait!r}")
+    return min(max(float(wait), 0.0), MAX_WAIT)
+
+
+def _object(value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"a skill's input is a JSON object, got {type(value).__name__}")
+    return value
+
 
 def _failure(exc: CoworkerError) -> dict[str, Any]:
     return {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc),
@@ -285,6 +337,36 @@ class ControlClient:
             LocalProtocolError: the request is over :data:`MAX_REQUEST_BYTES` (it would not fit in one network
                 message either).
         """
+        line = self._line(cmd, args)
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=wait) as sock:
+                sock.sendall(line)
+                with sock.makefile("rb") as stream:
+                    answer = stream.readline(MAX_REPLY_BYTES)
+        except OSError as exc:
+            raise TransportError(f"cannot reach the running agent (pid {self.pid}) on its control port: "
+                                 f"{exc}") from None
+        return self._result(answer)
+
+    async def ask(self, cmd: str, args: dict[str, Any] | None = None, *, timeout: float = 60.0) -> Any:
+        """:meth:`request` for an event loop (``args`` as a dict: a command may take an argument named ``wait``);
+        cancelling it closes the connection."""
+        line = self._line(cmd, args or {})
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=MAX_REPLY_BYTES)
+                try:
+                    writer.write(line)
+                    await writer.drain()
+                    answer = await reader.readline()
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise TransportError(f"cannot reach the running agent (pid {self.pid}) on its control port: "
+                                 f"{str(exc) or type(exc).__name__}") from None
+        return self._result(answer)
+
+    def _line(self, cmd: str, args: dict[str, Any]) -> bytes:
         request = {"token": self._token, "cmd": cmd, "args": args}
         try:  # compact UTF-8, as on the network, so that what fits in a network message fits here
             line = json.dumps(request, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
@@ -294,14 +376,9 @@ class ControlClient:
             raise LocalProtocolError(f"the request to the running agent is {len(line)} bytes, over its control "
                                      f"port's limit of {MAX_REQUEST_BYTES} bytes (a call's input must fit in one "
                                      f"network message of {MAX_ENVELOPE_BYTES} bytes)")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=wait) as sock:
-                sock.sendall(line)
-                with sock.makefile("rb") as stream:
-                    answer = stream.readline(MAX_REPLY_BYTES)
-        except OSError as exc:
-            raise TransportError(f"cannot reach the running agent (pid {self.pid}) on its control port: "
-                                 f"{exc}") from None
+        return line
+
+    def _result(self, answer: bytes) -> Any:
         if not answer:
             raise TransportError(f"the running agent (pid {self.pid}) closed the control connection")
         reply = json.loads(answer)

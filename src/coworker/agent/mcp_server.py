@@ -4,6 +4,10 @@
 Theory of operation. :class:`McpBridge` turns what the agent knows into MCP tools and MCP calls into CoWorker
 tasks, and nothing else: it never talks to a peer itself.
 
+- The agent: a :class:`McpBackend`. :class:`AgentBackend` is an :class:`AsyncAgent` this process runs;
+  :class:`ControlBackend` is an agent another process runs (``coworker serve``), driven through its control port
+  (one process owns an agent). Both hand tasks to :class:`~coworker.agent.owner_tasks.OwnerTasks`, in this process
+  or in the agent's.
 - Tools: each of the agent's own skills by name; for each pinned peer, each skill that peer lets us see
   (exactly what its last ``discover`` answer listed: a hidden or above-tier skill is never in that answer) as
   ``<peer name>__<skill>``; and the fixed tools ``peers``, ``connect``, ``call``, ``task``, ``cancel`` and
@@ -11,11 +15,13 @@ tasks, and nothing else: it never talks to a peer itself.
   after every tool call that may change it (connect, request_trust) and when it changed the server sends
   ``notifications/tools/list_changed``.
 - A call is a task. A peer's skill is :meth:`AsyncAgent.request` (stored before it is sent: durable, found again
-  after a restart); one of our own skills runs as a local task of this process (bound and run as the runtime
-  runs a peer's call, the caller being the owner at PRIVILEGED). The tool waits up to ``wait`` seconds (MCP hosts
-  give a tool call about a minute); past that it returns ``{"task_id", "state"}`` and the ``task`` tool fetches
-  the result later. Progress reports become MCP progress notifications; an MCP cancellation cancels the task
-  (at the peer too); errors are ``isError`` results carrying the CoWorker error code and message.
+  after a restart); one of our own skills runs as a local task of the agent's process (bound and run as the
+  runtime runs a peer's call, the caller being the owner at PRIVILEGED). Progress is long-polled from the backend
+  (reports since report N), so it flows the same through the control port. The tool waits up to ``wait``
+  seconds (MCP hosts give a tool call about a minute); past that it returns ``{"task_id", "state"}`` and the
+  ``task`` tool fetches the result later. Progress reports become MCP progress notifications; an MCP
+  cancellation cancels the task (at the peer too); errors are ``isError`` results carrying the CoWorker error code
+  and message.
 
 The ``mcp`` SDK is imported here only: ``import coworker`` never loads it (``coworker mcp`` imports this module).
 """
@@ -29,31 +35,132 @@ import json
 import logging
 import re
 import socket
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+import anyio
 import mcp_types as types
 from mcp.server.lowlevel.server import NotificationOptions, Server
 
 from coworker._errors import ConfigurationError, CoworkerError, error_from_wire
 from coworker.agent.agent import AsyncAgent
+from coworker.agent.control import MAX_WAIT, ControlClient
+from coworker.agent.owner_tasks import OwnerTasks
 from coworker.agent.peer import peer_json
-from coworker.core.skills import CallContext, Skill
 from coworker.core.tasks import LIVE, TaskState
-from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum
 
 log = logging.getLogger("coworker.mcp")
 
 DEFAULT_WAIT = 50.0  # seconds a tool call waits for its task before returning the task id
 CONNECT_TIMEOUT = 30.0
+PROGRESS_POLL = 20.0  # seconds one ask for progress waits for a new report
 _NAME = re.compile(r"[^A-Za-z0-9_-]")
 _FIXED = ("peers", "connect", "call", "task", "cancel", "request_trust")
 
 _PENDING = {"type": "object", "properties": {"task_id": {"type": "string"}, "state": {"type": "string"}},
             "required": ["task_id", "state"]}
+
+
+class McpBackend(Protocol):
+    """The agent the bridge serves, in this process or another. Task dicts are ``get_result``'s; a progress
+    answer is ``{"reports": [[progress, message], ...], "next": n, "done": bool}``."""
+
+    name: str
+
+    async def skill_cards(self) -> list[dict[str, Any]]: ...
+    async def peers(self) -> list[dict[str, Any]]: ...  # wallet, name, card, trust_tier
+    async def request(self, wallet: str, skill: str, input: dict[str, Any]) -> str: ...
+    async def run_skill(self, skill: str, input: dict[str, Any]) -> str: ...
+    async def task(self, task_id: str, wait: float) -> dict[str, Any]: ...
+    async def progress(self, task_id: str, since: int, wait: float) -> dict[str, Any]: ...
+    async def cancel(self, task_id: str) -> bool: ...
+    async def connect(self, wallet: str, timeout: float) -> dict[str, Any]: ...
+    async def request_trust(self, wallet: str, tier: Any, reason: str) -> str: ...
+    async def close(self) -> None: ...
+
+
+class AgentBackend:
+    """An :class:`AsyncAgent` this process runs (started by the caller)."""
+
+    def __init__(self, agent: AsyncAgent) -> None:
+        self.agent, self.name = agent, agent.name
+        self.tasks = OwnerTasks(agent)
+
+    async def skill_cards(self) -> list[dict[str, Any]]:
+        return [skill.card() for _, skill in sorted(self.agent.skills.items())]
+
+    async def peers(self) -> list[dict[str, Any]]:
+        return [{"wallet": p.wallet, "name": p.name, "card": p.card,
+                 "trust_tier": self.agent.trust_tier(p.wallet).name.lower()} for p in self.agent.peers()]
+
+    async def request(self, wallet: str, skill: str, input: dict[str, Any]) -> str:
+        return await self.tasks.request(wallet, skill, input)
+
+    async def run_skill(self, skill: str, input: dict[str, Any]) -> str:
+        return self.tasks.run_skill(skill, input)
+
+    async def task(self, task_id: str, wait: float) -> dict[str, Any]:
+        return await self.tasks.state(task_id, wait)
+
+    async def progress(self, task_id: str, since: int, wait: float) -> dict[str, Any]:
+        return await self.tasks.progress(task_id, since, wait)
+
+    async def cancel(self, task_id: str) -> bool:
+        return await self.tasks.cancel(task_id)
+
+    async def connect(self, wallet: str, timeout: float) -> dict[str, Any]:
+        return peer_json(await self.agent.connect(wallet, timeout=timeout))
+
+    async def request_trust(self, wallet: str, tier: Any, reason: str) -> str:
+        return await self.agent.request_trust(wallet, tier, reason)
+
+    async def close(self) -> None:
+        await self.tasks.close()
+
+
+class ControlBackend:
+    """An agent another process runs, through its control port (the port's token, limits and bounds apply)."""
+
+    def __init__(self, client: ControlClient, name: str) -> None:
+        self.client, self.name = client, name
+
+    async def _ask(self, cmd: str, budget: float = 0.0, **args: Any) -> Any:
+        """One command; ``budget``: the seconds it may take in the agent, past the usual few."""
+        return await self.client.ask(cmd, args, timeout=budget + 30.0)
+
+    async def skill_cards(self) -> list[dict[str, Any]]:
+        return list(await self._ask("skill_cards"))
+
+    async def peers(self) -> list[dict[str, Any]]:
+        return list(await self._ask("peers"))
+
+    async def request(self, wallet: str, skill: str, input: dict[str, Any]) -> str:
+        return str(await self._ask("request", wallet=wallet, skill=skill, input=input))
+
+    async def run_skill(self, skill: str, input: dict[str, Any]) -> str:
+        return str(await self._ask("run_skill", skill=skill, input=input))
+
+    async def task(self, task_id: str, wait: float) -> dict[str, Any]:
+        wait = min(wait, MAX_WAIT)
+        return dict(await self._ask("task", wait, task_id=task_id, wait=wait))
+
+    async def progress(self, task_id: str, since: int, wait: float) -> dict[str, Any]:
+        wait = min(wait, MAX_WAIT)
+        return dict(await self._ask("progress", wait, task_id=task_id, since=since, wait=wait))
+
+    async def cancel(self, task_id: str) -> bool:
+        return bool(await self._ask("cancel", task_id=task_id))
+
+    async def connect(self, wallet: str, timeout: float) -> dict[str, Any]:
+        return dict(await self._ask("connect", timeout, wallet=wallet, timeout=timeout))
+
+    async def request_trust(self, wallet: str, tier: Any, reason: str) -> str:
+        return str(await self._ask("request_trust", CONNECT_TIMEOUT, wallet=wallet, tier=tier, reason=reason))
+
+    async def close(self) -> None:
+        pass
 
 
 def tool_name(text: str) -> str:
@@ -81,21 +188,11 @@ class _Target:
     wrap: bool
 
 
-@dataclass
-class _LocalTask:
-    """One of our own skills run for the MCP host, in this process."""
-
-    id: str
-    skill: str
-    runner: asyncio.Task[Any] | None = None
-    reports: asyncio.Queue[tuple[float | None, str]] = field(default_factory=asyncio.Queue)
-
-
 class McpBridge:
     """The MCP server of one running agent.
 
     Args:
-        agent: the agent, started by the caller.
+        agent: the agent: an :class:`AsyncAgent` started by the caller, or a :class:`McpBackend`.
         peers: the wallets whose skills are offered as tools.
         wait: seconds a tool call waits for its task before it returns the task id.
 
@@ -105,26 +202,25 @@ class McpBridge:
             await McpBridge(agent, peers=[wallet]).run_stdio()
     """
 
-    def __init__(self, agent: AsyncAgent, *, peers: Sequence[str] = (), wait: float = DEFAULT_WAIT) -> None:
+    def __init__(self, agent: AsyncAgent | McpBackend, *, peers: Sequence[str] = (),
+                 wait: float = DEFAULT_WAIT) -> None:
         if not wait > 0:
             raise ConfigurationError(f"wait must be a positive number of seconds, got {wait!r}")
-        self.agent = agent
+        self.backend: McpBackend = AgentBackend(agent) if isinstance(agent, AsyncAgent) else agent
         self.pinned = [checksum(w) for w in peers]
         self.wait = float(wait)
-        self._local: dict[str, _LocalTask] = {}
         self._targets: dict[str, _Target] = {}
         self._tools: list[types.Tool] = []
         self._sessions: list[Any] = []  # sessions to tell when the tool list changes
-        self.server: Server[Any] = Server("coworker-" + agent.name, version="1", on_list_tools=self._list_tools,
-                                          on_call_tool=self._call_tool)
+        self.server: Server[Any] = Server("coworker-" + self.backend.name, version="1",
+                                          on_list_tools=self._list_tools, on_call_tool=self._call_tool)
         self._fixed: dict[str, Callable[[Any, dict[str, Any]], Awaitable[Any]]] = {
             "peers": self._peers, "connect": self._connect, "task": self._task, "cancel": self._cancel_tool,
             "request_trust": self._request_trust}
-        self.refresh()
 
     # ---- tools ----------------------------------------------------------------------------------------------
 
-    def refresh(self) -> bool:
+    async def refresh(self) -> bool:
         """Compute the tool list again from the agent's skills and the pinned peers' last known cards;
         True when it changed."""
         tools: list[types.Tool] = []
@@ -139,18 +235,20 @@ class McpBridge:
             taken.add(name)
             return name
 
+        cards = await self.backend.skill_cards()
+        known = {p["wallet"].lower(): p for p in await self.backend.peers()}
         for fixed in _FIXED:
             tools.append(_fixed_tool(unique(fixed)))
-        for skill in self.agent.skills.values():
-            tools.append(self._skill_tool(unique(skill.name), skill.card(), None, targets))
+        for card in cards:
+            tools.append(self._skill_tool(unique(card["name"]), card, None, targets))
         for wallet in self.pinned:
-            record = self.agent.store.peer(wallet)
-            if record is None or not record.card:
+            record = known.get(wallet.lower())
+            if record is None or not record.get("card"):
                 continue
-            for card in record.card.get("skills") or []:
+            for card in record["card"].get("skills") or []:
                 if isinstance(card, dict) and isinstance(card.get("name"), str):
-                    name = unique(f"{record.name}__{card['name']}")
-                    tools.append(self._skill_tool(name, card, wallet, targets, peer=record.name))
+                    name = unique(f"{record['name']}__{card['name']}")
+                    tools.append(self._skill_tool(name, card, wallet, targets, peer=record["name"]))
         changed = [t.model_dump() for t in tools] != [t.model_dump() for t in self._tools]
         self._tools, self._targets = tools, targets
         return changed
@@ -166,7 +264,7 @@ class McpBridge:
                           output_schema=output)
 
     async def _changed(self) -> None:
-        if not self.refresh():
+        if not await self.refresh():
             return
         for session in list(self._sessions):
             try:
@@ -179,7 +277,7 @@ class McpBridge:
         keeps its last known skills."""
         async def one(wallet: str) -> None:
             try:
-                await self.agent.connect(wallet, timeout=CONNECT_TIMEOUT)
+                await self.backend.connect(wallet, CONNECT_TIMEOUT)
             except CoworkerError as exc:
                 log.warning("pinned peer %s: %s", wallet, exc)
 
@@ -222,44 +320,42 @@ class McpBridge:
                    structured: bool = True) -> types.CallToolResult:
         """Start the task, forward its progress, wait up to ``self.wait``; cancel it when the host cancels."""
         session = getattr(ctx, "session", None)
+        backend = self.backend
         if wallet is None:
-            local = self._start_local(skill, args)
-            task_id, feed = local.id, local.reports
+            task_id = await backend.run_skill(skill, args)
         else:
-            task_id, feed = await self.agent.request(wallet, skill, args), asyncio.Queue()
+            task_id = await backend.request(wallet, skill, args)
+        count = since = 0
 
-        async def pump() -> None:  # a peer's reports, from the agent's watch
-            async for update in self.agent.watch(task_id):
-                feed.put_nowait((update.progress, update.message))
-
-        count = 0
-
-        async def send(progress: float | None, message: str) -> None:
-            nonlocal count
-            count += 1
-            if session is not None:
-                await session.report_progress(progress if progress is not None else count, None, message or None)
-
-        async def forward() -> None:
+        async def forward() -> None:  # long-polls the task's reports until it ends
+            nonlocal count, since
             while True:
-                await send(*await feed.get())
+                answer = await backend.progress(task_id, since, PROGRESS_POLL)
+                since = int(answer["next"])
+                for progress, message in answer["reports"]:
+                    count += 1
+                    if session is not None:
+                        await session.report_progress(progress if progress is not None else count, None,
+                                                      message or None)
+                if answer["done"]:
+                    return
 
         try:
             async with asyncio.TaskGroup() as group:
                 forwarder = group.create_task(forward())
-                pumper = group.create_task(pump()) if wallet is not None else None
-                try:
-                    state = await self._wait(task_id, self.wait)
-                finally:
+                state = await backend.task(task_id, self.wait)
+                if state["state"] in LIVE:
                     forwarder.cancel()
-                    if pumper is not None:
-                        pumper.cancel()
+                else:  # the reports made before the end, not forwarded yet (bounded: the task has ended)
+                    with contextlib.suppress(TimeoutError, CoworkerError):
+                        await asyncio.wait_for(asyncio.shield(forwarder), 10)
+                    forwarder.cancel()
         except asyncio.CancelledError:  # the host canceled the call: so does the task, at the peer too
-            with contextlib.suppress(CoworkerError):
-                await self._cancel(task_id)
+            # The SDK cancels with an anyio scope, which cancels every await inside it again: shielded, bounded.
+            with anyio.CancelScope(shield=True), contextlib.suppress(CoworkerError, TimeoutError):
+                with anyio.fail_after(CONNECT_TIMEOUT):
+                    await backend.cancel(task_id)
             raise
-        while not feed.empty():  # reports made before the task ended, not forwarded yet
-            await send(*feed.get_nowait())
         if state["state"] in LIVE:
             return _ok({"task_id": task_id, "state": state["state"]}, structured=structured,
                        text=f"task {task_id} is still {state['state']}: fetch its result with the task tool")
@@ -270,88 +366,27 @@ class McpBridge:
         output = state.get("result")
         return _ok({"result": output} if wrap or not isinstance(output, dict) else output, structured=structured)
 
-    async def _wait(self, task_id: str, timeout: float) -> dict[str, Any]:
-        """Where the task stands after it ended or ``timeout`` passed."""
-        local = self._local.get(task_id)
-        if local is not None:
-            assert local.runner is not None
-            with contextlib.suppress(TimeoutError, CoworkerError):
-                await asyncio.wait_for(asyncio.shield(local.runner), timeout)
-            return self._local_state(local)
-        with contextlib.suppress(CoworkerError):  # CallTimeout, or the task's own error: read below
-            await self.agent.wait(task_id, timeout)
-        return self.agent.get_result(task_id)
-
-    async def _cancel(self, task_id: str) -> bool:
-        local = self._local.get(task_id)
-        if local is not None:
-            assert local.runner is not None
-            return local.runner.cancel()
-        return await self.agent.cancel(task_id)
-
-    # ---- our own skills, as local tasks ---------------------------------------------------------------------
-
-    def _start_local(self, name: str, args: dict[str, Any]) -> _LocalTask:
-        skill = self.agent.skills.get(name)
-        if skill is None:
-            raise error_from_wire("SKILL_NOT_FOUND", f"{self.agent.name} has no skill named {name!r}")
-        loop = asyncio.get_running_loop()
-        task = _LocalTask(id=uuid.uuid4().hex, skill=name)
-
-        def report(progress: float | None, message: str) -> None:  # from a sync skill's worker thread too
-            loop.call_soon_threadsafe(task.reports.put_nowait, (progress, message))
-
-        ctx = CallContext(caller=self.agent.wallet, trust_tier=TrustTier.PRIVILEGED, call_id=task.id, skill=name,
-                          _reporter=report)
-        kwargs = skill.bind(args, ctx)  # InvalidInput before anything runs
-        task.runner = loop.create_task(_run_skill(skill, kwargs), name=f"coworker-mcp-{task.id}")
-        self._local[task.id] = task
-        return task
-
-    def _local_state(self, task: _LocalTask) -> dict[str, Any]:
-        runner = task.runner
-        assert runner is not None
-        base = {"task_id": task.id, "skill": task.skill, "direction": "local"}
-        if not runner.done():
-            return {**base, "state": str(TaskState.WORKING)}
-        if runner.cancelled():
-            return {**base, "state": str(TaskState.CANCELED),
-                    "error": {"code": "CANCELED", "message": "canceled", "path": ""}}
-        exc = runner.exception()
-        if exc is not None:
-            return {**base, "state": str(TaskState.FAILED),
-                    "error": {"code": getattr(exc, "code", "SKILL_FAILED"), "message": str(exc),
-                              "path": getattr(exc, "path", "")}}
-        return {**base, "state": str(TaskState.COMPLETED), "result": runner.result()}
-
     # ---- fixed tools ----------------------------------------------------------------------------------------
 
     async def _peers(self, ctx: Any, args: dict[str, Any]) -> Any:
         pinned = {w.lower() for w in self.pinned}
-        return [{"wallet": p.wallet, "name": p.name, "pinned": p.wallet.lower() in pinned,
-                 "skills": [c.get("name") for c in (p.card or {}).get("skills") or []],
-                 "trust_tier": self.agent.trust_tier(p.wallet).name.lower()} for p in self.agent.peers()]
+        return [{"wallet": p["wallet"], "name": p["name"], "pinned": p["wallet"].lower() in pinned,
+                 "skills": [c.get("name") for c in (p.get("card") or {}).get("skills") or []],
+                 "trust_tier": p["trust_tier"]} for p in await self.backend.peers()]
 
     async def _connect(self, ctx: Any, args: dict[str, Any]) -> Any:
-        return peer_json(await self.agent.connect(args["wallet"], timeout=float(args.get("timeout", CONNECT_TIMEOUT))))
+        return await self.backend.connect(args["wallet"], float(args.get("timeout", CONNECT_TIMEOUT)))
 
     async def _task(self, ctx: Any, args: dict[str, Any]) -> Any:
-        task_id = str(args["task_id"])
-        local = self._local.get(task_id)
-        if local is not None:
-            return self._local_state(local)
-        wait = float(args.get("wait", 0))
-        if wait > 0:
-            return await self._wait(task_id, min(wait, self.wait))
-        return self.agent.get_result(task_id)
+        return await self.backend.task(str(args["task_id"]), min(float(args.get("wait", 0)), self.wait))
 
     async def _cancel_tool(self, ctx: Any, args: dict[str, Any]) -> Any:
-        return {"canceled": await self._cancel(str(args["task_id"]))}
+        return {"canceled": await self.backend.cancel(str(args["task_id"]))}
 
     async def _request_trust(self, ctx: Any, args: dict[str, Any]) -> Any:
-        state = await self.agent.request_trust(args["wallet"], args.get("tier", "known"), args.get("reason", ""))
+        state = await self.backend.request_trust(args["wallet"], args.get("tier", "known"), args.get("reason", ""))
         with contextlib.suppress(CoworkerError):
-            await self.agent.connect(args["wallet"], timeout=CONNECT_TIMEOUT)  # what it lets us see now
+            await self.backend.connect(args["wallet"], CONNECT_TIMEOUT)  # what it lets us see now
         return {"state": state}
 
     # ---- transports -----------------------------------------------------------------------------------------
@@ -363,6 +398,7 @@ class McpBridge:
         """Serve MCP on stdin/stdout until the host closes stdin."""
         from mcp.server.stdio import stdio_server
 
+        await self.refresh()
         async with stdio_server() as (read, write):
             await self.server.run(read, write, self._options())
 
@@ -372,6 +408,7 @@ class McpBridge:
         import uvicorn
         from mcp.server.transport_security import TransportSecuritySettings
 
+        await self.refresh()
         security = TransportSecuritySettings(
             enable_dns_rebinding_protection=True, allowed_hosts=["127.0.0.1:*", "localhost:*"],
             allowed_origins=["http://127.0.0.1:*", "http://localhost:*"])
@@ -404,10 +441,6 @@ class _BearerGate:
                 await send({"type": "http.response.body", "body": b"a bearer token is required\n"})
                 return
         await self.app(scope, receive, send)
-
-
-async def _run_skill(skill: Skill, kwargs: dict[str, Any]) -> Any:
-    return await skill.run(kwargs)
 
 
 def _ok(value: Any, *, structured: bool, text: str | None = None) -> types.CallToolResult:

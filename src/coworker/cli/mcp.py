@@ -2,8 +2,9 @@
 
 Over stdio by default: stdout then carries the protocol only, and logs go to the agent's log file. With
 ``--http PORT``: streamable HTTP on 127.0.0.1, for requests that carry the bearer token printed on stderr once and
-kept in ``<agent dir>/mcp_token`` (mode 0600). The agent runs in this process (``coworker mcp APP.py`` for an agent
-with code skills, as ``coworker serve APP.py``); see :mod:`coworker.agent.mcp_server` for the tools.
+kept in ``<agent dir>/mcp_token`` (mode 0600). When the agent already runs (``coworker serve``), this process drives
+it through its control port; otherwise the agent runs in this process (``coworker mcp APP.py`` for an agent with
+code skills, as ``coworker serve APP.py``). See :mod:`coworker.agent.mcp_server` for the tools.
 
 Example::
 
@@ -35,7 +36,7 @@ INSTALL_HINT = "coworker mcp needs the MCP Python SDK: pip install 'mcp>=1.10' (
 
 def _cmd_mcp(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
     try:
-        from coworker.agent.mcp_server import McpBridge
+        from coworker.agent.mcp_server import ControlBackend, McpBridge
     except ImportError as exc:
         raise CliError(f"{INSTALL_HINT} ({exc})") from None
     if args.file is not None:
@@ -44,10 +45,6 @@ def _cmd_mcp(args: argparse.Namespace, choose: Callable[[argparse.Namespace], st
         app = AsyncAgent(choose(args))
     agent = app.aio if isinstance(app, Agent) else app
     running = ControlClient.find(agent.data_dir)
-    if running is not None:
-        agent.close()
-        raise CliError(f"agent {agent.name} already runs (pid {running.pid}) and one process owns an agent: stop it "
-                       f"(`coworker bridge stop --agent {agent.name}`) and run it with `coworker mcp` instead")
     _log_to_file(agent.data_dir)
     wallets = [_peer_wallet(p, network_name(None, agent.data_dir)[0])[0] for p in args.peer]
     token = None
@@ -57,16 +54,26 @@ def _cmd_mcp(args: argparse.Namespace, choose: Callable[[argparse.Namespace], st
         path.unlink(missing_ok=True)
         write_private(path, token.encode())
 
+    async def serve(bridge: McpBridge) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(bridge.connect_pinned())
+            if token is None:
+                await bridge.run_stdio()
+            else:
+                await bridge.run_http(args.http, token, ready=lambda port: _announce(port, token, agent))
+
     async def run() -> None:
+        if running is not None:  # one process owns an agent: this one drives it through its control port
+            backend = ControlBackend(running, agent.name)
+            await serve(McpBridge(backend, peers=wallets, wait=args.wait))
+            return
         await agent.start()
         try:
             bridge = McpBridge(agent, peers=wallets, wait=args.wait)
-            async with asyncio.TaskGroup() as group:
-                group.create_task(bridge.connect_pinned())
-                if token is None:
-                    await bridge.run_stdio()
-                else:
-                    await bridge.run_http(args.http, token, ready=lambda port: _announce(port, token, agent))
+            try:
+                await serve(bridge)
+            finally:
+                await bridge.backend.close()
         finally:
             await agent.stop()
 
