@@ -168,3 +168,16 @@ def test_calls_of_schema_1_become_tasks(tmp_path: Path) -> None:
                                                                             "ACCESS_DENIED")
     assert store.task("in", "d" * 32, A) == task
     store.close()
+
+
+def test_peers_marked_for_mcp_are_kept_once_in_order_and_survive_reopening(tmp_path: Path) -> None:
+    first = SQLiteStore(tmp_path / "s.db")
+    b = "0x" + "b" * 40
+    assert first.pin_peer(A, 1.0) and first.pin_peer(b, 2.0)
+    assert not first.pin_peer(A.lower(), 3.0)  # marked already, whatever the case
+    first.close()
+    again = SQLiteStore(tmp_path / "s.db")
+    assert again.pinned_peers() == [A, b]
+    assert again.unpin_peer(A.upper().replace("0X", "0x")) and not again.unpin_peer(A)
+    assert again.pinned_peers() == [b]
+    again.close()

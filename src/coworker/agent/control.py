@@ -14,7 +14,8 @@ visibility. For ``coworker mcp`` through a running agent (:class:`~coworker.agen
 work): request (a peer's skill: the task id), run_skill (one of our own skills as a local task: its id), task
 (where a task stands, after a wait of at most :data:`MAX_WAIT` seconds), progress (reports since report N,
 long-polled for at most :data:`MAX_WAIT` seconds), cancel, skill_cards (our skills' cards) and peers (with their
-cards and our trust in them).
+cards and our trust in them); mcp_pins, mcp_pin and mcp_unpin list, mark and unmark the peers whose skills
+``coworker mcp`` offers.
 :class:`ControlClient` raises the same :class:`CoworkerError` subclasses the agent raised.
 
 Any local process can connect before it shows a token, so what one connection may cost is bounded: a request line
@@ -35,6 +36,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -55,8 +57,9 @@ from coworker.core.protocol import MAX_ENVELOPE_BYTES, parse_json
 from coworker.core.skills import Skill
 from coworker.core.tasks import Progress
 from coworker.core.trust import TrustTier
+from coworker.core.wallets import checksum
 from coworker.store.identity import write_private
-from coworker.store.records import PeerRecord, TrustRequest
+from coworker.store.records import PeerRecord, Store, TrustRequest
 
 
 class ControlledAgent(Protocol):
@@ -95,6 +98,8 @@ class ControlledAgent(Protocol):
     def watch(self, task_id: str) -> AsyncGenerator[Progress, None]: ...
     def peers(self) -> list[PeerRecord]: ...
     def trust_tier(self, wallet: str) -> TrustTier: ...
+    @property
+    def store(self) -> Store: ...
 
 log = logging.getLogger("coworker.control")
 
@@ -151,6 +156,9 @@ class ControlServer:
             "cancel": lambda a: self._tasks.cancel(str(a["task_id"])),
             "skill_cards": self._skill_cards,
             "peers": self._peers,
+            "mcp_pins": self._pins,
+            "mcp_pin": self._pin,
+            "mcp_unpin": self._unpin,
         }
 
     async def start(self) -> None:
@@ -264,6 +272,29 @@ class ControlServer:
     async def _peers(self, _: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"wallet": p.wallet, "name": p.name, "card": p.card,
                  "trust_tier": self._agent.trust_tier(p.wallet).name.lower()} for p in self._agent.peers()]
+
+    async def _pins(self, _: dict[str, Any]) -> list[str]:
+        return self._agent.store.pinned_peers()
+
+    async def _pin(self, args: dict[str, Any]) -> bool:
+        return pin(self._agent.store, args["wallet"])
+
+    async def _unpin(self, args: dict[str, Any]) -> bool:
+        return unpin(self._agent.store, args["wallet"])
+
+
+def pin(store: Store, wallet: str) -> bool:
+    """Mark a peer for ``coworker mcp`` (durable when this returns); False when it was marked already."""
+    done = store.pin_peer(checksum(wallet), time.time())
+    store.flush()
+    return done
+
+
+def unpin(store: Store, wallet: str) -> bool:
+    """Unmark a peer (durable when this returns); False when it was not marked."""
+    done = store.unpin_peer(checksum(wallet))
+    store.flush()
+    return done
 
 
 def _bounded(wait: object) -> float:

@@ -8,7 +8,8 @@ tasks, and nothing else: it never talks to a peer itself.
   :class:`ControlBackend` is an agent another process runs (``coworker serve``), driven through its control port
   (one process owns an agent). Both hand tasks to :class:`~coworker.agent.owner_tasks.OwnerTasks`, in this process
   or in the agent's.
-- Tools: each of the agent's own skills by name; for each pinned peer, each skill that peer lets us see
+- Tools: each of the agent's own skills by name; for each pinned peer (given with ``peers``, or marked for MCP by
+  the owner: ``coworker mcp pin``, kept in the agent's database), each skill that peer lets us see
   (exactly what its last ``discover`` answer listed: a hidden or above-tier skill is never in that answer) as
   ``<peer name>__<skill>``; and the fixed tools ``peers``, ``connect``, ``call``, ``task``, ``cancel`` and
   ``request_trust``. Names are sanitised to what MCP hosts accept and made unique. The list is computed again
@@ -78,6 +79,7 @@ class McpBackend(Protocol):
     async def cancel(self, task_id: str) -> bool: ...
     async def connect(self, wallet: str, timeout: float) -> dict[str, Any]: ...
     async def request_trust(self, wallet: str, tier: Any, reason: str) -> str: ...
+    async def pins(self) -> list[str]: ...  # the peers the owner marked for MCP
     async def close(self) -> None: ...
 
 
@@ -115,6 +117,9 @@ class AgentBackend:
 
     async def request_trust(self, wallet: str, tier: Any, reason: str) -> str:
         return await self.agent.request_trust(wallet, tier, reason)
+
+    async def pins(self) -> list[str]:
+        return self.agent.store.pinned_peers()
 
     async def close(self) -> None:
         await self.tasks.close()
@@ -159,6 +164,9 @@ class ControlBackend:
     async def request_trust(self, wallet: str, tier: Any, reason: str) -> str:
         return str(await self._ask("request_trust", CONNECT_TIMEOUT, wallet=wallet, tier=tier, reason=reason))
 
+    async def pins(self) -> list[str]:
+        return list(await self._ask("mcp_pins"))
+
     async def close(self) -> None:
         pass
 
@@ -193,7 +201,7 @@ class McpBridge:
 
     Args:
         agent: the agent: an :class:`AsyncAgent` started by the caller, or a :class:`McpBackend`.
-        peers: the wallets whose skills are offered as tools.
+        peers: wallets whose skills are offered as tools, besides those the owner marked for MCP (``pins``).
         wait: seconds a tool call waits for its task before it returns the task id.
 
     Example::
@@ -207,7 +215,8 @@ class McpBridge:
         if not wait > 0:
             raise ConfigurationError(f"wait must be a positive number of seconds, got {wait!r}")
         self.backend: McpBackend = AgentBackend(agent) if isinstance(agent, AsyncAgent) else agent
-        self.pinned = [checksum(w) for w in peers]
+        self._given = [checksum(w) for w in peers]
+        self.pinned = list(self._given)  # and the owner's pins, read again at each refresh
         self.wait = float(wait)
         self._targets: dict[str, _Target] = {}
         self._tools: list[types.Tool] = []
@@ -235,6 +244,7 @@ class McpBridge:
             taken.add(name)
             return name
 
+        await self._read_pins()
         cards = await self.backend.skill_cards()
         known = {p["wallet"].lower(): p for p in await self.backend.peers()}
         for fixed in _FIXED:
@@ -252,6 +262,12 @@ class McpBridge:
         changed = [t.model_dump() for t in tools] != [t.model_dump() for t in self._tools]
         self._tools, self._targets = tools, targets
         return changed
+
+    async def _read_pins(self) -> None:
+        pinned = {w.lower(): w for w in self._given}
+        for wallet in await self.backend.pins():
+            pinned.setdefault(wallet.lower(), checksum(wallet))
+        self.pinned = list(pinned.values())
 
     def _skill_tool(self, name: str, card: dict[str, Any], wallet: str | None, targets: dict[str, _Target],
                     peer: str = "") -> types.Tool:
@@ -281,6 +297,7 @@ class McpBridge:
             except CoworkerError as exc:
                 log.warning("pinned peer %s: %s", wallet, exc)
 
+        await self._read_pins()
         await asyncio.gather(*(one(w) for w in self.pinned))
         await self._changed()
 

@@ -132,4 +132,13 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at  REAL NOT NULL
     );
     """,
+    # 6: the peers the owner marks for MCP: ``coworker mcp`` offers their skills as tools. A table of its own
+    # rather than a column of peers: a peer may be marked before we ever exchanged a message with it
+    """
+    CREATE TABLE mcp_pins (
+        wallet      TEXT PRIMARY KEY,          -- lower-case address
+        address     TEXT NOT NULL,             -- checksummed address
+        pinned_at   REAL NOT NULL
+    );
+    """,
 )

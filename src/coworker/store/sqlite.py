@@ -511,6 +511,21 @@ class SQLiteStore:
                               "updated_at = excluded.updated_at", (name, int(hidden), now))
         return cur.rowcount == 1
 
+    # ---- peers marked for MCP -----------------------------------------------------------------------------
+
+    def pin_peer(self, address: str, now: float) -> bool:
+        """Mark a peer for ``coworker mcp``; False when it was marked already."""
+        return self._write("INSERT OR IGNORE INTO mcp_pins (wallet, address, pinned_at) VALUES (?, ?, ?)",
+                           (_key(address), address, now)).rowcount == 1
+
+    def unpin_peer(self, wallet: str) -> bool:
+        """Unmark a peer; False when it was not marked."""
+        return self._write("DELETE FROM mcp_pins WHERE wallet = ?", (_key(wallet),)).rowcount == 1
+
+    def pinned_peers(self) -> list[str]:
+        """The checksummed addresses of the peers marked for MCP, in the order they were marked."""
+        return [str(r[0]) for r in self._db.execute("SELECT address FROM mcp_pins ORDER BY pinned_at, wallet")]
+
     # ---- settings -----------------------------------------------------------------------------------------
 
     def get_setting(self, key: str) -> str | None:

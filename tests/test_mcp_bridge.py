@@ -1,0 +1,106 @@
+"""The MCP bridge in-process, on the in-memory network: the peers the owner pins for MCP, ``coworker mcp pin``.
+
+The bridge is driven by calling its MCP handlers directly (no MCP session): what they return is what an MCP host
+receives. ``tests/test_mcp_server.py`` runs ``coworker mcp`` in its own process with the official MCP client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+import pytest
+
+from coworker import AsyncAgent, MemoryNetwork, TrustTier
+from coworker.agent.control import pin, unpin
+from coworker.agent.mcp_server import McpBridge
+from coworker.cli.main import main
+
+
+@pytest.fixture
+async def pair(home: Path) -> AsyncIterator[tuple[AsyncAgent, AsyncAgent]]:
+    """Agent "me" and peer "bob" (skill echo, KNOWN), bob trusting me at KNOWN; both started."""
+    net = MemoryNetwork()
+    me, bob = AsyncAgent("me", network=net), AsyncAgent("bob", network=net)
+
+    @bob.skill(description="Echo the text back.")
+    def echo(text: str) -> str:
+        return text
+
+    @bob.skill(min_trust_tier=TrustTier.INTERNAL)
+    def secret() -> str:
+        return "the secret"
+
+    bob.set_trust(me.wallet, TrustTier.KNOWN)
+    await me.start()
+    await bob.start()
+    try:
+        yield me, bob
+    finally:
+        await me.stop()
+        await bob.stop()
+        me.close()
+        bob.close()
+
+
+async def names(bridge: McpBridge) -> list[str]:
+    return [t.name for t in (await bridge._list_tools(None, None)).tools]
+
+
+async def call(bridge: McpBridge, name: str, args: dict[str, Any]) -> types.CallToolResult:
+    return await bridge._call_tool(None, types.CallToolRequestParams(name=name, arguments=args))
+
+
+async def test_a_peer_pinned_for_mcp_has_its_visible_skills_served_as_tools(
+        pair: tuple[AsyncAgent, AsyncAgent]) -> None:
+    me, bob = pair
+    bridge = McpBridge(me, wait=10)
+    await bridge.connect_pinned()
+    assert not [n for n in await names(bridge) if n.startswith("bob__")]
+
+    assert pin(me.store, bob.wallet.lower()) and not pin(me.store, bob.wallet)
+    await bridge.connect_pinned()
+    assert [n for n in await names(bridge) if n.startswith("bob__")] == ["bob__echo"]  # secret: above our tier
+    echoed = await call(bridge, "bob__echo", {"text": "hi"})
+    assert not echoed.is_error and echoed.structured_content == {"result": "hi"}
+    listed = await call(bridge, "peers", {})
+    assert {"name": "bob", "pinned": True}.items() <= json.loads(listed.content[0].text)[0].items()
+
+    assert unpin(me.store, bob.wallet)
+    await bridge.refresh()
+    assert not [n for n in await names(bridge) if n.startswith("bob__")]
+
+
+async def test_coworker_mcp_pin_unpin_and_pins_go_through_the_running_agent(
+        pair: tuple[AsyncAgent, AsyncAgent], capsys: pytest.CaptureFixture[str]) -> None:
+    me, bob = pair
+
+    def run(*argv: str) -> str:
+        assert main(["mcp", *argv, "--agent", "me"]) == 0
+        return capsys.readouterr().out
+
+    assert "pinned " + bob.wallet in await asyncio.to_thread(run, "pin", bob.wallet.lower())
+    assert "(it was already)" in await asyncio.to_thread(run, "pin", bob.wallet)
+    assert me.store.pinned_peers() == [bob.wallet]
+    assert json.loads(await asyncio.to_thread(run, "pins", "--json")) == [bob.wallet]
+    assert "unpinned" in await asyncio.to_thread(run, "unpin", bob.wallet)
+    assert me.store.pinned_peers() == []
+
+
+def test_coworker_mcp_pin_is_durable_while_the_agent_is_stopped(home: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    AsyncAgent("me").close()
+    wallet = "0x" + "b0" * 20
+    assert main(["mcp", "pin", wallet, "--agent", "me"]) == 0
+    assert main(["mcp", "pins", "--agent", "me"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].lower() == wallet
+    again = AsyncAgent("me")
+    try:
+        assert [w.lower() for w in again.store.pinned_peers()] == [wallet]
+    finally:
+        again.close()
+    assert main(["mcp", "pin", "--agent", "me"]) != 0  # pin needs a peer
