@@ -17,6 +17,7 @@ import pytest
 
 from coworker import AsyncAgent, MemoryNetwork, TrustTier
 from coworker.agent.control import pin, unpin
+from coworker.agent.mcp_backends import AgentBackend
 from coworker.agent.mcp_server import McpBridge
 from coworker.cli.main import main
 
@@ -104,3 +105,93 @@ def test_coworker_mcp_pin_is_durable_while_the_agent_is_stopped(home: Path,
     finally:
         again.close()
     assert main(["mcp", "pin", "--agent", "me"]) != 0  # pin needs a peer
+
+
+class Session:
+    """What the bridge tells an MCP session: each tools/list_changed, counted."""
+
+    def __init__(self) -> None:
+        self.changes = 0
+        self.changed = asyncio.Event()
+
+    async def send_tool_list_changed(self) -> None:
+        self.changes += 1
+        self.changed.set()
+
+
+class CountingBackend(AgentBackend):
+    """An in-process backend that signals each discovery of a peer."""
+
+    def __init__(self, agent: AsyncAgent) -> None:
+        super().__init__(agent)
+        self.connects = 0
+        self.connected = asyncio.Event()
+
+    async def connect(self, wallet: str, timeout: float) -> dict[str, Any]:
+        try:
+            return await super().connect(wallet, timeout)
+        finally:
+            self.connects += 1
+            self.connected.set()
+
+    async def reached(self, count: int) -> None:
+        """Until ``count`` discoveries ended in all."""
+        while self.connects < count:
+            self.connected.clear()
+            await self.connected.wait()
+
+
+async def test_the_pinned_peers_are_discovered_again_each_period_and_only_a_changed_list_is_announced(
+        pair: tuple[AsyncAgent, AsyncAgent]) -> None:
+    me, bob = pair
+    pin(me.store, bob.wallet)
+    backend = CountingBackend(me)
+    bridge, session = McpBridge(backend, wait=10), Session()
+    bridge._sessions.append(session)
+    async with asyncio.TaskGroup() as group:
+        fresh = group.create_task(bridge.keep_fresh(0.01))
+        await asyncio.wait_for(session.changed.wait(), 10)  # bob's skills, first discovered
+        assert "bob__echo" in await names(bridge) and session.changes == 1
+        await asyncio.wait_for(backend.reached(backend.connects + 3), 10)
+        assert session.changes == 1  # discovered again, nothing changed: nothing announced
+
+        session.changed.clear()
+
+        @bob.skill()
+        def shout(text: str) -> str:
+            return text.upper()
+
+        await asyncio.wait_for(session.changed.wait(), 10)
+        assert "bob__shout" in await names(bridge) and session.changes == 2
+        fresh.cancel()
+
+
+async def test_a_trust_grant_to_us_refreshes_the_tools_at_once(pair: tuple[AsyncAgent, AsyncAgent]) -> None:
+    me, bob = pair
+    pin(me.store, bob.wallet)
+    bridge, session = McpBridge(me, wait=10), Session()
+    bridge._sessions.append(session)
+    async with asyncio.TaskGroup() as group:
+        fresh = group.create_task(bridge.keep_fresh(3600))  # no period passes in this test
+        await asyncio.wait_for(session.changed.wait(), 10)
+        assert "bob__secret" not in await names(bridge)
+        session.changed.clear()
+        assert await me.request_trust(bob.wallet, TrustTier.INTERNAL) == "pending"
+        await bob.approve_trust(me.wallet)  # bob tells us: trust.grant
+        await asyncio.wait_for(session.changed.wait(), 10)
+        assert "bob__secret" in await names(bridge)
+        fresh.cancel()
+
+
+async def test_our_set_trust_of_a_peer_makes_the_bridge_discover_the_pinned_peers_again(
+        pair: tuple[AsyncAgent, AsyncAgent]) -> None:
+    me, bob = pair
+    pin(me.store, bob.wallet)
+    backend = CountingBackend(me)
+    bridge = McpBridge(backend, wait=10)
+    async with asyncio.TaskGroup() as group:
+        fresh = group.create_task(bridge.keep_fresh(3600))
+        await asyncio.wait_for(backend.reached(1), 10)
+        me.set_trust(bob.wallet, TrustTier.KNOWN)
+        await asyncio.wait_for(backend.reached(2), 10)  # at once: the period is an hour
+        fresh.cancel()

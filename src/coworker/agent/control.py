@@ -15,7 +15,8 @@ work): request (a peer's skill: the task id), run_skill (one of our own skills a
 (where a task stands, after a wait of at most :data:`MAX_WAIT` seconds), progress (reports since report N,
 long-polled for at most :data:`MAX_WAIT` seconds), cancel, skill_cards (our skills' cards) and peers (with their
 cards and our trust in them); mcp_pins, mcp_pin and mcp_unpin list, mark and unmark the peers whose skills
-``coworker mcp`` offers.
+``coworker mcp`` offers; trust_changes answers how many trust changes the agent made (our tier for a peer, a peer's
+answer to our request) once the count differs from ``since`` (long-polled, bounded).
 :class:`ControlClient` raises the same :class:`CoworkerError` subclasses the agent raised.
 
 Any local process can connect before it shows a token, so what one connection may cost is bounded: a request line
@@ -159,6 +160,7 @@ class ControlServer:
             "mcp_pins": self._pins,
             "mcp_pin": self._pin,
             "mcp_unpin": self._unpin,
+            "trust_changes": lambda a: trust_changes(agent.store, int(a.get("since", -1)), _bounded(a.get("wait", 0))),
         }
 
     async def start(self) -> None:
@@ -281,6 +283,25 @@ class ControlServer:
 
     async def _unpin(self, args: dict[str, Any]) -> bool:
         return unpin(self._agent.store, args["wallet"])
+
+
+async def trust_changes(store: Store, since: int, wait: float) -> int:
+    """The store's count of trust changes, once it differs from ``since`` or ``wait`` seconds passed."""
+    if store.trust_changes != since or wait <= 0:
+        return store.trust_changes
+    loop, changed = asyncio.get_running_loop(), asyncio.Event()
+
+    def listener() -> None:  # on whichever thread wrote
+        loop.call_soon_threadsafe(changed.set)
+
+    store.add_trust_listener(listener)
+    try:
+        if store.trust_changes == since:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), wait)
+    finally:
+        store.remove_trust_listener(listener)
+    return store.trust_changes
 
 
 def pin(store: Store, wallet: str) -> bool:

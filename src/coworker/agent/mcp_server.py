@@ -4,17 +4,19 @@
 Theory of operation. :class:`McpBridge` turns what the agent knows into MCP tools and MCP calls into CoWorker
 tasks, and nothing else: it never talks to a peer itself.
 
-- The agent: a :class:`McpBackend`. :class:`AgentBackend` is an :class:`AsyncAgent` this process runs;
-  :class:`ControlBackend` is an agent another process runs (``coworker serve``), driven through its control port
-  (one process owns an agent). Both hand tasks to :class:`~coworker.agent.owner_tasks.OwnerTasks`, in this process
-  or in the agent's.
+- The agent: an :class:`~coworker.agent.mcp_backends.McpBackend`. ``AgentBackend`` is an :class:`AsyncAgent`
+  this process runs; ``ControlBackend`` is an agent another process runs (``coworker serve``), driven through
+  its control port (one process owns an agent). Both hand tasks to
+  :class:`~coworker.agent.owner_tasks.OwnerTasks`, in this process or in the agent's.
 - Tools: each of the agent's own skills by name; for each pinned peer (given with ``peers``, or marked for MCP by
   the owner: ``coworker mcp pin``, kept in the agent's database), each skill that peer lets us see
   (exactly what its last ``discover`` answer listed: a hidden or above-tier skill is never in that answer) as
   ``<peer name>__<skill>``; and the fixed tools ``peers``, ``connect``, ``call``, ``task``, ``cancel`` and
   ``request_trust``. Names are sanitised to what MCP hosts accept and made unique. The list is computed again
-  after every tool call that may change it (connect, request_trust) and when it changed the server sends
-  ``notifications/tools/list_changed``.
+  after every tool call that may change it (connect, request_trust), and :meth:`McpBridge.keep_fresh`
+  discovers the pinned peers again every period and at once after a trust change the agent makes (our tier for a
+  peer, a peer's answer to our trust request: the store counts them, the backend long-polls the count). When the
+  list changed, and only then, the server sends ``notifications/tools/list_changed``.
 - A call is a task. A peer's skill is :meth:`AsyncAgent.request` (stored before it is sent: durable, found again
   after a restart); one of our own skills runs as a local task of the agent's process (bound and run as the
   runtime runs a peer's call, the caller being the owner at PRIVILEGED). Progress is long-polled from the backend
@@ -38,7 +40,7 @@ import re
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import mcp_types as types
@@ -46,129 +48,21 @@ from mcp.server.lowlevel.server import NotificationOptions, Server
 
 from coworker._errors import ConfigurationError, CoworkerError, error_from_wire
 from coworker.agent.agent import AsyncAgent
-from coworker.agent.control import MAX_WAIT, ControlClient
-from coworker.agent.owner_tasks import OwnerTasks
-from coworker.agent.peer import peer_json
+from coworker.agent.control import MAX_WAIT
+from coworker.agent.mcp_backends import CONNECT_TIMEOUT, AgentBackend, McpBackend
 from coworker.core.tasks import LIVE, TaskState
 from coworker.core.wallets import checksum
 
 log = logging.getLogger("coworker.mcp")
 
 DEFAULT_WAIT = 50.0  # seconds a tool call waits for its task before returning the task id
-CONNECT_TIMEOUT = 30.0
+DEFAULT_REFRESH = 60.0  # seconds between two discoveries of the pinned peers
 PROGRESS_POLL = 20.0  # seconds one ask for progress waits for a new report
 _NAME = re.compile(r"[^A-Za-z0-9_-]")
 _FIXED = ("peers", "connect", "call", "task", "cancel", "request_trust")
 
 _PENDING = {"type": "object", "properties": {"task_id": {"type": "string"}, "state": {"type": "string"}},
             "required": ["task_id", "state"]}
-
-
-class McpBackend(Protocol):
-    """The agent the bridge serves, in this process or another. Task dicts are ``get_result``'s; a progress
-    answer is ``{"reports": [[progress, message], ...], "next": n, "done": bool}``."""
-
-    name: str
-
-    async def skill_cards(self) -> list[dict[str, Any]]: ...
-    async def peers(self) -> list[dict[str, Any]]: ...  # wallet, name, card, trust_tier
-    async def request(self, wallet: str, skill: str, input: dict[str, Any]) -> str: ...
-    async def run_skill(self, skill: str, input: dict[str, Any]) -> str: ...
-    async def task(self, task_id: str, wait: float) -> dict[str, Any]: ...
-    async def progress(self, task_id: str, since: int, wait: float) -> dict[str, Any]: ...
-    async def cancel(self, task_id: str) -> bool: ...
-    async def connect(self, wallet: str, timeout: float) -> dict[str, Any]: ...
-    async def request_trust(self, wallet: str, tier: Any, reason: str) -> str: ...
-    async def pins(self) -> list[str]: ...  # the peers the owner marked for MCP
-    async def close(self) -> None: ...
-
-
-class AgentBackend:
-    """An :class:`AsyncAgent` this process runs (started by the caller)."""
-
-    def __init__(self, agent: AsyncAgent) -> None:
-        self.agent, self.name = agent, agent.name
-        self.tasks = OwnerTasks(agent)
-
-    async def skill_cards(self) -> list[dict[str, Any]]:
-        return [skill.card() for _, skill in sorted(self.agent.skills.items())]
-
-    async def peers(self) -> list[dict[str, Any]]:
-        return [{"wallet": p.wallet, "name": p.name, "card": p.card,
-                 "trust_tier": self.agent.trust_tier(p.wallet).name.lower()} for p in self.agent.peers()]
-
-    async def request(self, wallet: str, skill: str, input: dict[str, Any]) -> str:
-        return await self.tasks.request(wallet, skill, input)
-
-    async def run_skill(self, skill: str, input: dict[str, Any]) -> str:
-        return self.tasks.run_skill(skill, input)
-
-    async def task(self, task_id: str, wait: float) -> dict[str, Any]:
-        return await self.tasks.state(task_id, wait)
-
-    async def progress(self, task_id: str, since: int, wait: float) -> dict[str, Any]:
-        return await self.tasks.progress(task_id, since, wait)
-
-    async def cancel(self, task_id: str) -> bool:
-        return await self.tasks.cancel(task_id)
-
-    async def connect(self, wallet: str, timeout: float) -> dict[str, Any]:
-        return peer_json(await self.agent.connect(wallet, timeout=timeout))
-
-    async def request_trust(self, wallet: str, tier: Any, reason: str) -> str:
-        return await self.agent.request_trust(wallet, tier, reason)
-
-    async def pins(self) -> list[str]:
-        return self.agent.store.pinned_peers()
-
-    async def close(self) -> None:
-        await self.tasks.close()
-
-
-class ControlBackend:
-    """An agent another process runs, through its control port (the port's token, limits and bounds apply)."""
-
-    def __init__(self, client: ControlClient, name: str) -> None:
-        self.client, self.name = client, name
-
-    async def _ask(self, cmd: str, budget: float = 0.0, **args: Any) -> Any:
-        """One command; ``budget``: the seconds it may take in the agent, past the usual few."""
-        return await self.client.ask(cmd, args, timeout=budget + 30.0)
-
-    async def skill_cards(self) -> list[dict[str, Any]]:
-        return list(await self._ask("skill_cards"))
-
-    async def peers(self) -> list[dict[str, Any]]:
-        return list(await self._ask("peers"))
-
-    async def request(self, wallet: str, skill: str, input: dict[str, Any]) -> str:
-        return str(await self._ask("request", wallet=wallet, skill=skill, input=input))
-
-    async def run_skill(self, skill: str, input: dict[str, Any]) -> str:
-        return str(await self._ask("run_skill", skill=skill, input=input))
-
-    async def task(self, task_id: str, wait: float) -> dict[str, Any]:
-        wait = min(wait, MAX_WAIT)
-        return dict(await self._ask("task", wait, task_id=task_id, wait=wait))
-
-    async def progress(self, task_id: str, since: int, wait: float) -> dict[str, Any]:
-        wait = min(wait, MAX_WAIT)
-        return dict(await self._ask("progress", wait, task_id=task_id, since=since, wait=wait))
-
-    async def cancel(self, task_id: str) -> bool:
-        return bool(await self._ask("cancel", task_id=task_id))
-
-    async def connect(self, wallet: str, timeout: float) -> dict[str, Any]:
-        return dict(await self._ask("connect", timeout, wallet=wallet, timeout=timeout))
-
-    async def request_trust(self, wallet: str, tier: Any, reason: str) -> str:
-        return str(await self._ask("request_trust", CONNECT_TIMEOUT, wallet=wallet, tier=tier, reason=reason))
-
-    async def pins(self) -> list[str]:
-        return list(await self._ask("mcp_pins"))
-
-    async def close(self) -> None:
-        pass
 
 
 def tool_name(text: str) -> str:
@@ -300,6 +194,27 @@ class McpBridge:
         await self._read_pins()
         await asyncio.gather(*(one(w) for w in self.pinned))
         await self._changed()
+
+    async def keep_fresh(self, period: float = DEFAULT_REFRESH) -> None:
+        """Discover the pinned peers now, then every ``period`` seconds and at once after each trust change the
+        agent makes (our tier for a peer, a peer's answer to our request); ``tools/list_changed`` goes out when the
+        list changed. Runs until cancelled."""
+        if not period > 0:
+            raise ConfigurationError(f"the refresh period must be a positive number of seconds, got {period!r}")
+        loop = asyncio.get_running_loop()
+        seen = -1
+        while True:
+            try:
+                seen = await self.backend.trust_changes(-1, 0)
+                await self.connect_pinned()
+                due = loop.time() + period
+                while (left := due - loop.time()) > 0:  # woken by a trust change, or at the period's end
+                    now = await self.backend.trust_changes(seen, min(left, MAX_WAIT))
+                    if now != seen:
+                        break
+            except CoworkerError as exc:  # the running agent went away, say: try again next period
+                log.warning("refreshing the MCP tools: %s", exc)
+                await asyncio.sleep(period)
 
     async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
         self._remember(ctx)

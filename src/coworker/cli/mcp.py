@@ -40,11 +40,14 @@ INSTALL_HINT = "coworker mcp needs the MCP Python SDK: pip install 'mcp>=1.10' (
 def _cmd_mcp(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
     if args.file in PIN_COMMANDS:
         return _cmd_pins(args, choose)
+    if not args.refresh > 0:
+        raise CliError(f"--refresh is a positive number of seconds, got {args.refresh!r}")
     if args.target is not None:
         raise CliError(f"coworker mcp takes one file, got {args.file!r} and {args.target!r} "
                        f"(or one of: {', '.join(PIN_COMMANDS)})")
     try:
-        from coworker.agent.mcp_server import ControlBackend, McpBridge
+        from coworker.agent.mcp_backends import ControlBackend
+        from coworker.agent.mcp_server import McpBridge
     except ImportError as exc:
         raise CliError(f"{INSTALL_HINT} ({exc})") from None
     if args.file is not None:
@@ -64,11 +67,14 @@ def _cmd_mcp(args: argparse.Namespace, choose: Callable[[argparse.Namespace], st
 
     async def serve(bridge: McpBridge) -> None:
         async with asyncio.TaskGroup() as group:
-            group.create_task(bridge.connect_pinned())
-            if token is None:
-                await bridge.run_stdio()
-            else:
-                await bridge.run_http(args.http, token, ready=lambda port: _announce(port, token, agent))
+            fresh = group.create_task(bridge.keep_fresh(args.refresh))
+            try:
+                if token is None:
+                    await bridge.run_stdio()
+                else:
+                    await bridge.run_http(args.http, token, ready=lambda port: _announce(port, token, agent))
+            finally:
+                fresh.cancel()
 
     async def run() -> None:
         if running is not None:  # one process owns an agent: this one drives it through its control port
@@ -148,6 +154,9 @@ def register(commands: Any, common: argparse.ArgumentParser, choose: Callable[[a
                      help="offer this peer's skills as tools (<peer name>__<skill>); repeatable")
     mcp.add_argument("--http", type=int, default=None, metavar="PORT",
                      help="serve streamable HTTP on 127.0.0.1:PORT (0: any free port) with a bearer token")
+    mcp.add_argument("--refresh", type=float, default=60.0, metavar="SECONDS",
+                     help="discover the pinned peers again this often (and after each trust change), to keep their "
+                          "tools current (default 60)")
     mcp.add_argument("--json", action="store_true", help="machine-readable output (coworker mcp pins)")
     mcp.add_argument("--wait", type=float, default=50.0,
                      help="seconds a tool call waits for its result before returning the task id (default 50)")

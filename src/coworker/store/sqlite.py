@@ -40,6 +40,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,8 @@ class SQLiteStore:
     def __init__(self, path: Path | str, *, commit_delay: float = 0.002) -> None:
         self.path = path
         self.commit_delay = commit_delay
+        self.trust_changes = 0  # set_trust and set_standing calls on this connection (other processes' not seen)
+        self._trust_listeners: list[Callable[[], None]] = []
         if path != ":memory:":
             p = Path(path)
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -263,6 +266,21 @@ class SQLiteStore:
         self._write("INSERT INTO trust (wallet, tier, updated_at) VALUES (?, ?, ?) "
                     "ON CONFLICT (wallet) DO UPDATE SET tier = excluded.tier, updated_at = excluded.updated_at",
                     (_key(wallet), int(tier), now))
+        self._trust_changed()
+
+    def add_trust_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the writer's thread) after each trust change made here: our tier for a peer
+        (:meth:`set_trust`) or a peer's answer to our trust request (:meth:`set_standing`)."""
+        self._trust_listeners.append(listener)
+
+    def remove_trust_listener(self, listener: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._trust_listeners.remove(listener)
+
+    def _trust_changed(self) -> None:
+        self.trust_changes += 1
+        for listener in list(self._trust_listeners):
+            listener()
 
     def trusted_peers(self) -> list[tuple[str, TrustTier]]:
         """Peers we hold above UNTRUSTED, highest tier first."""
@@ -305,6 +323,7 @@ class SQLiteStore:
         self._write("INSERT INTO standing (wallet, state, tier, updated_at) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (wallet) DO UPDATE SET state = excluded.state, tier = excluded.tier, "
                     "updated_at = excluded.updated_at", (_key(wallet), state, int(tier), now))
+        self._trust_changed()
 
     def standing(self, wallet: str) -> tuple[str, TrustTier] | None:
         row = self._db.execute("SELECT state, tier FROM standing WHERE wallet = ?", (_key(wallet),)).fetchone()
