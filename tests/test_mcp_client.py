@@ -1,12 +1,16 @@
-"""An MCP server's tools served as skills (add_mcp_server): a small server written here with the official MCP SDK,
-run over stdio by the agent: schemas, results, progress, errors, a server that dies and comes back, and trust
-tiers over the devnet."""
+"""An MCP server's tools served as skills (add_mcp_server): small servers written here with the official MCP SDK,
+run over stdio by the agent or served over streamable HTTP on 127.0.0.1 in the test's own loop: schemas, results,
+progress, errors, cancellation, a tool set that changes, a server that dies and comes back, and trust tiers over
+the devnet."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
+import socket
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -14,8 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp.server.mcpserver import Context, MCPServer
 
-from coworker import AsyncAgent, CallContext, ConfigurationError, MemoryNetwork, SkillFailed, SkillNotFound, TrustTier
+from coworker import (
+    AsyncAgent,
+    CallContext,
+    ConfigurationError,
+    MemoryNetwork,
+    SkillFailed,
+    SkillNotFound,
+    TaskCanceled,
+    TrustTier,
+)
 from coworker.agent.mcp_client import McpServerLink, parse_target, skill_name, tool_output
 from coworker.core.tasks import Progress
 from coworker.devnet import DevnetServer
@@ -236,3 +250,249 @@ def test_coworker_serve_mcp_server_serves_the_tools_through_the_blocking_agent(
     finally:
         agent.stop()
         agent.close()
+
+
+# ---- streamable HTTP, cancellation ---------------------------------------------------------------------------
+
+
+def http_tools(started: asyncio.Event, cancelled: asyncio.Event) -> MCPServer:
+    """A server run in the test's loop: ``hold`` sets ``started``, then waits until it is cancelled and sets
+    ``cancelled`` (what the server saw)."""
+    server = MCPServer("http-tools")
+
+    @server.tool(description="Add two numbers, reporting progress on the way.")
+    async def add(a: int, b: int, ctx: Context) -> dict[str, int]:
+        await ctx.report_progress(1, 2, "half way")
+        return {"sum": a + b}
+
+    @server.tool(description="Hold until cancelled.")
+    async def hold(ctx: Context) -> str:
+        await ctx.report_progress(0, 1, "holding")
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    return server
+
+
+@contextlib.asynccontextmanager
+async def serving_http(server: MCPServer) -> AsyncIterator[str]:
+    """Serve ``server`` over streamable HTTP on a free port of 127.0.0.1 and yield its URL. The socket listens
+    before uvicorn starts, so a client may connect at once (the connection waits in the backlog)."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+    web = uvicorn.Server(uvicorn.Config(server.streamable_http_app(), log_level="warning"))
+    task = asyncio.create_task(web.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        web.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 10)
+        except TimeoutError:
+            web.force_exit = True
+            await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+@pytest.fixture
+async def served_over_http(tmp_path: Path) -> AsyncIterator[tuple[AsyncAgent, AsyncAgent, asyncio.Event,
+                                                                   asyncio.Event]]:
+    """Alice serves the HTTP server's tools with prefix "web" to Bob (INTERNAL); yields the events of ``hold``."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+    async with serving_http(http_tools(started, cancelled)) as url:
+        network = MemoryNetwork()
+        alice = AsyncAgent("alice", network=network, data_dir=tmp_path / "alice")
+        bob = AsyncAgent("bob", network=network, data_dir=tmp_path / "bob")
+        link = alice.add_mcp_server(url, prefix="web")
+        assert link.kind == "http"
+        alice.set_trust(bob.wallet, TrustTier.INTERNAL)
+        await alice.start()
+        await bob.start()
+        try:
+            yield alice, bob, started, cancelled
+        finally:
+            await bob.stop()
+            await alice.stop()
+            alice.close()
+            bob.close()
+
+
+async def test_over_streamable_http_a_peer_gets_the_tools_result_and_progress(served_over_http: Any) -> None:
+    alice, bob, _, _ = served_over_http
+    assert {"web__add", "web__hold"} <= alice.skills.keys()
+    reports: list[Progress] = []
+    result = await bob.call(alice.wallet, "web__add", {"a": 2, "b": 40}, timeout=30, on_progress=reports.append)
+    assert result == {"sum": 42}
+    assert [(r.progress, r.message) for r in reports if r.message == "half way"] == [(0.5, "half way")]
+
+
+async def test_a_peer_cancelling_its_task_cancels_the_running_tool_at_the_server(served_over_http: Any) -> None:
+    alice, bob, started, cancelled = served_over_http
+    task_id = await bob.request(alice.wallet, "web__hold", timeout=30)
+    await asyncio.wait_for(started.wait(), 30)
+    assert await bob.cancel(task_id)
+    with pytest.raises(TaskCanceled):
+        await bob.wait(task_id, timeout=30)
+    await asyncio.wait_for(cancelled.wait(), 30)  # the SDK sent notifications/cancelled; the server applied it
+    assert alice.get_result(task_id)["state"] == bob.get_result(task_id)["state"] == "canceled"
+    assert await bob.call(alice.wallet, "web__add", {"a": 1, "b": 1}, timeout=30) == {"sum": 2}  # still up
+
+
+def test_a_plain_http_url_of_another_machine_is_refused_when_added(tmp_path: Path) -> None:
+    agent = AsyncAgent("alice", network=MemoryNetwork(), data_dir=tmp_path / "alice")
+    try:
+        with pytest.raises(ConfigurationError, match="in clear"):
+            agent.add_mcp_server("http://192.0.2.7:8000/mcp")
+        with pytest.raises(ConfigurationError, match="in clear"):
+            agent.add_mcp_server("http://tools.example/mcp")
+        assert agent.add_mcp_server("https://tools.example/mcp").kind == "http"  # not started: never reached
+        assert agent.add_mcp_server("http://[::1]:8000/mcp").kind == "http"
+    finally:
+        agent.close()
+
+
+# ---- a tool set that changes ----------------------------------------------------------------------------------
+
+CHANGING_SERVER = """\
+    import json, os, sys
+    from pathlib import Path
+    from mcp.server.mcpserver import Context, MCPServer
+
+    tools_file, pid_file = Path(sys.argv[1]), Path(sys.argv[2])
+    pid_file.write_text(str(os.getpid()))
+    server = MCPServer("changing-tools")
+
+    def echo(text: str) -> str:
+        return text
+
+    def shout(text: str) -> str:
+        return text.upper()
+
+    def repeat(text: str, times: int) -> str:
+        return text * times
+
+    KINDS = {"echo": echo, "shout": shout, "repeat": repeat}
+    current = json.loads(tools_file.read_text())  # {tool name: kind}
+    for name, kind in current.items():
+        server.add_tool(KINDS[kind], name=name, description=kind)
+
+    @server.tool(description="Replace the tools by {name: kind} and say so (tools/list_changed).")
+    async def set_tools(tools: dict[str, str], ctx: Context) -> str:
+        for name in current:
+            server.remove_tool(name)
+        current.clear()
+        current.update(tools)
+        for name, kind in tools.items():
+            server.add_tool(KINDS[kind], name=name, description=kind)
+        tools_file.write_text(json.dumps(tools))
+        await ctx.session.send_tool_list_changed()
+        return "changed"
+
+    server.run()
+"""
+
+
+@pytest.fixture
+async def changing(tmp_path: Path) -> AsyncIterator[tuple[AsyncAgent, AsyncAgent, McpServerLink, Path, Path]]:
+    """Alice serves CHANGING_SERVER (prefix "tools"; echo and loud=shout at first) to Bob (INTERNAL)."""
+    script, tools_file, pid_file = tmp_path / "changing.py", tmp_path / "tools.json", tmp_path / "changing.pid"
+    script.write_text(textwrap.dedent(CHANGING_SERVER))
+    tools_file.write_text(json.dumps({"echo": "echo", "loud": "shout"}))
+    network = MemoryNetwork()
+    alice = AsyncAgent("alice", network=network, data_dir=tmp_path / "alice")
+    bob = AsyncAgent("bob", network=network, data_dir=tmp_path / "bob")
+    link = alice.add_mcp_server([sys.executable, str(script), str(tools_file), str(pid_file)], prefix="tools")
+    alice.set_trust(bob.wallet, TrustTier.INTERNAL)
+    await alice.start()
+    await bob.start()
+    try:
+        yield alice, bob, link, tools_file, pid_file
+    finally:
+        await bob.stop()
+        await alice.stop()
+        alice.close()
+        bob.close()
+
+
+async def test_when_the_server_says_its_tools_changed_the_skills_are_added_changed_and_removed(
+        changing: Any) -> None:
+    alice, bob, link, _, _ = changing
+    assert link.skill_names == {"tools__echo", "tools__loud", "tools__set_tools"}
+    assert await bob.call(alice.wallet, "tools__loud", {"text": "hi"}, timeout=30) == {"result": "HI"}
+
+    link.listed.clear()
+    new = {"echo": "echo", "loud": "repeat", "extra": "shout"}
+    await bob.call(alice.wallet, "tools__set_tools", {"tools": new}, timeout=30)
+    await asyncio.wait_for(link.listed.wait(), 30)
+    assert link.skill_names == {"tools__echo", "tools__loud", "tools__extra", "tools__set_tools"}
+    assert alice.skills["tools__loud"].input_schema["required"] == ["text", "times"]  # changed: the new schema
+    assert await bob.call(alice.wallet, "tools__loud", {"text": "ab", "times": 2}, timeout=30) == {"result": "abab"}
+    assert await bob.call(alice.wallet, "tools__extra", {"text": "x"}, timeout=30) == {"result": "X"}
+    assert "tools__extra" in (await bob.connect(alice.wallet, timeout=30)).skills
+
+    link.listed.clear()
+    await bob.call(alice.wallet, "tools__set_tools", {"tools": {"echo": "echo"}}, timeout=30)
+    await asyncio.wait_for(link.listed.wait(), 30)
+    assert link.skill_names == {"tools__echo", "tools__set_tools"}
+    assert not {"tools__loud", "tools__extra"} & alice.skills.keys()
+    for gone in ("tools__loud", "tools__extra"):
+        with pytest.raises(SkillNotFound):
+            await bob.call(alice.wallet, gone, {"text": "x"}, timeout=30)
+    assert "tools__extra" not in (await bob.connect(alice.wallet, timeout=30)).skills
+
+
+async def test_a_tool_gone_after_a_restart_loses_its_skill(changing: Any) -> None:
+    alice, bob, link, tools_file, pid_file = changing
+    paused, gate = asyncio.Event(), asyncio.Event()
+
+    async def held(delay: float) -> None:  # the restart waits for the test, not for a clock
+        paused.set()
+        await gate.wait()
+
+    link._pause = held
+    tools_file.write_text(json.dumps({"echo": "echo"}))  # what the server has when it starts again
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    await asyncio.wait_for(paused.wait(), 30)
+    link.listed.clear()
+    gate.set()
+    await asyncio.wait_for(link.listed.wait(), 30)
+    assert link.skill_names == {"tools__echo", "tools__set_tools"} and "tools__loud" not in alice.skills
+    with pytest.raises(SkillNotFound):
+        await bob.call(alice.wallet, "tools__loud", {"text": "x"}, timeout=30)
+    assert await bob.call(alice.wallet, "tools__echo", {"text": "still"}, timeout=30) == {"result": "still"}
+
+
+async def test_a_changed_list_naming_a_tool_like_a_registered_skill_is_refused_and_the_skills_stay(
+        changing: Any) -> None:
+    import logging
+
+    alice, bob, link, _, _ = changing
+    refused = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "new list of tools is refused" in record.getMessage():
+                refused.set()
+
+    def clash(text: str) -> str:
+        return "mine"
+
+    alice.add_skill(clash, name="tools__clash")
+    watch = Watch()
+    logging.getLogger("coworker.mcp").addHandler(watch)
+    try:
+        await bob.call(alice.wallet, "tools__set_tools", {"tools": {"clash": "echo"}}, timeout=30)
+        await asyncio.wait_for(refused.wait(), 30)
+    finally:
+        logging.getLogger("coworker.mcp").removeHandler(watch)
+    assert link.skill_names == {"tools__echo", "tools__loud", "tools__set_tools"}
+    assert await bob.call(alice.wallet, "tools__clash", {"text": "x"}, timeout=30) == "mine"

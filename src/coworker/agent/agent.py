@@ -289,8 +289,10 @@ class AsyncAgent:
             built[name] = build_skill(link.skill_function(tool.name), name=name, description=tool.description,
                                       input_schema=tool.input_schema, output_schema=tool.output_schema,
                                       min_trust_tier=tier, version="1.0.0")
+        for gone in link.skill_names - built.keys():  # a tool the server no longer has: SkillNotFound
+            self._skills.pop(gone, None)
         self._skills.update(built)  # a tool listed again replaces its skill (its schema may have changed)
-        link.skill_names.update(built)
+        link.skill_names = set(built)
         if self._runtime is not None:
             self._publish_skills()
 

@@ -12,9 +12,15 @@ The link owns one asyncio task that holds the connection: it connects, lists the
 the HTTP session closed) or the agent stops. A pump between the transport and the session notices the end
 before any pending request learns of it, so a call that fails because the server went away says so ("the MCP
 server X is not running; restarting") rather than the SDK's connection error. The task then reconnects after a
-pause that doubles from :data:`RESTART_DELAY` up to :data:`RESTART_DELAY_MAX`; tools listed again replace the
-skills of the same name (a tool the server no longer has stays registered and its calls get the server's error).
-A call made while the server is down fails at once with that clear error: it does not wait for the restart.
+pause that doubles from :data:`RESTART_DELAY` up to :data:`RESTART_DELAY_MAX`. A call made while the server is
+down fails at once with that clear error: it does not wait for the restart.
+
+The tools are listed again after each restart and whenever the server sends ``notifications/tools/list_changed``
+(the notification only flags them stale and wakes the link's task, which lists them: a request awaited inside
+the session's notification callback would stall the session's reader). Each listing is handed to the agent
+whole: a new tool becomes a skill, a changed one replaces its skill, and a tool the server no longer has loses
+its skill, so a call to it is :class:`SkillNotFound` like any missing skill. A later listing the agent refuses (a
+new tool named like a registered skill) is logged and the previous skills stay; at start it fails :meth:`start`.
 
 A call forwards the validated input as the tool's arguments, passes each MCP progress notification to
 ``ctx.progress`` (``progress / total`` when the server gives a total), and returns the result's
@@ -185,8 +191,9 @@ class McpServerLink:
         command_or_url: a command line (split with :func:`shlex.split`, run with no shell), an argv list, or an
             ``http(s)://`` URL of a streamable-HTTP MCP server.
         prefix: skills are named ``<prefix>__<tool>`` (the tool's name alone when None).
-        register: called with the tools each time they are listed (at start and after a restart); raises
-            :class:`ConfigurationError` for a tool it cannot take.
+        register: called with all the tools each time they are listed (at start, after a restart, after
+            ``tools/list_changed``): the skills become exactly those; raises :class:`ConfigurationError` for a
+            tool it cannot take, changing nothing.
     """
 
     def __init__(self, command_or_url: str | Sequence[str], *, prefix: str | None,
@@ -205,6 +212,8 @@ class McpServerLink:
         self._stopping = False
         self._pause: Callable[[float], Awaitable[None]] = self._sleep  # tests replace it to hold a restart
         self.ready = asyncio.Event()  # set while a session is up
+        self.listed = asyncio.Event()  # set each time a listing was handed to register (tests clear it to wait)
+        self._tools_stale = False  # the server said its tools changed since they were listed
         self.restarts = 0
         self._up_since: float | None = None
 
@@ -288,6 +297,15 @@ class McpServerLink:
         from mcp import ClientSession
 
         self._wake.clear()
+        self._tools_stale = False
+
+        async def on_message(message: Any) -> None:
+            from mcp import types
+
+            if isinstance(message, types.ToolListChangedNotification):
+                self._tools_stale = True
+                self._wake.set()
+
         async with contextlib.AsyncExitStack() as stack:
             async with asyncio.timeout(START_TIMEOUT):
                 streams = await stack.enter_async_context(self._transport(stack))
@@ -295,7 +313,8 @@ class McpServerLink:
                 send_in, receive_in = anyio.create_memory_object_stream[Any](0)
                 group = await stack.enter_async_context(anyio.create_task_group())
                 stack.callback(group.cancel_scope.cancel)
-                session = await stack.enter_async_context(ClientSession(receive_in, write))
+                session = await stack.enter_async_context(ClientSession(receive_in, write,
+                                                                      message_handler=on_message))
                 conn = _Connection(session)
 
                 async def pump() -> None:
@@ -313,7 +332,11 @@ class McpServerLink:
                 group.start_soon(pump)
                 await session.initialize()
                 tools = await self._list_tools(session)
-            self._register(self, tools)
+            if started.done():  # a restart: a listing the agent refuses leaves the skills as they were
+                self._hand_over(tools)
+            else:
+                self._register(self, tools)
+                self.listed.set()
             self._conn = conn
             self.ready.set()
             if not started.done():
@@ -322,10 +345,33 @@ class McpServerLink:
             self._up_since = time.monotonic()
             try:
                 await self._wake.wait()
+                while self._tools_stale and conn.alive and not self._stopping:
+                    self._wake.clear()
+                    self._tools_stale = False
+                    await self._relist(session)
+                    await self._wake.wait()
             finally:
                 conn.alive = False
                 self._conn = None
                 self.ready.clear()
+
+    async def _relist(self, session: Any) -> None:
+        """List the tools again after ``tools/list_changed`` and hand them to the agent (see the module docstring)."""
+        async with asyncio.timeout(START_TIMEOUT):
+            tools = await self._list_tools(session)
+        if self._hand_over(tools):
+            log.info("MCP server %s changed its tools: %d (%s)", self.label, len(tools),
+                     ", ".join(t.name for t in tools))
+
+    def _hand_over(self, tools: list[McpTool]) -> bool:
+        try:
+            self._register(self, tools)
+        except ConfigurationError as exc:
+            log.warning("the MCP server %s's new list of tools is refused (the skills stay as they were): %s",
+                        self.label, exc)
+            return False
+        self.listed.set()
+        return True
 
     def _transport(self, stack: contextlib.AsyncExitStack) -> contextlib.AbstractAsyncContextManager[Any]:
         if self.kind == "http":
