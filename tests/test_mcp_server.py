@@ -182,23 +182,29 @@ async def test_stdio_lists_and_calls_local_and_peer_skills_with_progress_and_lon
         assert '"completed"' in again.content[0].text and '"done"' in again.content[0].text
 
 
+
+async def cancel_a_slow_call(client: Any) -> None:
+    """Start alice's slow skill through MCP, cancel the call once it runs at alice, and check the session goes on
+    (a call made after the cancel is answered: the cancel went before it)."""
+    started = asyncio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        started.set()
+
+    call = asyncio.create_task(client.call_tool("alice__slow", {"seconds": 3600}, progress_callback=on_progress))
+    await asyncio.wait_for(started.wait(), 30)  # running at the peer
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    after = await client.call_tool("alice__summarize", {"text": "x"})
+    assert not after.is_error
+
 async def test_canceling_an_mcp_call_cancels_the_task_at_the_peer(
         me: tuple[Path, str, str], alice: ServedAgent) -> None:
     app, _, alice_wallet = me
     async with stdio_client(app, "--peer", alice_wallet, "--wait", "40") as (client, watcher):
         await tool_names(client, watcher, "alice__slow")
-        started = asyncio.Event()
-
-        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-            started.set()
-
-        call = asyncio.create_task(client.call_tool("alice__slow", {"seconds": 3600}, progress_callback=on_progress))
-        await asyncio.wait_for(started.wait(), 30)  # running at the peer
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-        after = await client.call_tool("alice__summarize", {"text": "x"})  # the cancel went before it
-        assert not after.is_error
+        await cancel_a_slow_call(client)
     await alice.stop()
     stopped = AsyncAgent("alice", passphrase="")
     try:
@@ -280,18 +286,7 @@ async def test_coworker_mcp_drives_an_agent_already_running_through_its_control_
         assert not slow.is_error and slow.structured_content == {"result": "done"}
         assert (0.5, "half way") in reports
 
-        started = asyncio.Event()
-
-        async def on_start(progress: float, total: float | None, message: str | None) -> None:
-            started.set()
-
-        call = asyncio.create_task(client.call_tool("alice__slow", {"seconds": 3600}, progress_callback=on_start))
-        await asyncio.wait_for(started.wait(), 30)  # running at the peer
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-        after = await client.call_tool("alice__summarize", {"text": "x"})  # the cancel went before it
-        assert not after.is_error
+        await cancel_a_slow_call(client)
     status = await served_me.ask("status")
     assert status["wallet"] == wallet  # the served agent went on serving all along
     await alice.stop()

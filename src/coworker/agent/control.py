@@ -38,7 +38,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,19 +52,18 @@ from coworker._errors import (
     RemoteProtocolError,
     TransportError,
 )
-from coworker.agent.owner_tasks import OwnerTasks
+from coworker.agent.owner_tasks import OwnerTasks, TaskAgent
 from coworker.agent.peer import Peer, peer_json
 from coworker.core.protocol import MAX_ENVELOPE_BYTES, parse_json
-from coworker.core.skills import Skill
-from coworker.core.tasks import Progress
 from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum
 from coworker.store.identity import write_private
 from coworker.store.records import PeerRecord, Store, TrustRequest
 
 
-class ControlledAgent(Protocol):
-    """What the control port needs of an agent (:class:`~coworker.agent.agent.AsyncAgent` is one)."""
+class ControlledAgent(TaskAgent, Protocol):
+    """What the control port needs of an agent (:class:`~coworker.agent.agent.AsyncAgent` is one): what the owner's
+    tasks need (:class:`~coworker.agent.owner_tasks.TaskAgent`), and more."""
 
     name: str
     wallet: str
@@ -90,13 +89,6 @@ class ControlledAgent(Protocol):
     def skills_overview(self) -> list[dict[str, Any]]: ...
     def hide_skill(self, name: str) -> None: ...
     def expose_skill(self, name: str) -> None: ...
-    @property
-    def skills(self) -> Mapping[str, Skill]: ...
-    async def request(self, wallet: str, skill: str, input: dict[str, Any] | None = None) -> str: ...
-    async def wait(self, task_id: str, timeout: float | None = None) -> Any: ...
-    def get_result(self, task_id: str) -> dict[str, Any]: ...
-    async def cancel(self, task_id: str) -> bool: ...
-    def watch(self, task_id: str) -> AsyncGenerator[Progress, None]: ...
     def peers(self) -> list[PeerRecord]: ...
     def trust_tier(self, wallet: str) -> TrustTier: ...
     @property
