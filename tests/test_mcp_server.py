@@ -137,50 +137,58 @@ async def stdio_client(app: Path | None, *extra: str) -> AsyncIterator[tuple[Cli
         yield client, watcher
 
 
+async def exercise(client: Client, watcher: Watcher) -> str:
+    """What an MCP host does with ``coworker mcp --peer ALICE --wait 2``, over any transport: list the tools (no
+    above-tier or hidden one of alice's), call a local skill, with progress, call alice's skill, call one that
+    outlives the wait (a task id, then its result from the task tool), and get an error without a traceback.
+    Returns the long call's task id."""
+    names = await tool_names(client, watcher, "alice__summarize")
+    assert {"peers", "connect", "call", "task", "cancel", "request_trust", "shout", "count",
+            "alice__summarize", "alice__slow"} <= set(names)
+    assert not {"alice__secret", "alice__private"} & set(names)  # above our tier, hidden: never tools
+
+    local = await client.call_tool("shout", {"text": "hi"})
+    assert not local.is_error and local.structured_content == {"text": "HI"}
+
+    reports: list[tuple[float, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reports.append((progress, message))
+
+    counted = await client.call_tool("count", {"n": 3}, progress_callback=on_progress)
+    assert counted.structured_content == {"result": 3}
+    assert reports and reports[-1] == (1.0, "step 3")  # reports may be coalesced, the last one arrives
+
+    remote = await client.call_tool("alice__summarize", {"text": "a b c", "max_words": 2})
+    assert not remote.is_error and remote.structured_content == {"summary": "a b", "word_count": 3}
+
+    reports.clear()
+    pending = await client.call_tool("alice__slow", {"seconds": 4}, progress_callback=on_progress)
+    assert not pending.is_error and pending.structured_content is not None
+    assert pending.structured_content["state"] in ("submitted", "working")
+    assert ("half way" in [m for _, m in reports])
+    task_id: str = pending.structured_content["task_id"]
+    for _ in range(15):  # each waits for the task's end up to the MCP wait (2 s here)
+        fetched = await client.call_tool("task", {"task_id": task_id, "wait": 30})
+        if '"working"' not in fetched.content[0].text:
+            break
+    assert '"completed"' in fetched.content[0].text and '"done"' in fetched.content[0].text
+
+    missing = await client.call_tool("alice__summarize", {"max_words": 2})
+    assert missing.is_error and missing.content[0].text.startswith("INVALID_INPUT:")
+    assert "Traceback" not in missing.content[0].text
+    return task_id
+
+
 async def test_stdio_lists_and_calls_local_and_peer_skills_with_progress_and_long_calls(
         me: tuple[Path, str, str], alice: ServedAgent) -> None:
     app, _, alice_wallet = me
     async with stdio_client(app, "--peer", alice_wallet, "--wait", "2") as (client, watcher):
-        names = await tool_names(client, watcher, "alice__summarize")
-        assert {"peers", "connect", "call", "task", "cancel", "request_trust", "shout", "count",
-                "alice__summarize", "alice__slow"} <= set(names)
-        assert not {"alice__secret", "alice__private"} & set(names)  # above our tier, hidden: never tools
-
-        local = await client.call_tool("shout", {"text": "hi"})
-        assert not local.is_error and local.structured_content == {"text": "HI"}
-
-        reports: list[tuple[float, str | None]] = []
-
-        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-            reports.append((progress, message))
-
-        counted = await client.call_tool("count", {"n": 3}, progress_callback=on_progress)
-        assert counted.structured_content == {"result": 3}
-        assert reports and reports[-1] == (1.0, "step 3")  # reports may be coalesced, the last one arrives
-
-        remote = await client.call_tool("alice__summarize", {"text": "a b c", "max_words": 2})
-        assert not remote.is_error and remote.structured_content == {"summary": "a b", "word_count": 3}
-
-        reports.clear()
-        pending = await client.call_tool("alice__slow", {"seconds": 4}, progress_callback=on_progress)
-        assert not pending.is_error and pending.structured_content is not None
-        assert pending.structured_content["state"] in ("submitted", "working")
-        assert ("half way" in [m for _, m in reports])
-        task_id = pending.structured_content["task_id"]
-        for _ in range(15):  # each waits for the task's end up to the MCP wait (2 s here)
-            fetched = await client.call_tool("task", {"task_id": task_id, "wait": 30})
-            if '"working"' not in fetched.content[0].text:
-                break
-        assert '"completed"' in fetched.content[0].text and '"done"' in fetched.content[0].text
-
-        missing = await client.call_tool("alice__summarize", {"max_words": 2})
-        assert missing.is_error and missing.content[0].text.startswith("INVALID_INPUT:")
-        assert "Traceback" not in missing.content[0].text
+        task_id = await exercise(client, watcher)
 
     async with stdio_client(app, "--wait", "2") as (client, _):  # a new MCP process finds the stored task
         again = await client.call_tool("task", {"task_id": task_id})
         assert '"completed"' in again.content[0].text and '"done"' in again.content[0].text
-
 
 
 async def cancel_a_slow_call(client: Any) -> None:
@@ -294,5 +302,33 @@ async def test_coworker_mcp_drives_an_agent_already_running_through_its_control_
     try:
         served = [t["state"] for t in stopped.list_tasks(direction="in") if t["skill"] == "slow"]
         assert sorted(served) == ["canceled", "completed"]
+    finally:
+        stopped.close()
+
+
+async def test_over_http_the_same_calls_progress_long_calls_and_cancellation(
+        me: tuple[Path, str, str], alice: ServedAgent) -> None:
+    app, _, alice_wallet = me
+    process = spawn(app, "--http", "0", "--peer", alice_wallet, "--wait", "2")
+    try:
+        assert process.stderr is not None
+        url = (await asyncio.to_thread(read_line, process.stderr.fileno(), 60)).split()[-1]
+        token = (app.parent / "home" / "agents" / "me" / "mcp_token").read_text()
+        import httpx2
+
+        watcher = Watcher()
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http, \
+                Client(streamable_http_client(url, http_client=http), mode="legacy", message_handler=watcher,
+                       read_timeout_seconds=90) as client:
+            await exercise(client, watcher)
+            await cancel_a_slow_call(client)
+    finally:
+        process.terminate()
+        process.wait(30)
+    await alice.stop()
+    stopped = AsyncAgent("alice", passphrase="")
+    try:
+        slow = [t for t in stopped.list_tasks(direction="in") if t["skill"] == "slow"]
+        assert sorted(t["state"] for t in slow) == ["canceled", "completed"]  # the long call, the canceled one
     finally:
         stopped.close()
