@@ -15,7 +15,7 @@ from typing import Any
 import mcp_types as types
 import pytest
 
-from coworker import AsyncAgent, MemoryNetwork, TrustTier
+from coworker import AsyncAgent, CallContext, MemoryNetwork, TrustTier
 from coworker.agent.control import pin, unpin
 from coworker.agent.mcp_backends import AgentBackend
 from coworker.agent.mcp_server import McpBridge
@@ -195,3 +195,59 @@ async def test_our_set_trust_of_a_peer_makes_the_bridge_discover_the_pinned_peer
         me.set_trust(bob.wallet, TrustTier.KNOWN)
         await asyncio.wait_for(backend.reached(2), 10)  # at once: the period is an hour
         fresh.cancel()
+
+
+async def test_a_local_task_is_stored_and_found_again_by_a_new_mcp_process(tmp_path: Path) -> None:
+    from coworker.agent.owner_tasks import OwnerTasks
+
+    agent = AsyncAgent("me", network=MemoryNetwork(), data_dir=tmp_path / "me")
+    release = asyncio.Event()
+
+    @agent.skill()
+    async def slow(text: str) -> str:
+        await release.wait()
+        return text.upper()
+
+    async with agent:
+        tasks = OwnerTasks(agent)
+        task_id = tasks.run_skill("slow", {"text": "hi"})
+        assert agent.get_result(task_id)["state"] == "working"  # stored before it ran
+        release.set()
+        assert (await tasks.state(task_id, wait=10))["state"] == "completed"
+        again = await OwnerTasks(agent).state(task_id)  # what a new MCP process sees
+        assert (again["state"], again["result"]) == ("completed", "HI")
+        assert agent.stats()["outbox"]["payloads_sent"] == 0  # nothing of it went anywhere
+    agent.close()
+
+
+async def test_a_local_task_the_agent_was_running_when_it_stopped_runs_again_when_it_starts(tmp_path: Path) -> None:
+    from coworker.agent.owner_tasks import OwnerTasks
+
+    net, attempts = MemoryNetwork(), []
+    first = AsyncAgent("me", network=net, data_dir=tmp_path / "me")
+    never = asyncio.Event()
+
+    @first.skill("work")
+    async def stuck(text: str) -> str:
+        await never.wait()
+        return text
+
+    async with first:
+        task_id = OwnerTasks(first).run_skill("work", {"text": "again"})
+    first.close()
+
+    second = AsyncAgent("me", network=net, data_dir=tmp_path / "me")
+
+    @second.skill("work")
+    def work(text: str, ctx: CallContext) -> str:
+        attempts.append(ctx.attempt)
+        return text.upper()
+
+    async with second:
+        runtime = second._runtime
+        assert runtime is not None
+        await runtime._link.tasks.idle(10)  # the resumed task ran, and its outcome is stored
+        result = second.get_result(task_id)
+        assert (result["state"], result["result"], attempts) == ("completed", "AGAIN", [2])
+        assert second.stats()["outbox"]["payloads_sent"] == 0  # its answer was to the agent itself: not sent
+    second.close()

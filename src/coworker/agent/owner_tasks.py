@@ -6,7 +6,10 @@ process that runs the agent (the control port holds it, and the bridge asks thro
 bounded by the caller; a long-poll for progress returns as soon as there is something new or the task ended.
 
 A local task runs as a task of the agent's event loop, bound and run as the runtime runs a peer's call, the caller
-being the owner at PRIVILEGED. It lives in memory only (the latest :data:`LOCAL_KEPT` are kept), and ends when
+being the owner at PRIVILEGED. It is stored as a served task whose caller is the agent itself, before it runs and
+with its outcome, so that ``task`` finds it after the MCP process or the agent restarts (the latest
+:data:`LOCAL_KEPT` are also kept in memory, with their progress); one the agent was running when it stopped is run
+again when it starts (as any served task: ``ctx.attempt == 2``), and nothing of it is sent anywhere. It ends when
 :meth:`OwnerTasks.close` cancels it.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +27,7 @@ from coworker._errors import CoworkerError, error_from_wire
 from coworker.core.skills import CallContext, Skill
 from coworker.core.tasks import LIVE, Progress, TaskState
 from coworker.core.trust import TrustTier
+from coworker.store.records import Store, TaskRecord
 
 LOCAL_KEPT = 1000  # local tasks remembered (the oldest ended ones are forgotten first)
 REPORTS_KEPT = 1000  # progress reports kept per local task (the latest)
@@ -32,6 +37,9 @@ class TaskAgent(Protocol):
     """What :class:`OwnerTasks` needs of an agent (:class:`~coworker.agent.agent.AsyncAgent` is one)."""
 
     wallet: str
+
+    @property
+    def store(self) -> Store: ...
 
     @property
     def skills(self) -> Mapping[str, Skill]: ...
@@ -88,7 +96,13 @@ class OwnerTasks:
         ctx = CallContext(caller=self.agent.wallet, trust_tier=TrustTier.PRIVILEGED, call_id=task.id, skill=name,
                           _reporter=report)
         kwargs = skill.bind(input, ctx)
+        store, now = self.agent.store, time.time()
+        record = TaskRecord(task.id, "in", self.agent.wallet, name, TaskState.WORKING, input, now,
+                            version=skill.version, updated_at=now, last_activity=now, attempts=1)
+        store.add_task(record)
+        store.flush()  # stored before it runs: after a restart the agent runs it again, and `task` finds it
         task.runner = loop.create_task(_run(skill, kwargs), name=f"coworker-local-{task.id}")
+        task.runner.add_done_callback(lambda done: _store_outcome(store, record, done))
         task.runner.add_done_callback(lambda _: loop.call_soon(task._wake))  # after the reports queued before
         self._local[task.id] = task
         self._forget_oldest()
@@ -166,6 +180,22 @@ class OwnerTasks:
             runner.cancel()
         if runners:
             await asyncio.wait(runners, timeout=5)
+
+
+def _store_outcome(store: Store, record: TaskRecord, runner: asyncio.Task[Any]) -> None:
+    """A local task's outcome, as its record in the store (a canceled one stays canceled after a restart)."""
+    if store.closed:
+        return  # the agent stopped first: the task runs again when it starts
+    now = time.time()
+    if runner.cancelled():
+        store.update_task(record, state=TaskState.CANCELED, updated_at=now, error_code="CANCELED",
+                          error_message="canceled by the owner")
+    elif (exc := runner.exception()) is not None:
+        store.update_task(record, state=TaskState.FAILED, updated_at=now,
+                          error_code=getattr(exc, "code", "SKILL_FAILED"), error_message=str(exc))
+    else:
+        store.update_task(record, state=TaskState.COMPLETED, updated_at=now, output=runner.result())
+    store.flush()
 
 
 async def _run(skill: Skill, kwargs: dict[str, Any]) -> Any:

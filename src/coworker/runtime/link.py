@@ -96,8 +96,8 @@ class Link:
         """Send encoded bytes; empty ones are a message with no form in the peer's wire format: nothing goes."""
         if self._transport is None or self.outbox is None:
             raise TransportError("agent is not started")
-        if not data:
-            return
+        if not data or recipient.lower() == self.wallet.lower():
+            return  # nothing to send, or to the agent itself (a task its owner ran through it: stored, not sent)
         await self.outbox.send(recipient, data, alone=self.speaks_v1(recipient))
 
     async def outbox_send(self, recipient: str, data: bytes) -> None:
