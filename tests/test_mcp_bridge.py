@@ -251,3 +251,22 @@ async def test_a_local_task_the_agent_was_running_when_it_stopped_runs_again_whe
         assert (result["state"], result["result"], attempts) == ("completed", "AGAIN", [2])
         assert second.stats()["outbox"]["payloads_sent"] == 0  # its answer was to the agent itself: not sent
     second.close()
+
+
+async def test_a_host_of_the_newest_protocol_era_hears_of_a_changed_tool_list_on_its_listen_stream(
+        pair: tuple[AsyncAgent, AsyncAgent]) -> None:
+    # Hosts on MCP 2026-07-28 get no unsolicited notification: they open subscriptions/listen and the change
+    # comes on it (the legacy-era sessions get notifications/tools/list_changed, tested above).
+    from mcp import Client
+    from mcp.shared.subscriptions import ToolsListChanged
+
+    me, bob = pair
+    bridge = McpBridge(me, peers=[bob.wallet], wait=10)
+    async with Client(bridge.server) as client, client.listen(tools_list_changed=True) as events:
+        assert events.honored.tools_list_changed
+        assert "bob__echo" not in [t.name for t in (await client.list_tools()).tools]
+        await bridge.connect_pinned()  # bob's skills become tools: the list changed
+        await bridge._changed()
+        event = await asyncio.wait_for(anext(events), 10)
+        assert isinstance(event, ToolsListChanged)
+        assert "bob__echo" in [t.name for t in (await client.list_tools()).tools]

@@ -16,7 +16,8 @@ tasks, and nothing else: it never talks to a peer itself.
   after every tool call that may change it (connect, request_trust), and :meth:`McpBridge.keep_fresh`
   discovers the pinned peers again every period and at once after a trust change the agent makes (our tier for a
   peer, a peer's answer to our trust request: the store counts them, the backend long-polls the count). When the
-  list changed, and only then, the server sends ``notifications/tools/list_changed``.
+  list changed, and only then, the server sends ``notifications/tools/list_changed`` (to hosts of the legacy
+  protocol era; those of the 2026-07-28 era get it on the ``subscriptions/listen`` stream they open).
 - A call is a task. A peer's skill is :meth:`AsyncAgent.request` (stored before it is sent: durable, found again
   after a restart); one of our own skills runs as a local task of the agent's process (bound and run as the
   runtime runs a peer's call, the caller being the owner at PRIVILEGED). Progress is long-polled from the backend
@@ -45,6 +46,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 from mcp.server.lowlevel.server import NotificationOptions, Server
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 
 from coworker._errors import ConfigurationError, CoworkerError, error_from_wire
 from coworker.agent.agent import AsyncAgent
@@ -114,9 +116,11 @@ class McpBridge:
         self.wait = float(wait)
         self._targets: dict[str, _Target] = {}
         self._tools: list[types.Tool] = []
-        self._sessions: list[Any] = []  # sessions to tell when the tool list changes
+        self._sessions: list[Any] = []  # sessions to tell when the tool list changes (hosts of the legacy era)
+        self._events = InMemorySubscriptionBus()  # and the hosts of the 2026-07-28 era, which listen for it
         self.server: Server[Any] = Server("coworker-" + self.backend.name, version="1",
-                                          on_list_tools=self._list_tools, on_call_tool=self._call_tool)
+                                          on_list_tools=self._list_tools, on_call_tool=self._call_tool,
+                                          on_subscriptions_listen=ListenHandler(self._events))
         self._fixed: dict[str, Callable[[Any, dict[str, Any]], Awaitable[Any]]] = {
             "peers": self._peers, "connect": self._connect, "task": self._task, "cancel": self._cancel_tool,
             "request_trust": self._request_trust}
@@ -181,6 +185,7 @@ class McpBridge:
                 await session.send_tool_list_changed()
             except Exception:  # a session that went away
                 self._sessions.remove(session)
+        await self._events.publish(ToolsListChanged())
 
     async def connect_pinned(self) -> None:
         """Discover every pinned peer (bounded), so that its skills become tools; a peer that does not answer
