@@ -224,7 +224,7 @@ def _requirements(meta: Mapping[str, Any]) -> Requirements:
                         tuple(dict.fromkeys(oses)), tuple(dict.fromkeys(primary)))
 
 
-def _declared_schema(front: Mapping[str, Any], name: str) -> dict[str, Any]:
+def _declared_schema(front: Mapping[str, Any]) -> dict[str, Any]:
     """The input schema from the frontmatter's declared ``arguments`` (a list or a map), else any object."""
     declared = front.get("arguments", front.get("parameters"))
     if declared is None:
@@ -339,7 +339,7 @@ def _parse(folder: FolderFiles, front: Mapping[str, Any], body: str) -> FolderSk
             raise _Bad(f"metadata.coworker.input_schema is not valid JSON Schema: {exc.message}") from None
         schema = {"type": "object", **schema}
     else:
-        schema = _declared_schema(front, name)
+        schema = _declared_schema(front)
     timeout = own.get("timeout", DEFAULT_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
         raise _Bad(f"metadata.coworker.timeout is not a number of seconds in (0, {MAX_TIMEOUT:g}]")

@@ -162,7 +162,7 @@ def to_envelope(msg: Message, *, mid: str, sender: str, recipient: str) -> Envel
         elif msg.type == "trust_request":
             body = {"tier": _tier(p.get("requested_tier", 1)), "reason": _text(p.get("reason", ""))}
         elif msg.type == "plan_propose":
-            body, dialect = _plan_body(p, mid, sender), Dialect(msg.correlation_id, msg.type,
+            body, dialect = _plan_body(p, mid), Dialect(msg.correlation_id, msg.type,
                                                                  goal=_text(p.get("goal", "")))
         elif msg.type == "skill_card_query":
             body, dialect = {}, Dialect(msg.correlation_id, msg.type, skill=_text(p.get("skill", ""), 200))
@@ -206,7 +206,7 @@ def _call_body(p: dict[str, Any], mid: str) -> dict[str, Any]:
     return body
 
 
-def _plan_body(p: dict[str, Any], mid: str, sender: str) -> dict[str, Any]:
+def _plan_body(p: dict[str, Any], mid: str) -> dict[str, Any]:
     steps = p.get("steps")
     if not isinstance(steps, list) or not 0 < len(steps) <= 50:
         raise RemoteProtocolError("plan_propose: steps must be a list of 1 to 50 steps")

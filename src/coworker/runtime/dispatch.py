@@ -164,8 +164,8 @@ class Runtime:
                     sent = await self._link.send(env)
                     once = self._link.speaks_v1(peer)  # a 1.0 agent would act on every copy: one is sent
                     if len(ids) == 1 and kind in FIRST_CONTACT and self._link.v1 and self._link.protocol(peer) is None:
-                        await self._link.outbox_send(peer, v1.encode_request(env, name=self.name,
-                                                                              now_ms=self._link.now_ms()) or b"")
+                        first = v1.encode_request(env, name=self.name, now_ms=self._link.now_ms()) or b""
+                        await self._link.send_data(peer, first, alone=True)  # 1.0 agents read no batch frames
                     gap = None if once else self.retry.delay(len(ids), loop.time() - started)
                     done, _ = await asyncio.wait({future}, timeout=gap)
                     if done:
@@ -361,8 +361,7 @@ class Runtime:
 
     async def _answer_v1(self, to: str, dialect: proto.Dialect, kind: str, body: dict[str, Any]) -> None:
         data = v1.encode_answer(dialect, kind, body, name=self.name, wallet=self.wallet, now_ms=self._link.now_ms())
-        if data:
-            await self._link.outbox_send(to, data)
+        await self._link.send_data(to, data or b"", alone=True)
 
     async def _refuse_undecodable(self, incoming: Incoming, exc: RemoteProtocolError) -> None:
         peeked = proto.peek_id(incoming.data)

@@ -92,20 +92,15 @@ class Link:
         await self.send_data(env.recipient, data)
         return len(data)
 
-    async def send_data(self, recipient: str, data: bytes) -> None:
-        """Send encoded bytes; empty ones are a message with no form in the peer's wire format: nothing goes."""
+    async def send_data(self, recipient: str, data: bytes, *, alone: bool = False) -> None:
+        """Send encoded bytes; empty ones are a message with no form in the peer's wire format: nothing goes.
+        ``alone``: never in a batch frame (bytes in CoWorker 1.0 for a peer not known to speak it yet); a peer
+        known to speak 1.0 gets everything alone anyway."""
         if self._transport is None or self.outbox is None:
             raise TransportError("agent is not started")
         if not data or recipient.lower() == self.wallet.lower():
             return  # nothing to send, or to the agent itself (a task its owner ran through it: stored, not sent)
-        await self.outbox.send(recipient, data, alone=self.speaks_v1(recipient))
-
-    async def outbox_send(self, recipient: str, data: bytes) -> None:
-        """Send bytes already in CoWorker 1.0, alone (to a peer not known to speak it yet: never in a frame)."""
-        if self._transport is None or self.outbox is None:
-            raise TransportError("agent is not started")
-        if data:
-            await self.outbox.send(recipient, data, alone=True)
+        await self.outbox.send(recipient, data, alone=alone or self.speaks_v1(recipient))
 
     async def notify(self, peer: str, kind: str, body: dict[str, Any], corr: str) -> None:
         """Send a one-way message that answers an earlier request ``corr`` (e.g. a later trust grant)."""
