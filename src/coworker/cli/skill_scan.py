@@ -12,11 +12,12 @@ Example::
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from coworker.agent.folder_skills import roots_or_default, scan
 from coworker.cli.common import print_json, shown
-from coworker.core.skill_folders import FolderReport
+
+if TYPE_CHECKING:
+    from coworker.core.skill_folders import FolderReport
 
 
 def _row(report: FolderReport) -> dict[str, Any]:
@@ -29,6 +30,8 @@ def _row(report: FolderReport) -> dict[str, Any]:
 
 def cmd_skills_scan(args: argparse.Namespace) -> int:
     """List each folder under the given roots (default: the OpenClaw, ``~/.agents`` and Nanobot ones)."""
+    from coworker.agent.folder_skills import roots_or_default, scan  # with YAML: loaded for this command only
+
     roots = roots_or_default(args.dirs)
     rows = [_row(r) for r in scan(roots)]
     if args.json:
