@@ -34,6 +34,9 @@ from typing import Any
 
 from coworker._errors import ConfigurationError, SkillFailed
 from coworker.core.skill_folders import (
+    MAX_FILES,
+    SKILL_FILE,
+    FolderFiles,
     FolderReport,
     FolderSkill,
     Host,
@@ -41,7 +44,6 @@ from coworker.core.skill_folders import (
     default_roots,
     needed_bins,
     parse_folder,
-    read_folders,
 )
 from coworker.core.skills import CallContext, SkillFunction
 from coworker.runtime.llm_planner import BASE_URL_VARIABLE, MODEL_VARIABLE, LLMPlanner
@@ -58,6 +60,33 @@ OUTPUT_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "object"}, {"type": "string"
 def roots_or_default(roots: Sequence[str | Path]) -> list[Path]:
     """The roots given (``~`` expanded), or the OpenClaw, ``~/.agents`` and Nanobot ones when none is."""
     return [Path(r).expanduser() for r in roots] if roots else default_roots(Path.home())
+
+
+def read_folders(root: Path) -> list[FolderFiles]:
+    """Read the skill folders under ``root`` (its subdirectories, or ``root`` itself when it holds SKILL.md)."""
+    root = root.expanduser()
+    if (root / SKILL_FILE).is_file():
+        candidates = [root]
+    else:
+        try:
+            candidates = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            return []
+    found: list[FolderFiles] = []
+    for folder in candidates:
+        try:
+            text = (folder / SKILL_FILE).read_text(encoding="utf-8") if (folder / SKILL_FILE).is_file() else None
+            files: set[str] = set()
+            for path in sorted(folder.rglob("*")):
+                if len(files) >= MAX_FILES:
+                    break
+                rel = path.relative_to(folder)
+                if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+                    files.add(rel.as_posix())
+            found.append(FolderFiles(folder, text, frozenset(files)))
+        except (OSError, UnicodeDecodeError) as exc:
+            found.append(FolderFiles(folder, None, error=f"cannot read it: {type(exc).__name__}"))
+    return found
 
 
 def host_snapshot(skills: Iterable[FolderSkill]) -> Host:

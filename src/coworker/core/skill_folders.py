@@ -13,8 +13,8 @@ Without an entrypoint the script is ``scripts/main.py``, ``scripts/run.py`` or `
 CoWorker 1.0's adapters found them; a folder with no script at all is instruction-only (its body becomes an LLM's
 system prompt, served at PRIVILEGED unless it says otherwise).
 
-Everything here is pure but :func:`read_folders`, the one function that reads the disk: the rest takes what it
-read and a :class:`Host` snapshot (binaries found, variables set, the OS) and returns values.
+Everything here is pure: it takes what :func:`coworker.agent.folder_skills.read_folders` read of the disk and a
+:class:`Host` snapshot (binaries found, variables set, the OS) and returns values.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ METADATA_BLOCKS = ("openclaw", "clawdbot", "clawdis", "nanobot")  # the same req
 INTERPRETERS = {".py": "python", ".js": "node", ".mjs": "node", ".cjs": "node", ".sh": "sh", ".bash": "bash"}
 ALWAYS_PASSED_ENV = ("PATH", "HOME", "LANG")
 _FORBIDDEN_ENV = re.compile(r"^COWORKER_")  # our passphrase and LLM key file never reach a skill
-_MAX_FILES = 5000  # files listed per folder (the rest is ignored: a skill is not a node_modules)
+MAX_FILES = 5000  # files listed per folder (the rest is ignored: a skill is not a node_modules)
 
 
 def default_roots(home: Path) -> list[Path]:
@@ -57,7 +57,8 @@ def default_roots(home: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class FolderFiles:
-    """What :func:`read_folders` read of one folder: its ``SKILL.md`` text and its files' relative paths."""
+    """What :func:`~coworker.agent.folder_skills.read_folders` read of one folder: its ``SKILL.md`` text and its
+    files' relative paths."""
 
     path: Path
     skill_md: str | None
@@ -121,33 +122,6 @@ class FolderReport:
     @property
     def loadable(self) -> bool:
         return self.skill is not None and not self.problems
-
-
-def read_folders(root: Path) -> list[FolderFiles]:
-    """Read the skill folders under ``root`` (its subdirectories, or ``root`` itself when it holds SKILL.md)."""
-    root = root.expanduser()
-    if (root / SKILL_FILE).is_file():
-        candidates = [root]
-    else:
-        try:
-            candidates = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        except OSError:
-            return []
-    found: list[FolderFiles] = []
-    for folder in candidates:
-        try:
-            text = (folder / SKILL_FILE).read_text(encoding="utf-8") if (folder / SKILL_FILE).is_file() else None
-            files: set[str] = set()
-            for path in sorted(folder.rglob("*")):
-                if len(files) >= _MAX_FILES:
-                    break
-                rel = path.relative_to(folder)
-                if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-                    files.add(rel.as_posix())
-            found.append(FolderFiles(folder, text, frozenset(files)))
-        except (OSError, UnicodeDecodeError) as exc:
-            found.append(FolderFiles(folder, None, error=f"cannot read it: {type(exc).__name__}"))
-    return found
 
 
 class _Bad(Exception):
