@@ -21,8 +21,9 @@ import pytest
 
 from coworker import ConfigurationError
 from coworker._process import wait_exit
+from coworker.agent.invites import INVITE_PREFIX, read_invite
 from coworker.cli.main import main
-from coworker.cli.network import INVITE_PREFIX, bridge_status, read_invite
+from coworker.cli.network import bridge_status
 from coworker.devnet import DevnetServer
 
 from .test_cli import init, run

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import importlib.util
 import json
 import logging
@@ -31,58 +30,26 @@ from pathlib import Path
 from typing import Any
 
 from coworker import _paths
-from coworker._errors import ConfigurationError, CoworkerError
+from coworker._errors import CoworkerError
 from coworker._process import NotReady, spawn_ready, wait_exit
 from coworker.agent.agent import AsyncAgent
 from coworker.agent.blocking import Agent
 from coworker.agent.config import LOCK_FILE, AgentLock, network_name, parse_tier, validate_agent_name
 from coworker.agent.control import ControlClient
+from coworker.agent.invites import INVITE_PREFIX, make_invite, read_invite
 from coworker.agent.peer import peer_json
 from coworker.cli.common import CliError, EscapingFormatter, json_text, open_agent, shown, suggest
-from coworker.core.wallets import checksum, recover_signer
+from coworker.core.wallets import checksum
 from coworker.store.identity import Identity
 
 log = logging.getLogger("coworker.cli")
 
-INVITE_PREFIX = "cwi1."
 _NOT_RUNNING = 3
 _START_TIMEOUT = 90.0
 _STOP_TIMEOUT = 15.0
 
 
 # ---- invites --------------------------------------------------------------------------------------------------
-
-
-def _invite_text(wallet: str, name: str, network: str) -> str:
-    return f"CoWorker invite\nwallet: {wallet}\nname: {name}\nnetwork: {network}"
-
-
-def make_invite(identity: Identity, name: str, network: str) -> str:
-    """An invite code: the wallet, name and network, signed by the wallet (EIP-191)."""
-    body = {"wallet": identity.address, "name": name, "network": network,
-            "sig": identity.sign_text(_invite_text(identity.address, name, network))}
-    encoded = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
-    return INVITE_PREFIX + encoded
-
-
-def read_invite(code: str) -> dict[str, str]:
-    """The wallet, name and network of an invite code, after checking its signature.
-
-    Raises:
-        ConfigurationError: not an invite, damaged, or not signed by the wallet it names.
-    """
-    if not code.startswith(INVITE_PREFIX):
-        raise ConfigurationError(f"not an invite code (they start with {INVITE_PREFIX})")
-    payload = code[len(INVITE_PREFIX):].strip()
-    try:
-        body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        wallet, name, network, sig = (str(body[k]) for k in ("wallet", "name", "network", "sig"))
-        signer = recover_signer(_invite_text(wallet, name, network), sig)
-    except (ValueError, KeyError, TypeError, CoworkerError):
-        raise ConfigurationError("the invite code is damaged (copy it whole)") from None
-    if signer.lower() != wallet.lower():
-        raise ConfigurationError("the invite code is not signed by the wallet it names: it was altered")
-    return {"wallet": checksum(wallet), "name": name, "network": network}
 
 
 def _peer_wallet(target: str, my_network: str) -> tuple[str, str | None]:
