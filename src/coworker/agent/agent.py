@@ -52,7 +52,7 @@ from coworker.runtime.dispatch import Runtime, TrustPolicy
 from coworker.runtime.outbox import Outbox
 from coworker.runtime.receipts import settle_receipt
 from coworker.store.identity import KEYSTORE_FILE, Identity
-from coworker.store.records import CallRecord, PeerRecord, TaskRecord, TrustRequest
+from coworker.store.records import CallRecord, PeerRecord, TaskRecord, TrustAuditEntry, TrustRequest
 from coworker.store.sqlite import SQLiteStore
 from coworker.transports.base import Network, Transport
 
@@ -812,7 +812,7 @@ class AsyncAgent:
     def set_trust(self, wallet: str, tier: TrustTier | int) -> None:
         """Set the tier we hold for ``wallet``, up or down, and drop any pending request of its."""
         peer, new = checksum(wallet), parse_tier(tier)
-        self.store.set_trust(peer, new, self._clock())
+        self.store.set_trust(peer, new, self._clock(), by="owner")
         self.store.pop_trust_request(peer)
         self.store.flush()  # durable when this returns, like every decision an owner makes
 
@@ -833,7 +833,7 @@ class AsyncAgent:
         if request is None:
             raise ConfigurationError(f"no pending trust request from {peer} (set_trust sets a tier without one)")
         new = max(chosen or request.tier, self.store.trust_tier(peer))
-        self.store.set_trust(peer, new, self._clock())
+        self.store.set_trust(peer, new, self._clock(), by="owner")
         self.store.flush()
         await self._tell(peer, "trust.grant", {"tier": int(new)}, request.request_id)
         return new
@@ -845,11 +845,18 @@ class AsyncAgent:
             ConfigurationError: no pending request from ``wallet``.
         """
         peer = checksum(wallet)
-        request = self.store.pop_trust_request(peer)
+        request = self.store.pop_trust_request(peer, denied_at=self._clock(), by="owner")
         if request is None:
             raise ConfigurationError(f"no pending trust request from {peer}")
         self.store.flush()
         await self._tell(peer, "trust.deny", {"tier": int(self.store.trust_tier(peer))}, request.request_id)
+
+    def trust_audit(self, limit: int = 100, wallet: str | None = None) -> list[TrustAuditEntry]:
+        """The trust audit trail, newest first (of every peer, or of ``wallet``): our tier for a peer set (by the
+        owner or the auto-accept policy), requests peers made of us, the owner's denials, and the answers peers
+        gave to our requests (see :class:`~coworker.store.records.TrustAuditEntry`). Kept in the database: the
+        newest 10,000 entries."""
+        return self.store.trust_audit(limit, None if wallet is None else checksum(wallet))
 
     async def _tell(self, peer: str, kind: str, body: dict[str, Any], corr: str) -> None:
         if self._runtime is None:

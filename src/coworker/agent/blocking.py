@@ -19,7 +19,7 @@ from coworker.core.skills import Skill, SkillFunction
 from coworker.core.tasks import Progress
 from coworker.core.trust import TrustTier
 from coworker.runtime.collaboration import Planner
-from coworker.store.records import CallRecord, PeerRecord, TrustRequest
+from coworker.store.records import CallRecord, PeerRecord, TrustAuditEntry, TrustRequest
 
 if TYPE_CHECKING:
     from coworker.agent.mcp_client import McpServerLink
@@ -238,6 +238,10 @@ class Agent:
     def deny_trust(self, wallet: str) -> None:
         """See :meth:`AsyncAgent.deny_trust`."""
         self._portal.run(self._agent.deny_trust(wallet))
+
+    def trust_audit(self, limit: int = 100, wallet: str | None = None) -> list[TrustAuditEntry]:
+        """See :meth:`AsyncAgent.trust_audit`."""
+        return self._run(lambda: self._agent.trust_audit(limit, wallet))  # type: ignore[no-any-return]
 
     def peers(self) -> list[PeerRecord]:
         """See :meth:`AsyncAgent.peers`."""

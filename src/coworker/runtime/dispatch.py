@@ -470,7 +470,7 @@ class Runtime:
         now = self.clock()
         if outcome == "granted":
             if new_tier != tier:
-                self.store.set_trust(peer, new_tier, now)
+                self.store.set_trust(peer, new_tier, now, by="policy")
                 log.info("granted %s to %s automatically", new_tier.name, peer)
             self.store.pop_trust_request(peer)
             await self._link.answer(env, "trust.grant", {"tier": int(new_tier)})

@@ -141,4 +141,20 @@ MIGRATIONS: tuple[str, ...] = (
         pinned_at   REAL NOT NULL
     );
     """,
+    # 7: the trust audit trail: every change of our tier for a peer (by the owner or the auto-accept policy), every
+    # request a peer made of us and the owner's denials, and every answer a peer gave to our requests. Only the
+    # newest rows are kept (see SQLiteStore.TRUST_AUDIT_KEPT); the wallet index serves one peer's history
+    """
+    CREATE TABLE trust_audit (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        at          REAL NOT NULL,
+        wallet      TEXT NOT NULL,             -- lower-case address
+        address     TEXT NOT NULL,             -- checksummed address
+        event       TEXT NOT NULL,             -- set, requested, denied, granted, refused, pending
+        old_tier    INTEGER,
+        new_tier    INTEGER,
+        by          TEXT NOT NULL              -- owner, policy or peer
+    );
+    CREATE INDEX trust_audit_wallet ON trust_audit (wallet, seq);
+    """,
 )

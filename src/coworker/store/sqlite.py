@@ -37,17 +37,27 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from coworker._errors import StoreError
+from coworker.core.protocol import is_address
 from coworker.core.trust import TrustTier
+from coworker.core.wallets import checksum
 from coworker.store.migrations import MIGRATIONS
-from coworker.store.records import CallRecord, CollaborationRecord, PeerRecord, TaskRecord, TrustRequest
+from coworker.store.records import (
+    CallRecord,
+    CollaborationRecord,
+    PeerRecord,
+    TaskRecord,
+    TrustAuditEntry,
+    TrustRequest,
+)
 
 log = logging.getLogger("coworker.store")
 
@@ -56,10 +66,19 @@ CHECKPOINT_EVERY = 200  # commits between two WAL checkpoints
 WAL_SIZE_LIMIT = 4_000_000  # bytes of WAL file kept (journal_size_limit), and the most it holds beyond one commit
 REFUSALS_KEPT = 1000  # refused calls kept (the latest ones): strangers may send as many as they like
 PRUNE_EVERY_REFUSALS = 100  # refused calls stored between two deletions of the oldest beyond REFUSALS_KEPT
+TRUST_AUDIT_KEPT = 10_000  # trust audit rows kept (the newest ones)
+PRUNE_EVERY_AUDITS = 100  # trust audit rows written between two deletions of the oldest beyond TRUST_AUDIT_KEPT
+# What a peer's answer to our trust request is called in the audit trail ("denied" there is the owner's refusal)
+_STANDING_EVENTS = {"granted": "granted", "pending": "pending", "denied": "refused"}
 
 
 def _key(wallet: str) -> str:
     return wallet.lower()
+
+
+def _address(wallet: str) -> str:
+    """The checksummed form of a wallet address (what is not one is kept as given)."""
+    return checksum(wallet) if is_address(wallet) else wallet
 
 
 class SQLiteStore:
@@ -68,8 +87,14 @@ class SQLiteStore:
     def __init__(self, path: Path | str, *, commit_delay: float = 0.002) -> None:
         self.path = path
         self.commit_delay = commit_delay
-        self.trust_changes = 0  # set_trust and set_standing calls on this connection (other processes' not seen)
+        # Change counters of this connection (other processes' writes are not seen), for pages that refresh when
+        # they move: trust (set_trust, set_standing), tasks (a task stored or changed), collaborations (saved)
+        self.trust_changes = 0
+        self.task_changes = 0
+        self.collab_changes = 0
         self._trust_listeners: list[Callable[[], None]] = []
+        self._change_listeners: list[Callable[[], None]] = []
+        self._grouped = False  # outside an event loop: writes go in one transaction (see _together)
         if path != ":memory:":
             p = Path(path)
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +120,7 @@ class SQLiteStore:
         self._checkpointer: threading.Thread | None = None
         self._inserts_since_prune = 0
         self._refusals_since_prune = 0
+        self._audits_since_prune = 0
         self._cycle_started = 0  # commits when the last checkpoint cycle began
         self._tail_due = False  # the worker's checkpoint runs: copy what it left at the first commit after it
         self._wal_held = False  # the last checkpoint on our connection could not copy every frame
@@ -123,6 +149,8 @@ class SQLiteStore:
         except RuntimeError:
             loop = None
         if loop is None:
+            if self._grouped:
+                return self._db.execute(sql, params)  # committed with the others (see _together)
             self.flush()
             cursor = self._db.execute(sql, params)  # committed at once (autocommit)
             self._committed()
@@ -136,6 +164,34 @@ class SQLiteStore:
             else:
                 loop.call_soon(self.flush)
         return self._db.execute(sql, params)
+
+    @contextlib.contextmanager
+    def _together(self) -> Iterator[None]:
+        """The writes made inside share one commit: a change and its audit row. Inside an event loop they do
+        anyway (one transaction per commit window, nothing awaited between them); outside one they go in one
+        transaction here, rolled back if one fails."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            yield
+            return
+        if self._grouped:
+            yield
+            return
+        self.flush()
+        self._db.execute("BEGIN")
+        self._grouped = True
+        try:
+            yield
+        except BaseException:
+            self._grouped = False
+            self._db.execute("ROLLBACK")
+            raise
+        self._grouped = False
+        self._db.execute("COMMIT")
+        self._committed()
 
     def flush(self) -> None:
         """Commit pending writes now. A commit scheduled before :meth:`close` finds nothing left to do."""
@@ -262,11 +318,39 @@ class SQLiteStore:
         row = self._db.execute("SELECT tier FROM trust WHERE wallet = ?", (_key(wallet),)).fetchone()
         return TrustTier(row[0]) if row else TrustTier.UNTRUSTED
 
-    def set_trust(self, wallet: str, tier: TrustTier, now: float) -> None:
-        self._write("INSERT INTO trust (wallet, tier, updated_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (wallet) DO UPDATE SET tier = excluded.tier, updated_at = excluded.updated_at",
-                    (_key(wallet), int(tier), now))
+    def set_trust(self, wallet: str, tier: TrustTier, now: float, *, by: str = "owner") -> None:
+        """Set our tier for ``wallet``, recorded in the audit trail (as ``set``, in the same commit) ``by``
+        ``"owner"`` or ``"policy"`` (auto-accepted). Every call is recorded, the tier already held too: each is
+        a decision someone made (the runtime sets a tier only when it changes)."""
+        old = self.trust_tier(wallet)
+        with self._together():
+            self._write("INSERT INTO trust (wallet, tier, updated_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT (wallet) DO UPDATE SET tier = excluded.tier, updated_at = excluded.updated_at",
+                        (_key(wallet), int(tier), now))
+            self._audit(now, wallet, "set", old, tier, by)
         self._trust_changed()
+
+    def _audit(self, now: float, wallet: str, event: str, old: TrustTier | None, new: TrustTier | None,
+               by: str) -> None:
+        """One row of the trust audit trail; the oldest beyond :data:`TRUST_AUDIT_KEPT` are deleted every
+        :data:`PRUNE_EVERY_AUDITS` rows (by the primary key: cheap)."""
+        self._write('INSERT INTO trust_audit (at, wallet, address, event, old_tier, new_tier, "by") '
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (now, _key(wallet), _address(wallet), event,
+                                                     None if old is None else int(old),
+                                                     None if new is None else int(new), by))
+        self._audits_since_prune += 1
+        if self._audits_since_prune >= PRUNE_EVERY_AUDITS:
+            self._audits_since_prune = 0
+            self._write("DELETE FROM trust_audit WHERE seq <= (SELECT MAX(seq) FROM trust_audit) - ?",
+                        (TRUST_AUDIT_KEPT,))
+
+    def trust_audit(self, limit: int = 100, wallet: str | None = None) -> list[TrustAuditEntry]:
+        """The trust audit trail newest first, of every peer or of ``wallet`` (see :class:`TrustAuditEntry`)."""
+        where, params = ("WHERE wallet = ? ", (_key(wallet),)) if wallet is not None else ("", ())
+        rows = self._db.execute(f'SELECT seq, at, address, event, old_tier, new_tier, "by" FROM trust_audit {where}'
+                                f"ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
+        return [TrustAuditEntry(r[0], r[1], r[2], r[3], None if r[4] is None else TrustTier(r[4]),
+                                None if r[5] is None else TrustTier(r[5]), r[6]) for r in rows]
 
     def add_trust_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the writer's thread) after each trust change made here: our tier for a peer
@@ -281,6 +365,25 @@ class SQLiteStore:
         self.trust_changes += 1
         for listener in list(self._trust_listeners):
             listener()
+        if self._change_listeners:
+            self._changed()
+
+    def add_change_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (on the writer's thread, after the write) each time :attr:`trust_changes`,
+        :attr:`task_changes` or :attr:`collab_changes` moves. It runs on the call path: it must be cheap (set an
+        event, wake a waiter); an exception it raises is logged and goes no further."""
+        self._change_listeners.append(listener)
+
+    def remove_change_listener(self, listener: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._change_listeners.remove(listener)
+
+    def _changed(self) -> None:
+        for listener in list(self._change_listeners):
+            try:
+                listener()
+            except Exception:  # a listener's bug must not fail the write that happened
+                log.exception("a change listener of the store failed")
 
     def trusted_peers(self) -> list[tuple[str, TrustTier]]:
         """Peers we hold above UNTRUSTED, highest tier first."""
@@ -293,12 +396,17 @@ class SQLiteStore:
         """Keep a peer's request for approval, one per peer; the request now waiting.
 
         A new request replaces a waiting one only when it asks for the same tier or a lower one: what the owner
-        has seen listed is never raised by a request that arrives before the approval."""
-        self._write("INSERT INTO trust_requests (wallet, address, tier, reason, request_id, received_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (wallet) DO UPDATE SET tier = excluded.tier, "
-                    "reason = excluded.reason, request_id = excluded.request_id, "
-                    "received_at = excluded.received_at WHERE excluded.tier <= trust_requests.tier",
-                    (_key(req.wallet), req.wallet, int(req.tier), req.reason, req.request_id, req.received_at))
+        has seen listed is never raised by a request that arrives before the approval. A request kept is
+        recorded in the audit trail (``requested``, by ``peer``) in the same commit."""
+        with self._together():
+            cur = self._write("INSERT INTO trust_requests (wallet, address, tier, reason, request_id, received_at) "
+                              "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (wallet) DO UPDATE SET tier = excluded.tier, "
+                              "reason = excluded.reason, request_id = excluded.request_id, "
+                              "received_at = excluded.received_at WHERE excluded.tier <= trust_requests.tier",
+                              (_key(req.wallet), req.wallet, int(req.tier), req.reason, req.request_id,
+                               req.received_at))
+            if cur.rowcount == 1:
+                self._audit(req.received_at, req.wallet, "requested", self.trust_tier(req.wallet), req.tier, "peer")
         waiting = self._trust_request(req.wallet)
         assert waiting is not None
         return waiting
@@ -313,16 +421,30 @@ class SQLiteStore:
                                "WHERE wallet = ?", (_key(wallet),)).fetchone()
         return None if row is None else TrustRequest(row[0], TrustTier(row[1]), row[2], row[3], row[4])
 
-    def pop_trust_request(self, wallet: str) -> TrustRequest | None:
+    def pop_trust_request(self, wallet: str, *, denied_at: float | None = None,
+                          by: str = "owner") -> TrustRequest | None:
+        """Take ``wallet``'s pending request off the list (None when there is none). With ``denied_at`` it was
+        denied (``by`` the owner) then: recorded in the audit trail (``denied``) in the same commit."""
         request = self._trust_request(wallet)
         if request is not None:
-            self._write("DELETE FROM trust_requests WHERE wallet = ?", (_key(wallet),))
+            with self._together():
+                self._write("DELETE FROM trust_requests WHERE wallet = ?", (_key(wallet),))
+                if denied_at is not None:
+                    self._audit(denied_at, request.wallet, "denied", self.trust_tier(wallet), request.tier, by)
         return request
 
     def set_standing(self, wallet: str, state: str, tier: TrustTier, now: float) -> None:
-        self._write("INSERT INTO standing (wallet, state, tier, updated_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (wallet) DO UPDATE SET state = excluded.state, tier = excluded.tier, "
-                    "updated_at = excluded.updated_at", (_key(wallet), state, int(tier), now))
+        """Record a peer's answer to our trust request (``granted``, ``pending``, ``denied``); an answer that
+        differs from its previous one goes in the audit trail (``granted``, ``pending``, ``refused``, by
+        ``peer``) in the same commit: a peer repeating itself adds no rows."""
+        before = self.standing(wallet)
+        with self._together():
+            self._write("INSERT INTO standing (wallet, state, tier, updated_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (wallet) DO UPDATE SET state = excluded.state, tier = excluded.tier, "
+                        "updated_at = excluded.updated_at", (_key(wallet), state, int(tier), now))
+            if before != (state, tier):
+                self._audit(now, wallet, _STANDING_EVENTS.get(state, state), None if before is None else before[1],
+                            tier, "peer")
         self._trust_changed()
 
     def standing(self, wallet: str) -> tuple[str, TrustTier] | None:
@@ -393,7 +515,12 @@ class SQLiteStore:
             task.created_at, task.updated_at, task.last_activity, task.timeout, task.cap, task.attempts,
             task.duration_ms, task.request_bytes, task.response_bytes, _json_or_none(task.receipt),
             None if task.receipt_valid is None else int(task.receipt_valid), task.request_id, task.v1_correlation))
-        return cur.rowcount == 1
+        if cur.rowcount != 1:
+            return False
+        self.task_changes += 1
+        if self._change_listeners:
+            self._changed()
+        return True
 
     def add_refusal(self, task: TaskRecord) -> bool:
         """Insert a call refused before it ran (as :meth:`add_task`); only the latest :data:`REFUSALS_KEPT` are
@@ -437,6 +564,9 @@ class SQLiteStore:
             setattr(task, name, value)
         self._write(sql, (*(_task_value(_TASK_COLUMN.get(n, n), v) for n, v in changes.items()),
                           task.direction, _key(task.peer), task.id))
+        self.task_changes += 1
+        if self._change_listeners:
+            self._changed()
 
     def tasks(self, direction: str | None = None, state: str | None = None, limit: int = 20) -> list[TaskRecord]:
         """Tasks newest first, optionally of one direction and one state. Each query walks an index in order and
@@ -454,6 +584,70 @@ class SQLiteStore:
         else:
             clause, params = "", ()
         return [_task(row[2:]) for row in self._newest(clause, params, limit)]
+
+    def task_page(self, *, direction: str | None = None, state: str | None = None, peer: str | None = None,
+                  skill: str | None = None, limit: int = 50, before: float | None = None) -> list[TaskRecord]:
+        """One page of tasks newest first (by ``created_at``), filtered by direction, state, peer (any case) and
+        skill; ``before``: only tasks created before that time (the last ``created_at`` of the previous page).
+
+        Without a filter, or by direction and state, each query walks an index in order (``tasks_created``,
+        ``tasks_listing``) and stops after ``limit`` rows: milliseconds at 100,000 tasks. A peer or skill filter
+        keeps the rows of the time-ordered walk that match (a rare one walks further)."""
+        if state is not None and direction is None:
+            rows = [row for d in ("in", "out") for row in self._page(d, state, peer, skill, limit, before)]
+            rows.sort(key=lambda row: (row[1], row[0]), reverse=True)  # (created_at, rowid), as each query
+            return [_task(row[2:]) for row in rows[:limit]]
+        return [_task(row[2:]) for row in self._page(direction, state, peer, skill, limit, before)]
+
+    def _page(self, direction: str | None, state: str | None, peer: str | None, skill: str | None, limit: int,
+              before: float | None) -> list[tuple[Any, ...]]:
+        terms: list[str] = []
+        params: list[Any] = []
+        if state is not None:  # (direction, state, created_at): the index's order
+            terms += ["direction = ?", "state = ?"]
+            params += [direction, state]
+        elif direction is not None:  # "+": walk tasks_created, keeping the rows of that direction
+            terms.append("+direction = ?")
+            params.append(direction)
+        for term, value in (("+peer = ?", None if peer is None else _key(peer)), ("+skill = ?", skill),
+                            ("created_at < ?", before)):
+            if value is not None:
+                terms.append(term)
+                params.append(value)
+        clause = f"WHERE {' AND '.join(terms)} " if terms else ""
+        return self._newest(clause, tuple(params), limit)
+
+    def task_stats(self, limit: int = 1000, *, now: float, window: float = 60.0) -> dict[str, Any]:
+        """Figures over the newest ``limit`` tasks: ``{"made": {...}, "served": {...}, "errors_by_code": {code:
+        n}, "states": {state: n}}``; ``made`` (our calls) and ``served`` each ``{"per_s": tasks created in the
+        last ``window`` seconds before ``now`` / window, "p50_ms", "p95_ms", "count"}``, ``count`` their tasks
+        among the newest ``limit``, the percentiles (nearest rank; None without any) over ``duration_ms`` of the
+        completed ones. ``duration_ms`` measures, for a call we made, the time from the task's creation (the
+        request) to its result; for one we served, the skill's run time."""
+        rows = self._db.execute("SELECT direction, state, created_at, duration_ms, error_code FROM tasks "
+                                "ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
+        since = now - window
+        errors: dict[str, int] = {}
+        states: dict[str, int] = {}
+        sides: dict[str, tuple[list[float], list[int]]] = {"out": ([], [0, 0]), "in": ([], [0, 0])}
+        for direction, state, created_at, duration_ms, error_code in rows:
+            durations, counts = sides[direction]
+            counts[0] += 1
+            if created_at >= since:
+                counts[1] += 1
+            if state == "completed":
+                durations.append(duration_ms)
+            if error_code is not None:
+                errors[error_code] = errors.get(error_code, 0) + 1
+            states[state] = states.get(state, 0) + 1
+
+        def side(direction: str) -> dict[str, Any]:
+            durations, (count, recent) = sides[direction]
+            durations.sort()
+            return {"per_s": recent / window if window > 0 else 0.0, "p50_ms": _rank(durations, 0.50),
+                    "p95_ms": _rank(durations, 0.95), "count": count}
+
+        return {"made": side("out"), "served": side("in"), "errors_by_code": errors, "states": states}
 
     def _newest(self, clause: str, params: tuple[Any, ...], limit: int) -> list[tuple[Any, ...]]:
         """Rows (rowid, created_at, task columns...) newest first."""
@@ -496,6 +690,9 @@ class SQLiteStore:
                     "record = excluded.record, updated_at = excluded.updated_at",
                     (collab.id, collab.peer, collab.goal, collab.state, json.dumps(collab.record),
                      collab.created_at, collab.updated_at))
+        self.collab_changes += 1
+        if self._change_listeners:
+            self._changed()
 
     def collaboration(self, collab_id: str) -> CollaborationRecord | None:
         row = self._db.execute("SELECT id, peer, goal, state, record, created_at, updated_at FROM collaborations "
@@ -569,6 +766,13 @@ _TASK_SELECT = ", ".join(_TASK_COLUMNS)
 _INSERT_TASK = (f"INSERT OR IGNORE INTO tasks (peer, {', '.join(_TASK_COLUMNS)}) "
                 f"VALUES (?, {', '.join('?' * len(_TASK_COLUMNS))})")
 _UPDATES: dict[tuple[str, ...], str] = {}  # the UPDATE statement of each set of changed fields, made once
+
+
+def _rank(values: list[float], fraction: float) -> float | None:
+    """The nearest-rank percentile of sorted ``values`` (None when empty)."""
+    if not values:
+        return None
+    return float(values[min(len(values) - 1, max(0, math.ceil(fraction * len(values)) - 1))])
 
 
 def _json(value: Any) -> str:
