@@ -52,6 +52,7 @@ from coworker.runtime import taskset
 from coworker.runtime.callee import Callee
 from coworker.runtime.caller import Caller, _Watch
 from coworker.runtime.link import Link
+from coworker.runtime.v1_inbound import FIRST_CONTACT, V1Inbound
 from coworker.store.identity import Identity
 from coworker.store.records import Store, TrustRequest
 from coworker.transports.base import Incoming, Network, Transport
@@ -59,8 +60,6 @@ from coworker.transports.base import Incoming, Network, Transport
 log = logging.getLogger("coworker.runtime")
 
 PEER_TOUCH_INTERVAL = 60.0  # seconds between two last-seen updates of one peer
-# Requests that go to a peer of unknown wire format in both (v2 and CoWorker 1.0): whichever it answers tells.
-FIRST_CONTACT = frozenset({"discover", "ping", "trust.request"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +96,7 @@ class Runtime:
         self._link = Link(identity, store, clock, name=name, v1=v1)
         self._callee = Callee(self._link, skills if registered is None else registered)
         self._caller = Caller(self._link, self.retry)
+        self._v1 = V1Inbound(self._link, self._caller)
         self.limiter = limiter or RateLimiter()
         self._pending: dict[str, _Pending] = {}
         self._awaiting: collections.Counter[str] = collections.Counter()  # peer -> our requests waiting for it
@@ -255,7 +255,7 @@ class Runtime:
         try:
             env = proto.decode(incoming.data)
         except RemoteProtocolError as exc:
-            old = self._from_v1(incoming, now_ms) if self._link.v1 else None
+            old = self._v1.translate(incoming, now_ms) if self._link.v1 else None
             if old is None:  # not CoWorker 1.0 either
                 log.warning("refused a message from %s: %s", sorted(addresses), exc)
                 if replies_from is None or self._charge_tier(incoming, replies_from):  # an answer costs the tier's
@@ -305,63 +305,6 @@ class Runtime:
             return None
         self._touch(peer)
         return self._serve_request(env, peer, len(incoming.data))
-
-    def _from_v1(self, incoming: Incoming,
-                 now_ms: int) -> tuple[proto.Envelope | None, Coroutine[Any, Any, Any] | None] | None:
-        """A CoWorker 1.0 message (:mod:`coworker.core.v1`): the envelope it becomes, which then takes the path of
-        any other message, or (None, what to do instead: a refusal in 1.0, or nothing); None when the bytes are
-        not 1.0 either. The sender is the one the transport authenticated: a ``sender_wallet`` that differs is
-        refused, to the real sender, and changes nothing."""
-        try:
-            obj = proto.parse_json(incoming.data)
-        except ValueError:
-            return None
-        if not v1.is_v1(obj) or proto.unacceptable(obj) is not None:
-            return None
-        addresses = incoming.sender.addresses
-        sole = checksum(min(addresses)) if len(addresses) == 1 else None
-        try:
-            msg = v1.parse(obj)
-        except RemoteProtocolError as exc:
-            log.warning("refused a CoWorker 1.0 message from %s: %s", sorted(addresses), exc)
-            correlation = obj.get("correlation_id")
-            if sole is None or not isinstance(correlation, str) or not 0 < len(correlation) <= 128:
-                return None, None
-            return None, self._answer_v1(sole, proto.Dialect(correlation, str(obj.get("type"))[:64]), "error",
-                                         proto.error_body("PROTOCOL_ERROR", str(exc)))
-        claimed = msg.sender_wallet.lower() if msg.sender_wallet is not None else None
-        if claimed is not None and claimed not in addresses:
-            log.warning("refused CoWorker 1.0 %s: it claims %s but the transport authenticated %s", msg.type,
-                        claimed, sorted(addresses))
-            if sole is None or msg.type not in v1.REQUESTS:
-                return None, None
-            return None, self._answer_v1(sole, proto.Dialect(msg.correlation_id, msg.type), "error", proto.error_body(
-                "SENDER_MISMATCH", "the sender in the message is not the sender the network authenticated"))
-        sender = checksum(claimed) if claimed is not None else sole
-        if sender is None:
-            log.warning("ignored CoWorker 1.0 %s: no wallet of its own from %s", msg.type, sorted(addresses))
-            return None, None
-        if v1.REQUESTS.get(msg.type) in FIRST_CONTACT and self._link.protocol(sender) == "2":
-            return None, None  # the 1.0 copy a v2 agent sends on first contact: its v2 one is answered
-        mid = v1.message_id(incoming.sender.inbox_id, incoming.data)
-        try:
-            env = v1.to_envelope(msg, mid=mid, sender=sender, recipient=self.wallet)
-        except RemoteProtocolError as exc:
-            log.warning("refused CoWorker 1.0 %s from %s: %s", msg.type, sender, exc)
-            if msg.type not in v1.REQUESTS:
-                return None, None
-            return None, self._answer_v1(sender, proto.Dialect(msg.correlation_id, msg.type), "error",
-                                         proto.error_body(exc.code, str(exc)))
-        if env is None:  # taken, and not answered (agent_card_query: see coworker.core.v1)
-            self._link.heard_in(sender, "1.0")
-            return None, None
-        if env.type == "error" and self._caller.watch(env.corr) is not None:
-            env = dataclasses.replace(env, type="call.error")  # 1.0 refuses calls with a plain error
-        return env, None
-
-    async def _answer_v1(self, to: str, dialect: proto.Dialect, kind: str, body: dict[str, Any]) -> None:
-        data = v1.encode_answer(dialect, kind, body, name=self.name, wallet=self.wallet, now_ms=self._link.now_ms())
-        await self._link.send_data(to, data or b"", alone=True)
 
     async def _refuse_undecodable(self, incoming: Incoming, exc: RemoteProtocolError) -> None:
         peeked = proto.peek_id(incoming.data)
