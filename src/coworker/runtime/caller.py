@@ -431,11 +431,15 @@ class Caller:
         elif env.type == "call.progress":
             self._progress(task, watch, body, now, size)
         elif env.type == "call.result":
-            if self._end(task, watch, TaskState.COMPLETED, output=body.output, duration_ms=body.duration_ms,
-                         response_bytes=size, receipt=body.receipt):
+            # our duration is the call's, from the request (the task's creation) to its result; the skill's run
+            # time, as the peer reports it, is in the receipt
+            if self._end(task, watch, TaskState.COMPLETED, output=body.output,
+                         duration_ms=max(0.0, (now - task.created_at) * 1000), response_bytes=size,
+                         receipt=body.receipt):
                 self._take_receipt(task)
         elif self._end(task, watch, state_for_error(body.code), error_code=body.code, error_message=body.message,
-                       error_path=body.path or None, response_bytes=size, receipt=body.receipt):
+                       error_path=body.path or None, duration_ms=max(0.0, (now - task.created_at) * 1000),
+                       response_bytes=size, receipt=body.receipt):
             self._take_receipt(task)
 
     def _live_record(self, task_id: str) -> TaskRecord | None:
