@@ -35,6 +35,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from coworker import AsyncAgent, CallContext, ConfigurationError, MemoryNetwork, RetryPolicy, TrustTier
 from coworker.runtime.link import Link
@@ -58,10 +59,10 @@ SENT: list[str] = []  # "type task" of each message handed to the network, in th
 original_send = Link.send_data
 
 
-async def send_data(self: Link, recipient: str, data: bytes) -> None:
+async def send_data(self: Link, recipient: str, data: bytes, **options: Any) -> None:
     env = json.loads(data)
     SENT.append(f"{env['type']} {env['body'].get('task', '')}".strip())
-    await original_send(self, recipient, data)
+    await original_send(self, recipient, data, **options)
 
 
 Link.send_data = send_data  # type: ignore[method-assign]

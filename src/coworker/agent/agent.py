@@ -49,6 +49,7 @@ from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum
 from coworker.runtime.collaboration import Collaborations, Planner
 from coworker.runtime.dispatch import Runtime, TrustPolicy
+from coworker.runtime.journal import Journal, JournalEntry
 from coworker.runtime.outbox import Outbox
 from coworker.runtime.receipts import settle_receipt
 from coworker.store.identity import KEYSTORE_FILE, Identity
@@ -123,6 +124,7 @@ class AsyncAgent:
         self._limiter = RateLimiter(rate_limits or RateLimits())
         self._runtime: Runtime | None = None
         self._outbox: Outbox | None = None  # the latest run's, kept for stats() after a stop
+        self._journal: Journal | None = None  # the latest run's, kept for messages() after a stop
         self._lock = AgentLock(self.data_dir / LOCK_FILE)
         self._start_lock: asyncio.Lock | None = None
         self._stopped: asyncio.Event | None = None
@@ -397,6 +399,7 @@ class AsyncAgent:
             runtime = Runtime(identity=self._identity, name=self.name, store=self.store, skills=self._visible,
                               policy=self._policy, clock=self._clock, retry=self._retry, limiter=self._limiter,
                               v1=self._v1, registered=self._skills)
+            self._journal = runtime.journal
             try:
                 await runtime.open(network, self.data_dir)
             except BaseException:
@@ -887,5 +890,28 @@ class AsyncAgent:
     def calls(self, limit: int = 50) -> list[CallRecord]:
         """The latest calls made and served, newest first."""
         return self.store.calls(limit)
+
+    @property
+    def journal(self) -> Journal | None:
+        """The journal of the protocol messages in and out of the latest run (None before the first start): its
+        ``seq`` is the latest entry's, and ``add_listener`` hears of each new one."""
+        return self._journal
+
+    def messages(self, *, after: int = 0, limit: int = 200, peer: str | None = None,
+                 task_id: str | None = None) -> list[JournalEntry]:
+        """The latest protocol messages in and out (the last 2,000 of the latest run, kept in memory), newest
+        first: those after the entry numbered ``after``, of one peer, or about one task. Each says what became of
+        it: handled, refused (and why), dropped (and why), sent or failed (see
+        :class:`~coworker.runtime.journal.JournalEntry`); what the messages carried (inputs, outputs) is not kept.
+
+        Example::
+
+            for m in agent.messages(peer=wallet, limit=10):
+                print(m.direction, m.kind, m.verdict, m.reason)
+        """
+        if self._journal is None:
+            return []
+        return self._journal.entries(after=after, limit=limit, peer=None if peer is None else checksum(peer),
+                                     task_id=task_id)
 
 

@@ -19,6 +19,7 @@ from coworker.core.skills import Skill, SkillFunction
 from coworker.core.tasks import Progress
 from coworker.core.trust import TrustTier
 from coworker.runtime.collaboration import Planner
+from coworker.runtime.journal import Journal, JournalEntry
 from coworker.store.records import CallRecord, PeerRecord, TrustAuditEntry, TrustRequest
 
 if TYPE_CHECKING:
@@ -254,6 +255,17 @@ class Agent:
     def calls(self, limit: int = 50) -> list[CallRecord]:
         """See :meth:`AsyncAgent.calls`."""
         return self._run(lambda: self._agent.calls(limit))  # type: ignore[no-any-return]
+
+    @property
+    def journal(self) -> Journal | None:
+        """See :attr:`AsyncAgent.journal`."""
+        return self._agent.journal
+
+    def messages(self, *, after: int = 0, limit: int = 200, peer: str | None = None,
+                 task_id: str | None = None) -> list[JournalEntry]:
+        """See :meth:`AsyncAgent.messages`."""
+        return self._run(lambda: self._agent.messages(after=after, limit=limit, peer=peer,  # type: ignore[no-any-return]
+                                                      task_id=task_id))
 
     def collaborate(self, wallet: str, goal: str, *, plan: Any = None, planner: Planner | None = None,
                     timeout: float = 300, collaboration_id: str | None = None) -> dict[str, Any]:

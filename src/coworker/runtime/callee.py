@@ -141,7 +141,7 @@ class Callee:
         skill = self._skills.get(body.skill)
         if known is None or known.skill != body.skill or skill is None or not may_see(tier, skill.min_trust_tier):
             return False
-        await self._link.send_data(env.sender, self._task_answer(env, known))
+        await self._send_answer(env, known)
         return True
 
     async def serve(self, env: proto.Envelope, body: proto.CallRequestBody, peer: str, tier: TrustTier,
@@ -157,7 +157,7 @@ class Callee:
         except CoworkerError as exc:
             known = self._link.store.task("in", task_id, peer)
             if known is not None:  # a repeat of a task stored before (its skill since changed): as stored
-                await self._link.send_data(env.sender, self._task_answer(env, known))
+                await self._send_answer(env, known)
                 return
             code, path = getattr(exc, "code", "INVALID_INPUT"), getattr(exc, "path", "")
             message = self.reject(env, body, peer, code, str(exc), size, path)
@@ -169,8 +169,9 @@ class Callee:
             known = self._link.store.task("in", task_id, peer)
             if known is not None and known.request_id == env.id:
                 log.info("ignored call.request %s from %s: already seen", env.id, peer)  # the same message again
+                self._link.journal.drop(env.id, "duplicate")
             elif known is not None:
-                await self._link.send_data(env.sender, self._task_answer(env, known))
+                await self._send_answer(env, known)
             return
         await self._link.store.sync()  # the key is durable before the skill runs: a crash cannot lead to a second run
         await self.execute(task, env, prepared)
@@ -229,21 +230,21 @@ class Callee:
                 reporter.close()
         duration = (time.perf_counter() - started) * 1000
         try:
-            data = self._finish(task, request, output, error, wall, duration)
+            kind, data = self._finish(task, request, output, error, wall, duration)
         except Exception:  # the task's top boundary: a bug here must not leave it working, re-run on every start
             log.exception("task %s (%s for %s) broke while being finished", task.id, task.skill, task.peer)
-            data = self._broken(task, request)
+            kind, data = self._broken(task, request)
         # The outcome is durable before it leaves: a crash now cannot lead to a second run, and the caller may
         # look as soon as it has the answer.
         await self._link.store.sync()
-        await self._link.send_data(task.peer, data)
+        await self._link.post(task.peer, data, kind, task=task.id)
 
     def _finish(self, task: TaskRecord, request: proto.Envelope | None, output: Any, error: CoworkerError | None,
-                wall: float, duration: float) -> bytes:
-        """Store a served task's outcome with its signed receipt; the answer's bytes (encoded once)."""
+                wall: float, duration: float) -> tuple[str, bytes]:
+        """Store a served task's outcome with its signed receipt; the answer's type and bytes (encoded once)."""
         to = request or self._stub_request(task)
         duration_ms = round(duration, 3)
-        data = b""
+        kind, data = "call.result", b""
         if error is None:
             try:
                 output_bytes = json_size(output)
@@ -263,16 +264,16 @@ class Callee:
             receipt = self._receipt(task, TaskState.FAILED, wall, duration_ms, 0)
             code, path = getattr(error, "code", "SKILL_FAILED"), getattr(error, "path", "")
             body = {**proto.error_body(code, str(error), path, task=task.id), "receipt": receipt}
-            data = self._link.encode_reply(to, "call.error", body)[1]
+            kind, data = self._link.encode_reply(to, "call.error", body)
             changes = {"state": TaskState.FAILED, "error_code": code, "error_message": str(error),
                        "error_path": path or None}
         self._link.store.update_task(task, updated_at=self._link.clock(), duration_ms=duration, receipt=receipt,
                                      response_bytes=len(data), **changes)
-        return data
+        return kind, data
 
-    def _broken(self, task: TaskRecord, request: proto.Envelope | None) -> bytes:
+    def _broken(self, task: TaskRecord, request: proto.Envelope | None) -> tuple[str, bytes]:
         """Store a served task that broke on our side as failed (no receipt: building it may be what broke); the
-        answer's bytes. A task already ended (its outcome stored before the break) is answered as stored."""
+        answer's type and bytes. A task already ended (its outcome stored before the break) is answered as stored."""
         if task.state in LIVE:
             self._link.store.update_task(task, state=TaskState.FAILED, updated_at=self._link.clock(),
                                          error_code="SKILL_FAILED", error_message=INTERNAL_FAILURE)
@@ -292,19 +293,24 @@ class Callee:
         dialect = None if task.v1_correlation is None else proto.Dialect(task.v1_correlation, "task_request")
         return proto.Envelope(task.id, "call.request", task.id, task.peer, self._link.wallet, now, now, {}, dialect)
 
-    def _task_answer(self, to: proto.Envelope, task: TaskRecord) -> bytes:
-        """The bytes that tell the caller where a served task stands: its result, its error, or its state."""
+    async def _send_answer(self, to: proto.Envelope, task: TaskRecord) -> None:
+        kind, data = self._task_answer(to, task)
+        await self._link.post(to.sender, data, kind, task=task.id)
+
+    def _task_answer(self, to: proto.Envelope, task: TaskRecord) -> tuple[str, bytes]:
+        """The type and bytes of the answer that tells the caller where a served task stands: its result, its
+        error, or its state."""
         if task.state == TaskState.COMPLETED:
             body = {"task": task.id, "output": task.output, "duration_ms": round(task.duration_ms, 3),
                     "receipt": task.receipt}
-            return self._link.encode_reply(to, "call.result", body)[1]
+            return self._link.encode_reply(to, "call.result", body)
         if TaskState(task.state).terminal:
             body = proto.error_body(task.error_code or "CALL_ERROR", task.error_message or "",
                                     task.error_path or "", task=task.id)
             if task.receipt is not None:
                 body["receipt"] = task.receipt
-            return self._link.encode_reply(to, "call.error", body)[1]
-        return self._link.encode_reply(to, "call.ack", {"task": task.id, "state": task.state})[1]
+            return self._link.encode_reply(to, "call.error", body)
+        return self._link.encode_reply(to, "call.ack", {"task": task.id, "state": task.state})
 
     async def _ack(self, request: proto.Envelope, task: TaskRecord) -> None:
         if task.state in LIVE:
@@ -330,4 +336,4 @@ class Callee:
             if running is not None:
                 running[0].cancel()
             log.info("task %s (%s for %s) canceled by its caller", task.id, task.skill, peer)
-        await self._link.send_data(env.sender, self._task_answer(env, task))
+        await self._send_answer(env, task)

@@ -331,7 +331,7 @@ class Caller:
         self._sent[env.id] = task.id
         watch.sent_ids.append(env.id)
         try:
-            await self._link.send_data(task.peer, data)
+            await self._link.post(task.peer, data, "call.request", task=task.id)
         except CoworkerError as exc:
             return exc
         return None
@@ -403,20 +403,21 @@ class Caller:
             self._send_cancel(task)
         return True
 
-    def on_reply(self, env: proto.Envelope, peer: str, size: int) -> None:
+    def on_reply(self, env: proto.Envelope, peer: str, size: int) -> str | None:
+        """Take an answer about one of our tasks; why it was dropped, or None when it was taken."""
         try:
             body = proto.parse_body(env)
         except RemoteProtocolError as exc:
             log.warning("ignored %s from %s: %s", env.type, peer, exc)
-            return
+            return f"{exc.code}: {exc}"
         task_id = getattr(body, "task", None) or self._sent.get(env.corr)
         task = self._live_record(task_id) if task_id else None
         if task is None:
             log.info("ignored %s %s from %s: no live task of ours", env.type, env.id, peer)
-            return
+            return "a reply nobody waits for (no live task of ours)"
         if task.peer.lower() != peer.lower():
             log.warning("ignored %s about task %s from %s: the task went to %s", env.type, task.id, peer, task.peer)
-            return
+            return "a reply from another peer than the task went to"
         watch = self._watches.get(task.id)
         if watch is not None:
             watch.answered = True
@@ -441,6 +442,7 @@ class Caller:
                        error_path=body.path or None, duration_ms=max(0.0, (now - task.created_at) * 1000),
                        response_bytes=size, receipt=body.receipt):
             self._take_receipt(task)
+        return None
 
     def _live_record(self, task_id: str) -> TaskRecord | None:
         """One of our live tasks: the driver's record while it runs, else the stored one."""

@@ -51,6 +51,7 @@ from coworker.core.wallets import checksum
 from coworker.runtime import taskset
 from coworker.runtime.callee import Callee
 from coworker.runtime.caller import Caller, _Watch
+from coworker.runtime.journal import Journal, Note, about
 from coworker.runtime.link import Link
 from coworker.runtime.v1_inbound import FIRST_CONTACT, V1Inbound
 from coworker.store.identity import Identity
@@ -165,7 +166,7 @@ class Runtime:
                     once = self._link.speaks_v1(peer)  # a 1.0 agent would act on every copy: one is sent
                     if len(ids) == 1 and kind in FIRST_CONTACT and self._link.v1 and self._link.protocol(peer) is None:
                         first = v1.encode_request(env, name=self.name, now_ms=self._link.now_ms()) or b""
-                        await self._link.send_data(peer, first, alone=True)  # 1.0 agents read no batch frames
+                        await self._link.post(peer, first, kind, alone=True)  # 1.0 agents read no batch frames
                     gap = None if once else self.retry.delay(len(ids), loop.time() - started)
                     done, _ = await asyncio.wait({future}, timeout=gap)
                     if done:
@@ -229,9 +230,12 @@ class Runtime:
             if drop is not None:
                 if drop.say:
                     self._say_dropped(addresses, tier, drop.reason)
+                self._link.journal.note("in", _sender(addresses), "unread", len(data), "dropped",
+                                        reason=f"rate limit: {drop.reason}")
                 continue
             if refusal is not None:
                 log.warning("refused a batch frame from %s: %s", sorted(addresses), refusal)
+                self._link.journal.note("in", _sender(addresses), "batch", len(data), "dropped", reason=refusal)
                 continue
             part = incoming if data is incoming.data else Incoming(sender, data)
             work = self._dispatch(part, tier if replies else None)
@@ -258,31 +262,39 @@ class Runtime:
             old = self._v1.translate(incoming, now_ms) if self._link.v1 else None
             if old is None:  # not CoWorker 1.0 either
                 log.warning("refused a message from %s: %s", sorted(addresses), exc)
+                note = self._link.journal.note("in", _sender(addresses), "undecodable", len(incoming.data),
+                                               "dropped", reason=f"{exc.code}: {str(exc)[:300]}")
                 if replies_from is None or self._charge_tier(incoming, replies_from):  # an answer costs the tier's
-                    return self._refuse_undecodable(incoming, exc)
+                    return self._refuse_undecodable(incoming, exc, note)
                 return None
             translated, work = old
             if translated is None:
                 return work
             env = translated
         if replies_from is not None and env.is_request and not self._charge_tier(incoming, replies_from):
+            self._note(incoming, env, "dropped", "rate limit: a request on the replies' budget")
             return None  # the replies' budget is for replies: a request is charged to the tier's budget as well
         if env.sender.lower() not in addresses:
             log.warning("refused %s %s: body claims %s but the transport authenticated %s",
                         env.type, env.id, env.sender, sorted(addresses))
+            message = "the sender in the message is not the sender the network authenticated"
             if env.is_request:
+                self._note(incoming, env, "refused", f"SENDER_MISMATCH: {message}")
                 forged = dataclasses.replace(env, sender=checksum(min(addresses)))
-                return self._link.refuse(forged, "SENDER_MISMATCH", "the sender in the message is not the sender "
-                                         "the network authenticated")
+                return self._link.refuse(forged, "SENDER_MISMATCH", message)
+            self._note(incoming, env, "dropped", f"SENDER_MISMATCH: {message}")
             return None
         if env.recipient.lower() != self.wallet.lower():
             log.warning("refused %s %s from %s: addressed to %s", env.type, env.id, env.sender, env.recipient)
+            message = "message is addressed to another wallet"
+            self._note(incoming, env, "refused" if env.is_request else "dropped", f"WRONG_RECIPIENT: {message}")
             if env.is_request:
-                return self._link.refuse(env, "WRONG_RECIPIENT", "message is addressed to another wallet")
+                return self._link.refuse(env, "WRONG_RECIPIENT", message)
             return None
         stale = proto.check_fresh(env, now_ms)
         if stale is not None:
             log.warning("refused %s %s from %s: %s", env.type, env.id, env.sender, stale)
+            self._note(incoming, env, "refused" if env.is_request else "dropped", f"EXPIRED: {stale}")
             if env.is_request:
                 return self._link.refuse(env, "EXPIRED", stale)
             return None
@@ -294,22 +306,35 @@ class Runtime:
             # moves a task only forward (_task_reply), so a replayed reply changes nothing.
             self._touch(peer)
             if env.type in proto.TASK_REPLY_TYPES:
-                self._caller.on_reply(env, peer, len(incoming.data))
+                ignored = self._caller.on_reply(env, peer, len(incoming.data))
             else:
-                self._resolve(env, peer, len(incoming.data))
+                ignored = self._resolve(env, peer, len(incoming.data))
+            self._note(incoming, env, "handled" if ignored is None else "dropped", ignored or "")
             return None
         # A call's task key (caller, task id) de-duplicates it already (a repeat is answered from the store and
         # never runs again), so a call.request costs no replay-id row.
         if env.type != "call.request" and not self.store.remember(env.id, env.exp, now_ms):
             log.info("ignored %s %s from %s: already seen", env.type, env.id, env.sender)
+            self._note(incoming, env, "dropped", "duplicate")
             return None
         self._touch(peer)
+        self._link.journal.note_request(self._note(incoming, env, "handled"))  # its answer may still refuse it
         return self._serve_request(env, peer, len(incoming.data))
 
-    async def _refuse_undecodable(self, incoming: Incoming, exc: RemoteProtocolError) -> None:
+    def _note(self, incoming: Incoming, env: proto.Envelope, verdict: str, reason: str = "") -> Note:
+        """Note a decoded incoming message in the journal (from the sender the transport authenticated)."""
+        addresses = incoming.sender.addresses
+        peer = checksum(env.sender) if env.sender.lower() in addresses else _sender(addresses)
+        task, detail = about(env)
+        return self._link.journal.note("in", peer, env.type, len(incoming.data), verdict, message_id=env.id,
+                                       task_id=task, reason=reason, detail=detail,
+                                       protocol="2" if env.dialect is None else "1.0")
+
+    async def _refuse_undecodable(self, incoming: Incoming, exc: RemoteProtocolError, note: Note) -> None:
         peeked = proto.peek_id(incoming.data)
         if peeked is None or len(incoming.sender.addresses) != 1 or peeked[1] not in proto.REQUEST_TYPES:
             return  # nothing to answer to: dropped (and logged above)
+        self._link.journal.settle(note, "refused", note.reason)
         mid, kind = peeked
         (address,) = incoming.sender.addresses
         now = self._link.now_ms()
@@ -329,6 +354,11 @@ class Runtime:
                     "minute for each peer", sorted(addresses), tier.name, reason.replace("_", " "),
                     self.limiter.dropped[reason])
 
+    @property
+    def journal(self) -> Journal:
+        """The messages in and out of this run (:mod:`coworker.runtime.journal`)."""
+        return self._link.journal
+
     def away(self) -> dict[str, int]:
         """Peers presumed away (see :mod:`coworker.runtime.caller`), with our live tasks there."""
         return self._caller.away()
@@ -344,30 +374,32 @@ class Runtime:
             self._touched[key] = now
             self.store.touch_peer(peer, now)
 
-    def _resolve(self, env: proto.Envelope, peer: str, size: int) -> None:
+    def _resolve(self, env: proto.Envelope, peer: str, size: int) -> str | None:
+        """Hand a reply to the request waiting for it; why it was dropped, or None."""
         pending = self._pending.get(env.corr)
         if pending is None:
             if self._caller.took_probe_reply(env.corr):
-                return  # the pong to a probe of ours: that the peer answered is all it says
+                return None  # the pong to a probe of ours: that the peer answered is all it says
             if env.type in ("trust.grant", "trust.deny"):
                 try:
                     body = proto.parse_body(env)
                 except RemoteProtocolError as exc:  # a reply is never answered: refused, and logged like a request
                     log.warning("refused %s %s from %s: %s", env.type, env.id, peer, exc)
-                    return
+                    return f"{exc.code}: {exc}"
                 state = "granted" if env.type == "trust.grant" else "denied"
                 self.store.set_standing(peer, state, TrustTier.parse(body.tier), self.clock())
                 log.info("%s %s our trust request", peer, state)
-            else:
-                log.info("ignored %s %s from %s: no request is waiting for it", env.type, env.id, peer)
-            return
+                return None
+            log.info("ignored %s %s from %s: no request is waiting for it", env.type, env.id, peer)
+            return "a reply nobody waits for"
         if pending.peer != peer.lower():
             log.warning("ignored %s from %s: the request went to %s", env.type, peer, pending.peer)
-            return
+            return "a reply from another peer than the request went to"
         if pending.future.done():
             log.info("ignored %s %s from %s: its request was already answered", env.type, env.id, peer)
-            return
+            return "a reply nobody waits for (its request was answered)"
         pending.future.set_result((env, size))
+        return None
 
     # ---- requests -----------------------------------------------------------------------------------------
 
@@ -440,3 +472,6 @@ class Runtime:
     # ---- making calls (the caller's side of a task) -------------------------------------------------------
 
 
+def _sender(addresses: frozenset[str]) -> str:
+    """Who sent a message not read yet, for the journal: the smallest of the addresses the transport names."""
+    return checksum(min(addresses)) if addresses else ""

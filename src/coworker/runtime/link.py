@@ -6,7 +6,10 @@ what waits for one peer and keeps to the network's write limit.
 
 A peer that speaks only CoWorker 1.0 (:mod:`coworker.core.v1`) gets everything in 1.0, alone (1.0 agents read no
 batch frames); what has no 1.0 form (acknowledgements, progress, cancellations) is not sent to it. The wire
-format of each peer is the one its messages came in (v2 once it spoke v2), remembered in the store."""
+format of each peer is the one its messages came in (v2 once it spoke v2), remembered in the store.
+
+Every message sent is noted in the run's :class:`~coworker.runtime.journal.Journal` (:meth:`Link.post`), and a
+refusal gives the incoming request it answers its final verdict there."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Any
 from coworker._errors import CoworkerError, LocalProtocolError, TransportError
 from coworker.core import protocol as proto
 from coworker.core import v1
+from coworker.runtime.journal import Journal, progress_detail
 from coworker.runtime.outbox import Outbox
 from coworker.runtime.taskset import TaskSet
 from coworker.store.identity import Identity
@@ -25,6 +29,10 @@ from coworker.store.records import Store
 from coworker.transports.base import Transport
 
 log = logging.getLogger("coworker.runtime")
+
+# The start of every message proto.encode makes (its keys in a fixed order): the id follows, 32 characters
+_V2_START = b'{"coworker":%d,"id":"' % proto.VERSION
+_ERRORS = frozenset({"error", "call.error"})
 
 
 class Link:
@@ -43,6 +51,7 @@ class Link:
         self._transport: Transport | None = None
         self.outbox: Outbox | None = None
         self.tasks = TaskSet()
+        self.journal = Journal(clock=clock)
         self._protocols: dict[str, str | None] = {}  # lower-case wallet -> "2", "1.0" or None (not known yet)
 
     def protocol(self, peer: str) -> str | None:
@@ -89,7 +98,9 @@ class Link:
         if len(data) > proto.MAX_ENVELOPE_BYTES:
             raise LocalProtocolError(f"message of {len(data)} bytes exceeds the network limit of "
                                      f"{proto.MAX_ENVELOPE_BYTES} bytes")
-        await self.send_data(env.recipient, data)
+        task = env.body.get("task") if env.type.startswith("call.") else None
+        detail = progress_detail(env.body) if env.type == "call.progress" else None
+        await self.post(env.recipient, data, env.type, task=task if isinstance(task, str) else None, detail=detail)
         return len(data)
 
     async def send_data(self, recipient: str, data: bytes, *, alone: bool = False) -> None:
@@ -101,6 +112,26 @@ class Link:
         if not data or recipient.lower() == self.wallet.lower():
             return  # nothing to send, or to the agent itself (a task its owner ran through it: stored, not sent)
         await self.outbox.send(recipient, data, alone=alone or self.speaks_v1(recipient))
+
+    async def post(self, recipient: str, data: bytes, kind: str, *, task: str | None = None, code: str | None = None,
+                   alone: bool = False, detail: dict[str, Any] | None = None) -> None:
+        """:meth:`send_data`, noted in the journal as ``kind`` (about ``task``; an error with its ``code``): sent,
+        or failed with the error the send raised (raised again)."""
+        if not data or recipient.lower() == self.wallet.lower():
+            await self.send_data(recipient, data, alone=alone)  # nothing goes: nothing to note
+            return
+        v2 = data.startswith(_V2_START)
+        mid = data[len(_V2_START):len(_V2_START) + 32].decode() if v2 else None
+        try:
+            await self.send_data(recipient, data, alone=alone)
+        except Exception as exc:
+            self.journal.note("out", recipient, kind, len(data), "failed", message_id=mid, task_id=task,
+                              reason=str(exc)[:500] or type(exc).__name__, protocol="2" if v2 else "1.0",
+                              detail=detail if code is None else {"code": code})
+            raise
+        self.journal.note("out", recipient, kind, len(data), "sent", message_id=mid, task_id=task,
+                          reason=code or "", protocol="2" if v2 else "1.0",
+                          detail=detail if code is None else {"code": code})
 
     async def notify(self, peer: str, kind: str, body: dict[str, Any], corr: str) -> None:
         """Send a one-way message that answers an earlier request ``corr`` (e.g. a later trust grant)."""
@@ -147,8 +178,12 @@ class Link:
         return error_kind, proto.encode(proto.reply(to, error_kind, error, now_ms=self.now_ms()))
 
     async def answer(self, to: proto.Envelope, kind: str, body: dict[str, Any]) -> int:
-        _, data = self.encode_reply(to, kind, body)
-        await self.send_data(to.sender, data)
+        """Send a reply to ``to``; an error reply (a refusal) makes the journal's entry of ``to`` say refused."""
+        sent_kind, data = self.encode_reply(to, kind, body)
+        code = (body.get("code") if sent_kind == kind else "SKILL_FAILED") if sent_kind in _ERRORS else None
+        self.journal.answered(to.id, code, body.get("message", "") if sent_kind == kind else "")
+        task = body.get("task")
+        await self.post(to.sender, data, sent_kind, task=task if isinstance(task, str) else None, code=code)
         return len(data)
 
     async def refuse(self, to: proto.Envelope, code: str, message: str, task: str | None = None,

@@ -1,0 +1,209 @@
+"""The message journal: the latest protocol messages in and out of one running agent, with what became of each.
+
+Theory of operation. The runtime notes every message where its fate is decided: an incoming one on its path
+through :meth:`~coworker.runtime.dispatch.Runtime._dispatch` (dropped by the rate limit, undecodable, forged,
+stale, a duplicate, a reply nobody waits for; or handled), an outgoing one in
+:class:`~coworker.runtime.link.Link` once the transport took it (sent) or refused it (failed). Noting one costs a
+small object and a deque append: no encoding, no copy of the message. What a message carried (a call's input, its
+output) is never kept; a ``call.progress`` keeps its message, percentage and latest partial result, truncated
+(:func:`progress_detail`), and an error its code.
+
+An incoming request is noted ``handled`` when it passed every check; when its answer turns out to be a refusal
+(trust too low, a skill not found, invalid input: decided later, on the request's own task) the link gives that
+entry its final verdict, ``refused``, with the code (:meth:`Journal.settle`). Entries are kept mutable inside and
+handed out as frozen :class:`JournalEntry` snapshots. Listeners hear of every new entry and of every settled one.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from coworker.core import protocol as proto
+
+log = logging.getLogger("coworker.runtime")
+
+DEFAULT_SIZE = 2000  # entries kept
+OPEN_KEPT = 1024  # incoming requests whose answer may still refuse them, by message id (the oldest forgotten)
+DETAIL_TEXT = 300  # characters of a progress message kept
+DETAIL_PARTIAL = 1000  # characters of a progress report's latest partial result (as JSON) kept
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One protocol message in or out, as :meth:`Journal.entries` returns it.
+
+    ``verdict`` of an incoming message: ``handled`` (it passed every check and was acted on), ``refused``
+    (answered with an error; ``reason`` is ``"CODE: message"``) or ``dropped`` (not answered: rate limit,
+    undecodable with nothing to answer, a reply nobody waits for, a duplicate; ``reason`` says which); of an
+    outgoing one ``sent`` or ``failed`` (``reason``: the error; an error we sent has its code as ``reason``).
+    ``kind``: the envelope type (``call.request``, ``call.result``, ``error``...), or ``unread`` (dropped before
+    it was read), ``undecodable``, ``batch`` (a frame that could not be split), ``1.0:<type>`` (a CoWorker 1.0
+    message that took no envelope's form). ``peer``: the other side (for an incoming message whose sender has
+    several addresses before it is read, the smallest). ``size``: bytes. ``detail``: small (under 2 KB as
+    JSON): a progress report's message, percentage and latest partial result, truncated; an error's code."""
+
+    seq: int
+    at: float
+    direction: str
+    peer: str
+    kind: str
+    message_id: str | None
+    task_id: str | None
+    size: int
+    verdict: str
+    reason: str
+    protocol: str
+    detail: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Note:
+    """A journal entry as the journal keeps it (settled in place; see :meth:`Journal.settle`)."""
+
+    seq: int
+    at: float
+    direction: str
+    peer: str
+    kind: str
+    message_id: str | None
+    task_id: str | None
+    size: int
+    verdict: str
+    reason: str = ""
+    protocol: str = "2"
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def entry(self) -> JournalEntry:
+        return JournalEntry(self.seq, self.at, self.direction, self.peer, self.kind, self.message_id, self.task_id,
+                            self.size, self.verdict, self.reason, self.protocol, dict(self.detail))
+
+
+class Journal:
+    """The last ``size`` messages in and out.
+
+    Example::
+
+        for entry in agent.journal.entries(peer=wallet, limit=20):
+            print(entry.seq, entry.direction, entry.kind, entry.verdict, entry.reason)
+    """
+
+    def __init__(self, size: int = DEFAULT_SIZE, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.seq = 0  # the latest entry's
+        self._notes: collections.deque[Note] = collections.deque(maxlen=size)
+        self._open: dict[str, Note] = {}  # incoming requests, by message id, whose answer is not decided yet
+        self._listeners: list[Callable[[], None]] = []
+
+    @property
+    def size(self) -> int:
+        """How many entries are kept at most."""
+        return self._notes.maxlen or 0
+
+    def note(self, direction: str, peer: str, kind: str, size: int, verdict: str, *, message_id: str | None = None,
+             task_id: str | None = None, reason: str = "", protocol: str = "2",
+             detail: dict[str, Any] | None = None) -> Note:
+        """Add an entry (returned, to be settled later when its verdict may change)."""
+        self.seq += 1
+        note = Note(self.seq, self.clock(), direction, peer, kind, message_id, task_id, size, verdict, reason,
+                    protocol, {} if detail is None else detail)
+        self._notes.append(note)
+        if self._listeners:
+            self._changed()
+        return note
+
+    def note_request(self, note: Note) -> None:
+        """``note`` is an incoming request that passed every check: its answer may refuse it (:meth:`answered`)."""
+        if note.message_id is None:
+            return
+        self._open[note.message_id] = note
+        if len(self._open) > OPEN_KEPT:
+            del self._open[next(iter(self._open))]
+
+    def answered(self, request_id: str, code: str | None, message: str = "") -> None:
+        """The request ``request_id`` was answered; with ``code``, refused: its entry says so."""
+        note = self._open.pop(request_id, None)
+        if note is not None and code is not None:
+            self.settle(note, "refused", f"{code}: {message}"[:500])
+
+    def drop(self, request_id: str, reason: str) -> None:
+        """The request ``request_id`` turned out to be one to drop unanswered (a duplicate): its entry says so."""
+        note = self._open.pop(request_id, None)
+        if note is not None:
+            self.settle(note, "dropped", reason)
+
+    def settle(self, note: Note, verdict: str, reason: str = "") -> None:
+        """Give an entry its final verdict."""
+        note.verdict, note.reason = verdict, reason
+        if self._listeners:
+            self._changed()
+
+    def entries(self, *, after: int = 0, limit: int = 200, peer: str | None = None,
+                task_id: str | None = None) -> list[JournalEntry]:
+        """Entries newest first: those after ``after`` (a seq), of one peer (any case) or one task, at most
+        ``limit``."""
+        key = None if peer is None else peer.lower()
+        found: list[JournalEntry] = []
+        for note in reversed(self._notes):
+            if note.seq <= after or len(found) >= limit:
+                break
+            if (key is None or note.peer.lower() == key) and (task_id is None or note.task_id == task_id):
+                found.append(note.entry())
+        return found
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each new entry and each settled one (on the runtime's loop: keep it cheap,
+        e.g. set an event); an exception it raises is logged."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:  # a listener's bug must not fail the message being handled
+                log.exception("a journal listener failed")
+
+
+def progress_detail(body: dict[str, Any]) -> dict[str, Any]:
+    """A ``call.progress`` body as the journal keeps it: its message, percentage, and latest partial result (as
+    JSON), truncated."""
+    detail: dict[str, Any] = {}
+    message = body.get("message")
+    if isinstance(message, str) and message:
+        detail["message"] = message[:DETAIL_TEXT]
+    progress = body.get("progress")
+    if isinstance(progress, int | float) and not isinstance(progress, bool):
+        detail["progress"] = progress
+    partials = body.get("partials")
+    if isinstance(partials, list) and partials:
+        try:
+            detail["partial"] = json.dumps(partials[-1], separators=(",", ":"))[:DETAIL_PARTIAL]
+        except (TypeError, ValueError):
+            detail["partial"] = "?"
+        detail["partials"] = len(partials)
+    return detail
+
+
+def about(env: proto.Envelope) -> tuple[str | None, dict[str, Any] | None]:
+    """The task a message is about (``call.*``) and the journal's detail of it (progress, an error's code)."""
+    if not env.type.startswith("call."):
+        if env.type == "error":
+            return None, {"code": str(env.body.get("code"))[:64]}
+        return None, None
+    task = env.body.get("task")
+    if not isinstance(task, str):
+        task = env.id if env.type == "call.request" else None
+    if env.type == "call.progress":
+        return task, progress_detail(env.body)
+    if env.type == "call.error":
+        return task, {"code": str(env.body.get("code"))[:64]}
+    return task, None
