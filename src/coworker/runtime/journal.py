@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from coworker.core import protocol as proto
@@ -77,11 +77,12 @@ class Note:
     verdict: str
     reason: str = ""
     protocol: str = "2"
-    detail: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] | None = None  # None: {} (no dict made for most messages)
 
     def entry(self) -> JournalEntry:
         return JournalEntry(self.seq, self.at, self.direction, self.peer, self.kind, self.message_id, self.task_id,
-                            self.size, self.verdict, self.reason, self.protocol, dict(self.detail))
+                            self.size, self.verdict, self.reason, self.protocol,
+                            {} if self.detail is None else dict(self.detail))
 
 
 class Journal:
@@ -111,7 +112,7 @@ class Journal:
         """Add an entry (returned, to be settled later when its verdict may change)."""
         self.seq += 1
         note = Note(self.seq, self.clock(), direction, peer, kind, message_id, task_id, size, verdict, reason,
-                    protocol, {} if detail is None else detail)
+                    protocol, detail)
         self._notes.append(note)
         if self._listeners:
             self._changed()
