@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import signal
 import stat
 from pathlib import Path
@@ -205,7 +206,9 @@ def test_serve_says_who_serves_on_which_network_and_how_to_stop_it(tmp_path: Pat
     stdout = CtrlCAfter("Ctrl-C")
     with contextlib.redirect_stdout(stdout):
         agent.serve()  # returns on the SIGINT
-    assert stdout.getvalue() == f"serving alice ({agent.wallet}) on memory\nskills: echo\nCtrl-C stops it\n"
+    said = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", stdout.getvalue())  # 8090, or the next free port
+    assert said == (f"serving alice ({agent.wallet}) on memory\nskills: echo\n"
+                    f"dashboard: http://127.0.0.1:PORT (`coworker dashboard --agent alice` logs in)\nCtrl-C stops it\n")
     assert not agent.running
     agent.close()
 
@@ -215,9 +218,10 @@ async def test_async_serve_says_it_once_and_names_the_cli_command_that_stops_it(
     stdout = CtrlCAfter("Ctrl-C")
     with contextlib.redirect_stdout(stdout):
         await agent.serve()
-    assert stdout.getvalue().splitlines() == [
+    assert re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", stdout.getvalue()).splitlines() == [
         f"serving alice ({agent.wallet}) on memory",
         "skills: none",
+        "dashboard: http://127.0.0.1:PORT (`coworker dashboard --agent alice` logs in)",
         "Ctrl-C stops it (or `coworker bridge stop --agent alice` from another shell)",
     ]
     assert not agent.running

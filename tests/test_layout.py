@@ -21,7 +21,7 @@ LAYERS = [
     ("coworker.store", "coworker.devnet"),
     ("coworker.transports",),
     ("coworker.runtime",),
-    ("coworker.agent",),
+    ("coworker.agent", "coworker.dashboard"),  # the agent starts its dashboard, which drives it
     ("coworker.cli", "coworker.__init__", "coworker.__main__"),
 ]
 

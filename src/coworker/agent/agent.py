@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
@@ -59,6 +60,7 @@ from coworker.transports.base import Network, Transport
 
 if TYPE_CHECKING:
     from coworker.agent.mcp_client import McpServerLink, McpTool
+    from coworker.dashboard import Dashboard
 
 log = logging.getLogger("coworker.agent")
 
@@ -129,6 +131,7 @@ class AsyncAgent:
         self._start_lock: asyncio.Lock | None = None
         self._stopped: asyncio.Event | None = None
         self._control: ControlServer | None = None
+        self._dashboard: Dashboard | None = None  # serve()'s (or start_dashboard's), stopped with the agent
         self._stopping: asyncio.Task[None] | None = None
         self._on_stop: list[Callable[[], None]] = []  # called whenever the agent stops (the facade's serve)
         self._collaborations = Collaborations(self)
@@ -151,8 +154,19 @@ class AsyncAgent:
         return network_name(self._network_spec, self.data_dir)[0]
 
     @property
+    def network_source(self) -> str:
+        """Where the choice of network came from: ``"argument"``, ``"COWORKER_NETWORK"``, the agent's config file,
+        or ``"default"`` (the local node)."""
+        return network_name(self._network_spec, self.data_dir)[1]
+
+    @property
     def running(self) -> bool:
         return self._runtime is not None
+
+    @property
+    def dashboard(self) -> Dashboard | None:
+        """The dashboard this agent serves while it runs (:meth:`serve` starts it), or None."""
+        return self._dashboard
 
     @property
     def transport(self) -> Transport | None:
@@ -428,7 +442,10 @@ class AsyncAgent:
         if runtime is None:
             return
         control, self._control = self._control, None
+        dashboard, self._dashboard = self._dashboard, None
         try:
+            if dashboard is not None:
+                await dashboard.stop()
             if control is not None:
                 await control.close()
             await runtime.close()
@@ -456,10 +473,23 @@ class AsyncAgent:
             raise RuntimeError("stop the agent before closing it")
         self.store.close()
 
-    async def serve(self) -> None:
-        """Start (if needed), say so on stdout (name, wallet, network, how to stop it) and answer peers until
-        SIGINT or SIGTERM, or until :meth:`stop`."""
+    async def serve(self, *, dashboard: bool = True, dashboard_host: str = "127.0.0.1",
+                    dashboard_port: int = 8090) -> None:
+        """Start (if needed), serve the dashboard (unless ``dashboard=False``), say so on stdout (name, wallet,
+        network, how to stop it) and answer peers until SIGINT or SIGTERM, or until :meth:`stop`.
+
+        Args:
+            dashboard: serve the owner's dashboard (:meth:`start_dashboard`); ``coworker dashboard`` logs in.
+            dashboard_host: the address it listens on; anything but loopback must be asked for.
+            dashboard_port: its port, or the next free one after it.
+        """
         await self.start()
+        if dashboard and self._dashboard is None:
+            try:
+                await self.start_dashboard(host=dashboard_host, port=dashboard_port)
+            except ConfigurationError as exc:  # the agent serves peers without it
+                log.warning("no dashboard: %s", exc)
+                print(f"no dashboard: {exc}", file=sys.stderr, flush=True)
         loop = asyncio.get_running_loop()
         stopped = self._stopped
         assert stopped is not None
@@ -478,6 +508,26 @@ class AsyncAgent:
                 loop.remove_signal_handler(sig)
             await self.stop()
 
+    async def start_dashboard(self, *, host: str = "127.0.0.1", port: int = 8090) -> Dashboard:
+        """Serve the owner's dashboard while the agent runs: on ``host`` (loopback unless asked otherwise) at
+        ``port`` or the next free port after it (0: any free port). The owner logs in with a one-time link
+        (``coworker dashboard``, or ``agent.dashboard.login_link()``). Idempotent; :meth:`stop` stops it.
+
+        Raises:
+            ConfigurationError: the agent is not running, or no port is free.
+        """
+        if self._dashboard is not None:
+            return self._dashboard
+        control = self._control
+        if control is None:
+            raise ConfigurationError(f"start agent {self.name} before its dashboard")
+        from coworker.dashboard import Dashboard  # Starlette, uvicorn and Jinja2 load only for a dashboard
+
+        dashboard = Dashboard(self, control.tasks)
+        await dashboard.start(host, port)
+        self._dashboard = dashboard
+        return dashboard
+
     def _banner(self, *, ctrl_c: bool) -> str:
         """What :meth:`serve` (and the blocking facade's) prints once the agent is on the network."""
         info = getattr(self.transport, "info", None)
@@ -487,6 +537,8 @@ class AsyncAgent:
         skills = (f"skills: {', '.join(sorted(self._visible)) or 'none'}"
                   + (f" (hidden from peers: {', '.join(hidden)})" if hidden else "")
                   + (f"; logs in {logs}" if logs.is_dir() else ""))
+        if self._dashboard is not None:
+            skills += f"\ndashboard: {self._dashboard.url} (`coworker dashboard --agent {self.name}` logs in)"
         stop = "Ctrl-C stops it" if ctrl_c else "stop() stops it"
         if self.data_dir.resolve() == _paths.agent_dir(self.name).resolve():  # where the CLI finds it
             stop += f" (or `coworker bridge stop --agent {self.name}` from another shell)"

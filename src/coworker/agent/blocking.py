@@ -6,12 +6,14 @@ import asyncio
 import atexit
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from coworker._errors import ConfigurationError
 from coworker.agent.agent import AsyncAgent
 from coworker.agent.peer import Peer
 from coworker.agent.portal import Portal
@@ -24,6 +26,7 @@ from coworker.store.records import CallRecord, PeerRecord, TrustAuditEntry, Trus
 
 if TYPE_CHECKING:
     from coworker.agent.mcp_client import McpServerLink
+    from coworker.dashboard import Dashboard
 
 F = TypeVar("F", bound=SkillFunction)
 
@@ -126,11 +129,17 @@ class Agent:
         self.stop()
         self._run(self._agent.close)
 
-    def serve(self) -> None:
-        """Start, say so on stdout (name, wallet, network, how to stop it) and answer peers until SIGINT or
-        SIGTERM (or :meth:`stop` from another thread)."""
+    def serve(self, *, dashboard: bool = True, dashboard_host: str = "127.0.0.1", dashboard_port: int = 8090) -> None:
+        """Start, serve the dashboard (unless ``dashboard=False``), say so on stdout (name, wallet, network, how
+        to stop it) and answer peers until SIGINT or SIGTERM (or :meth:`stop` from another thread). See
+        :meth:`AsyncAgent.serve`."""
         self._serving.clear()  # before start: a stop() from another thread as soon as it runs is not missed
         self.start()
+        if dashboard and self._agent.dashboard is None:
+            try:
+                self.start_dashboard(host=dashboard_host, port=dashboard_port)
+            except ConfigurationError as exc:  # the agent serves peers without it
+                print(f"no dashboard: {exc}", file=sys.stderr, flush=True)
         previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -142,6 +151,15 @@ class Agent:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.stop()
+
+    def start_dashboard(self, *, host: str = "127.0.0.1", port: int = 8090) -> Dashboard:
+        """See :meth:`AsyncAgent.start_dashboard`."""
+        return self._portal.run(self._agent.start_dashboard(host=host, port=port))
+
+    @property
+    def dashboard(self) -> Dashboard | None:
+        """See :attr:`AsyncAgent.dashboard`."""
+        return self._agent.dashboard
 
     def __enter__(self) -> Agent:
         self.start()

@@ -16,7 +16,8 @@ work): request (a peer's skill: the task id), run_skill (one of our own skills a
 long-polled for at most :data:`MAX_WAIT` seconds), cancel, skill_cards (our skills' cards) and peers (with their
 cards and our trust in them); mcp_pins, mcp_pin and mcp_unpin list, mark and unmark the peers whose skills
 ``coworker mcp`` offers; trust_changes answers how many trust changes the agent made (our tier for a peer, a peer's
-answer to our request) once the count differs from ``since`` (long-polled, bounded).
+answer to our request) once the count differs from ``since`` (long-polled, bounded). dashboard_link makes a
+one-time login link to the agent's dashboard (``coworker dashboard``).
 :class:`ControlClient` raises the same :class:`CoworkerError` subclasses the agent raised.
 
 Any local process can connect before it shows a token, so what one connection may cost is bounded: a request line
@@ -61,6 +62,14 @@ from coworker.store.identity import write_private
 from coworker.store.records import PeerRecord, Store, TrustRequest
 
 
+class DashboardLinks(Protocol):
+    """What the control port needs of a running dashboard (:class:`coworker.dashboard.Dashboard` is one)."""
+
+    @property
+    def url(self) -> str: ...
+    def login_link(self) -> str: ...
+
+
 class ControlledAgent(TaskAgent, Protocol):
     """What the control port needs of an agent (:class:`~coworker.agent.agent.AsyncAgent` is one): what the owner's
     tasks need (:class:`~coworker.agent.owner_tasks.TaskAgent`), and more."""
@@ -93,6 +102,8 @@ class ControlledAgent(TaskAgent, Protocol):
     def trust_tier(self, wallet: str) -> TrustTier: ...
     @property
     def store(self) -> Store: ...
+    @property
+    def dashboard(self) -> DashboardLinks | None: ...
 
 log = logging.getLogger("coworker.control")
 
@@ -122,7 +133,7 @@ class ControlServer:
         self._connections = 0
         self._server: asyncio.Server | None = None
         self._path = agent.data_dir / CONTROL_FILE
-        self._tasks = OwnerTasks(agent)
+        self.tasks = OwnerTasks(agent)  # the owner's tasks: the dashboard runs skills and calls through it too
         self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "status": self._status,
             "ping": lambda a: agent.ping(a["wallet"], timeout=float(a.get("timeout", 30))),
@@ -141,18 +152,19 @@ class ControlServer:
             "hide_skill": self._hide_skill,
             "expose_skill": self._expose_skill,
             "stop": self._stop,
-            "request": lambda a: self._tasks.request(a["wallet"], str(a["skill"]), _object(a.get("input"))),
+            "request": lambda a: self.tasks.request(a["wallet"], str(a["skill"]), _object(a.get("input"))),
             "run_skill": self._run_skill,
-            "task": lambda a: self._tasks.state(str(a["task_id"]), _bounded(a.get("wait", 0))),
-            "progress": lambda a: self._tasks.progress(str(a["task_id"]), int(a.get("since", 0)),
+            "task": lambda a: self.tasks.state(str(a["task_id"]), _bounded(a.get("wait", 0))),
+            "progress": lambda a: self.tasks.progress(str(a["task_id"]), int(a.get("since", 0)),
                                                        _bounded(a.get("wait", 0))),
-            "cancel": lambda a: self._tasks.cancel(str(a["task_id"])),
+            "cancel": lambda a: self.tasks.cancel(str(a["task_id"])),
             "skill_cards": self._skill_cards,
             "peers": self._peers,
             "mcp_pins": self._pins,
             "mcp_pin": self._pin,
             "mcp_unpin": self._unpin,
             "trust_changes": lambda a: trust_changes(agent.store, int(a.get("since", -1)), _bounded(a.get("wait", 0))),
+            "dashboard_link": self._dashboard_link,
         }
 
     async def start(self) -> None:
@@ -164,7 +176,7 @@ class ControlServer:
         tmp.replace(self._path)
 
     async def close(self) -> None:
-        await self._tasks.close()
+        await self.tasks.close()
         with contextlib.suppress(FileNotFoundError):
             if json.loads(self._path.read_text()).get("token") == self._token:
                 self._path.unlink()
@@ -221,7 +233,8 @@ class ControlServer:
         visible = [s["name"] for s in agent.skills_overview() if not s["hidden"]]
         status: dict[str, Any] = {"name": agent.name, "wallet": agent.wallet, "network": agent.network_name,
                                   "pid": os.getpid(), "skills": visible, "rate_limits": stats,
-                                  "outbox": outbox, "away": away}
+                                  "outbox": outbox, "away": away,
+                                  "dashboard": agent.dashboard.url if agent.dashboard is not None else None}
         transport = agent.transport
         if transport is not None and hasattr(transport, "status"):
             try:
@@ -258,7 +271,7 @@ class ControlServer:
         asyncio.get_running_loop().call_soon(self._on_stop)
 
     async def _run_skill(self, args: dict[str, Any]) -> str:
-        return self._tasks.run_skill(str(args["skill"]), _object(args.get("input")))
+        return self.tasks.run_skill(str(args["skill"]), _object(args.get("input")))
 
     async def _skill_cards(self, _: dict[str, Any]) -> list[dict[str, Any]]:
         return [skill.card() for _, skill in sorted(self._agent.skills.items())]
@@ -266,6 +279,13 @@ class ControlServer:
     async def _peers(self, _: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"wallet": p.wallet, "name": p.name, "card": p.card,
                  "trust_tier": self._agent.trust_tier(p.wallet).name.lower()} for p in self._agent.peers()]
+
+    async def _dashboard_link(self, _: dict[str, Any]) -> dict[str, Any]:
+        dashboard = self._agent.dashboard
+        if dashboard is None:
+            raise ConfigurationError(f"agent {self._agent.name} serves no dashboard (it was started with "
+                                     f"--no-dashboard or dashboard=False, or with start() rather than serve())")
+        return {"url": dashboard.url, "login": dashboard.login_link()}
 
     async def _pins(self, _: dict[str, Any]) -> list[str]:
         return self._agent.store.pinned_peers()

@@ -24,6 +24,7 @@ from coworker._version import __version__
 from coworker.agent.config import NETWORK_NAMES
 from coworker.cli.agents import cmd_init, cmd_status, cmd_task, cmd_tasks
 from coworker.cli.common import CliError, EscapingFormatter, choose_agent, shown
+from coworker.cli.dashboard import register as register_dashboard
 from coworker.cli.demo import run_demo
 from coworker.cli.mcp import register as register_mcp
 from coworker.cli.network import register as register_network_commands
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_network_commands(commands, common, choose_agent, trust_commands)
     register_setup(commands, common)
     register_mcp(commands, common, choose_agent)
+    register_dashboard(commands, common, choose_agent)
     register_devnet(commands)
     return parser
 

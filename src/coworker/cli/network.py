@@ -47,6 +47,7 @@ log = logging.getLogger("coworker.cli")
 _NOT_RUNNING = 3
 _START_TIMEOUT = 90.0
 _STOP_TIMEOUT = 15.0
+DASHBOARD_PORT = 8090  # coworker.dashboard.DEFAULT_PORT (not imported: the dashboard loads only when served)
 
 
 # ---- invites --------------------------------------------------------------------------------------------------
@@ -242,8 +243,15 @@ def _cmd_serve(args: argparse.Namespace, choose: Callable[[argparse.Namespace], 
         return asyncio.run(_serve_async(app, args))
     app.start()
     _report_ready(args)
-    app.serve()  # says what it serves and how to stop it
+    app.serve(**_dashboard_options(args))  # says what it serves and how to stop it
     return 0
+
+
+def _dashboard_options(args: argparse.Namespace) -> dict[str, Any]:
+    """serve()'s dashboard options from ``--no-dashboard``, ``--dashboard-port`` and ``--dashboard-host``."""
+    if args.no_dashboard:
+        return {"dashboard": False}
+    return {"dashboard": True, "dashboard_port": args.dashboard_port, "dashboard_host": args.dashboard_host}
 
 
 def _add_skill_folders(app: Agent | AsyncAgent, roots: list[str], *, expose: bool) -> None:
@@ -268,8 +276,17 @@ def _add_mcp_servers(app: Agent | AsyncAgent, commands: list[str]) -> None:
 async def _serve_async(agent: AsyncAgent, args: argparse.Namespace) -> int:
     await agent.start()
     _report_ready(args)
-    await agent.serve()
+    await agent.serve(**_dashboard_options(args))
     return 0
+
+
+def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
+    parser.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT, metavar="PORT",
+                        help=f"the dashboard's port, or the next free one after it (default {DASHBOARD_PORT}); "
+                             f"`coworker dashboard` logs in")
+    parser.add_argument("--dashboard-host", default="127.0.0.1", metavar="ADDRESS",
+                        help="the address the dashboard listens on (default 127.0.0.1: this machine only)")
 
 
 def _report_ready(args: argparse.Namespace) -> None:
@@ -299,7 +316,9 @@ def _cmd_bridge_start(args: argparse.Namespace, choose: Callable[[argparse.Names
         serve = [sys.executable, "-m", "coworker", "serve"]
         if args.file is not None:
             serve.append(str(Path(args.file).resolve()))
-        return [*serve, "--agent", name, "--ready-fd", str(ready_fd)]
+        dashboard = (["--no-dashboard"] if args.no_dashboard else
+                     ["--dashboard-port", str(args.dashboard_port), "--dashboard-host", args.dashboard_host])
+        return [*serve, "--agent", name, "--ready-fd", str(ready_fd), *dashboard]
 
     try:
         child, _ = spawn_ready(command, log_path, _START_TIMEOUT)
@@ -403,6 +422,7 @@ def register(commands: Any, common: argparse.ArgumentParser, choose: Callable[[a
                        help="also serve the tools of this MCP server as skills (for INTERNAL peers): a command run "
                             "with no shell while the agent runs, or a streamable-HTTP URL; repeatable")
     serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    _dashboard_arguments(serve)
     serve.set_defaults(func=bind(_cmd_serve))
 
     bridge = commands.add_parser("bridge", parents=[common], help="run an agent (and its XMTP sidecar) in the "
@@ -410,6 +430,7 @@ def register(commands: Any, common: argparse.ArgumentParser, choose: Callable[[a
     actions = bridge.add_subparsers(dest="bridge_command", metavar="ACTION")
     start = actions.add_parser("start", parents=[common], help="serve the agent in the background")
     start.add_argument("file", nargs="?", default=None, help="a Python file that defines the agent and its skills")
+    _dashboard_arguments(start)
     start.set_defaults(func=bind(_cmd_bridge_start))
     stop = actions.add_parser("stop", parents=[common], help="stop the agent serving in the background")
     stop.set_defaults(func=bind(_cmd_bridge_stop))
