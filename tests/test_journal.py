@@ -154,10 +154,10 @@ def test_the_journal_keeps_the_latest_entries_and_tells_listeners() -> None:
     assert [e.seq for e in journal.entries(after=10)] == [12, 11]
     assert [e.seq for e in journal.entries(limit=2)] == [12, 11]
     assert journal.entries()[0].at == 7.0
-    note = journal.note("in", "0xA", "discover", 1, "handled", message_id="m")
-    journal.note_request(note)
-    journal.answered("m", "ACCESS_DENIED", "trust tier too low")
-    assert (journal.entries()[0].verdict, journal.entries()[0].reason) == ("refused",
+    journal.note("in", "0xA", "discover", 1, "handled", message_id="m")
+    journal.note("out", "0xA", "error", 1, "sent")
+    journal.refused("m", "ACCESS_DENIED", "trust tier too low")
+    assert (journal.entries()[1].verdict, journal.entries()[1].reason) == ("refused",
                                                                           "ACCESS_DENIED: trust tier too low")
 
 

@@ -318,7 +318,7 @@ class Runtime:
             self._note(incoming, env, "dropped", "duplicate")
             return None
         self._touch(peer)
-        self._link.journal.note_request(self._note(incoming, env, "handled"))  # its answer may still refuse it
+        self._note(incoming, env, "handled")  # its answer may still refuse it (Journal.refused)
         return self._serve_request(env, peer, len(incoming.data))
 
     def _note(self, incoming: Incoming, env: proto.Envelope, verdict: str, reason: str = "") -> Note:

@@ -10,7 +10,7 @@ output) is never kept; a ``call.progress`` keeps its message, percentage and lat
 
 An incoming request is noted ``handled`` when it passed every check; when its answer turns out to be a refusal
 (trust too low, a skill not found, invalid input: decided later, on the request's own task) the link gives that
-entry its final verdict, ``refused``, with the code (:meth:`Journal.settle`). Entries are kept mutable inside and
+entry its final verdict, ``refused``, with the code (:meth:`Journal.refused`). Entries are kept mutable inside and
 handed out as frozen :class:`JournalEntry` snapshots. Listeners hear of every new entry and of every settled one.
 """
 
@@ -29,7 +29,7 @@ from coworker.core import protocol as proto
 log = logging.getLogger("coworker.runtime")
 
 DEFAULT_SIZE = 2000  # entries kept
-OPEN_KEPT = 1024  # incoming requests whose answer may still refuse them, by message id (the oldest forgotten)
+LOOK_BACK = 512  # entries searched, newest first, for the request a late verdict is about
 DETAIL_TEXT = 300  # characters of a progress message kept
 DETAIL_PARTIAL = 1000  # characters of a progress report's latest partial result (as JSON) kept
 
@@ -98,7 +98,6 @@ class Journal:
         self.clock = clock
         self.seq = 0  # the latest entry's
         self._notes: collections.deque[Note] = collections.deque(maxlen=size)
-        self._open: dict[str, Note] = {}  # incoming requests, by message id, whose answer is not decided yet
         self._listeners: list[Callable[[], None]] = []
 
     @property
@@ -118,25 +117,29 @@ class Journal:
             self._changed()
         return note
 
-    def note_request(self, note: Note) -> None:
-        """``note`` is an incoming request that passed every check: its answer may refuse it (:meth:`answered`)."""
-        if note.message_id is None:
-            return
-        self._open[note.message_id] = note
-        if len(self._open) > OPEN_KEPT:
-            del self._open[next(iter(self._open))]
-
-    def answered(self, request_id: str, code: str | None, message: str = "") -> None:
-        """The request ``request_id`` was answered; with ``code``, refused: its entry says so."""
-        note = self._open.pop(request_id, None)
-        if note is not None and code is not None:
+    def refused(self, request_id: str, code: str, message: str = "") -> None:
+        """The incoming request ``request_id``, noted handled, was answered with an error: its entry says so."""
+        note = self._handled(request_id)
+        if note is not None:
             self.settle(note, "refused", f"{code}: {message}"[:500])
 
     def drop(self, request_id: str, reason: str) -> None:
-        """The request ``request_id`` turned out to be one to drop unanswered (a duplicate): its entry says so."""
-        note = self._open.pop(request_id, None)
+        """The incoming request ``request_id``, noted handled, turned out to be one to drop unanswered (a
+        duplicate): its entry says so."""
+        note = self._handled(request_id)
         if note is not None:
             self.settle(note, "dropped", reason)
+
+    def _handled(self, request_id: str) -> Note | None:
+        """The latest entry of an incoming message ``request_id`` noted handled, among the latest
+        :data:`LOOK_BACK` (a verdict decided later is decided soon after): searched only then, so that noting a
+        request costs nothing more."""
+        for n, note in enumerate(reversed(self._notes)):
+            if n >= LOOK_BACK:
+                break
+            if note.message_id == request_id and note.direction == "in" and note.verdict == "handled":
+                return note
+        return None
 
     def settle(self, note: Note, verdict: str, reason: str = "") -> None:
         """Give an entry its final verdict."""

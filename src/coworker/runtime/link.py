@@ -181,7 +181,8 @@ class Link:
         """Send a reply to ``to``; an error reply (a refusal) makes the journal's entry of ``to`` say refused."""
         sent_kind, data = self.encode_reply(to, kind, body)
         code = (body.get("code") if sent_kind == kind else "SKILL_FAILED") if sent_kind in _ERRORS else None
-        self.journal.answered(to.id, code, body.get("message", "") if sent_kind == kind else "")
+        if code is not None:
+            self.journal.refused(to.id, code, body.get("message", "") if sent_kind == kind else "")
         task = body.get("task")
         await self.post(to.sender, data, sent_kind, task=task if isinstance(task, str) else None, code=code)
         return len(data)
