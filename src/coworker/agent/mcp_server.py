@@ -353,7 +353,7 @@ class McpBridge:
         config = uvicorn.Config(_BearerGate(app, token), log_level="warning", lifespan="on")
         # Bound and listening before uvicorn runs: the port is known (port 0 picks one) and a client that
         # connects at once waits in the backlog.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # then asyncio sets TCP_NODELAY
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
         sock.listen(128)
