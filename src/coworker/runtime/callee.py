@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from coworker._errors import CoworkerError, SkillFailed, SkillNotFound
+from coworker._errors import CoworkerError, SkillFailed, SkillNotFound, TransportError
 from coworker.core import protocol as proto
 from coworker.core.skills import CallContext, Skill
 from coworker.core.tasks import LIVE, Receipt, TaskState, json_size
@@ -115,7 +115,15 @@ class Callee:
         for task in self._link.store.live_tasks("in"):
             log.info("running task %s (%s for %s) again after a restart", task.id, task.skill, task.peer)
             self._link.store.update_task(task, attempts=task.attempts + 1, last_activity=self._link.clock())
-            self._link.tasks.spawn(self.execute(task, None), f"coworker-resume-{task.id}")
+            self._link.tasks.spawn(self._execute_again(task), f"coworker-resume-{task.id}")
+
+    async def _execute_again(self, task: TaskRecord) -> None:
+        """A resumed task: its outcome is stored before its answer leaves, so a caller gone from the network
+        loses nothing here (it asks again and is answered from the store); one line says so, not a traceback."""
+        try:
+            await self.execute(task, None)
+        except TransportError as exc:
+            log.warning("could not answer task %s of %s after a restart: %s", task.id, task.peer, exc)
 
     def reject(self, env: proto.Envelope, body: proto.CallRequestBody, peer: str, code: str, message: str,
                size: int, path: str = "") -> str:
