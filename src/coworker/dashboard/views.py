@@ -110,6 +110,14 @@ def trust(agent: DashboardAgent) -> dict[str, Any]:
     return {"pending": pending, "peers": peers, "audit": audit, "tiers": TIERS}
 
 
+def _tier_name(value: Any) -> str:
+    """A tier as a peer's card gave it (a number), by name; as it came when it is no tier."""
+    try:
+        return TrustTier.parse(value).name.lower()
+    except (ValueError, TypeError):
+        return str(value)
+
+
 def _tier(tier: TrustTier | None) -> str | None:
     return tier.name.lower() if tier is not None else None
 
@@ -204,8 +212,13 @@ def messages(agent: DashboardAgent, *, peer: str | None = None, after: int = 0) 
     """The latest protocol messages in and out, with their verdicts (this run's, newest first)."""
     entries = agent.messages(after=after, limit=200, peer=checksum(peer) if peer else None)
     journal = agent.journal
-    return {"messages": [asdict(e) for e in entries], "latest": journal.seq if journal is not None else 0,
-            "filters": {"peer": peer or ""}}
+    names: dict[str, str] = {}
+    rows = []
+    for e in entries:
+        if e.peer not in names:
+            names[e.peer] = _name(agent, e.peer)
+        rows.append({**asdict(e), "peer_name": names[e.peer]})
+    return {"messages": rows, "latest": journal.seq if journal is not None else 0, "filters": {"peer": peer or ""}}
 
 
 def skills(agent: DashboardAgent) -> dict[str, Any]:
@@ -224,8 +237,10 @@ def peers(agent: DashboardAgent) -> dict[str, Any]:
     out = []
     for p in agent.peers():
         card = p.card or {}
+        cards = [{**c, "tier": _tier_name(c.get("min_trust_tier"))} for c in card.get("skills") or []
+                 if isinstance(c, dict)]
         out.append({"wallet": p.wallet, "name": p.name, "tier": agent.trust_tier(p.wallet).name.lower(),
-                    "skills": card.get("skills") or [], "first_seen": p.first_seen, "last_seen": p.last_seen,
+                    "skills": cards, "first_seen": p.first_seen, "last_seen": p.last_seen,
                     "protocol": agent.store.peer_protocol(p.wallet) or ""})
     return {"peers": out}
 
