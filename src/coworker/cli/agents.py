@@ -121,6 +121,7 @@ def _status(agent: AsyncAgent) -> dict[str, Any]:
         "rate_limits": bridge.get("rate_limits"),  # what the running agent dropped, by reason
         "outbox": bridge.get("outbox"),  # what it sent: frames, messages in them, the write budget used
         "away": bridge.get("away"),  # peers presumed away, with our live tasks there
+        "dashboard": bridge.get("dashboard"),  # its URL while the agent serves one (`coworker dashboard` logs in)
     }
 
 
@@ -170,6 +171,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if isinstance(xmtp, dict) and "inboxId" in xmtp:
         print(f"XMTP:      inbox {shown(xmtp['inboxId'])}, installation {shown(xmtp['installationId'])}, "
               f"sidecar pid {shown(xmtp['pid'])}")
+    if status.get("dashboard"):
+        print(f"dashboard: {shown(status['dashboard'])} (`coworker dashboard --agent {shown(status['name'])}` "
+              f"logs in)")
     writes = _writes_line(status["outbox"], status["network"])
     if writes:
         print(writes)

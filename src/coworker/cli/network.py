@@ -374,6 +374,8 @@ def _print_bridge(name: str) -> int:
     print(f"agent {name}: running, pid {shown(status['pid'])}, network {shown(status['network'])}")
     print(f"  wallet:       {shown(status['wallet'])}")
     print(f"  skills:       {', '.join(shown(s) for s in status['skills']) or 'none'}")
+    if status.get("dashboard"):
+        print(f"  dashboard:    {shown(status['dashboard'])} (`coworker dashboard --agent {name}` logs in)")
     xmtp = status.get("xmtp")
     if isinstance(xmtp, dict) and "error" not in xmtp:
         last = xmtp.get("lastSyncMs")
