@@ -269,3 +269,19 @@ async def test_receipts_are_listed_verified_and_exported(agents: tuple[AsyncAgen
                                                                             ("in", "echo", "True")}
         exported: Any = (await client.get("/api/receipts.json")).json()
         assert len(exported) == 2 and all(r["receipt"]["signature"] for r in exported)
+
+
+async def test_a_peer_is_pinned_for_mcp_and_unpinned_from_the_peers_page(
+        agents: tuple[AsyncAgent, AsyncAgent], dashboard: Dashboard) -> None:
+    alice, bob = agents
+    bob.set_trust(alice.wallet, TrustTier.KNOWN)
+    await alice.connect(bob.wallet)
+    async with _logged_in(dashboard) as client:
+        assert "Pin for MCP" in (await client.get("/peers")).text
+        pinned = await client.post("/api/peers/mcp", json={"wallet": bob.wallet, "pinned": True},
+                                   headers=_origin(dashboard))
+        assert pinned.json() == {"wallet": bob.wallet, "pinned": True}
+        assert alice.store.pinned_peers() == [bob.wallet]
+        assert "its skills are tools of" in (await client.get("/peers")).text
+        await client.post("/api/peers/mcp", json={"wallet": bob.wallet, "pinned": False}, headers=_origin(dashboard))
+        assert alice.store.pinned_peers() == []

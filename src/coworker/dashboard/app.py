@@ -29,6 +29,7 @@ from starlette.routing import Route
 import coworker.dashboard.forms as forms  # modules, not the package: it imports this one
 import coworker.dashboard.views as views
 from coworker._errors import CoworkerError, InvalidInput
+from coworker.agent.control import pin, unpin
 from coworker.agent.invites import INVITE_PREFIX, read_invite
 from coworker.agent.peer import peer_json
 from coworker.core.protocol import parse_json
@@ -117,6 +118,7 @@ class DashboardApp:
             Route("/api/skills/visibility", api(self.visibility, body=True), methods=["POST"]),
             Route("/api/peers/connect", api(self.connect, body=True), methods=["POST"]),
             Route("/api/peers/call", api(self.call, body=True), methods=["POST"]),
+            Route("/api/peers/mcp", api(self.mcp_pin, body=True), methods=["POST"]),
             Route("/api/collaborations/resume", api(self.resume, body=True), methods=["POST"]),
             Route("/api/receipts/verify", api(self.verify, body=True), methods=["POST"]),
         ]
@@ -300,6 +302,14 @@ class DashboardApp:
         wallet, skill, data = _wallet(body), _text(body, "skill"), _object(body.get("input"))
         task_id = await self.owner_tasks.request(wallet, skill, data)
         return {"task_id": task_id, "url": f"/tasks/out/{task_id}"}
+
+    async def mcp_pin(self, body: dict[str, Any]) -> dict[str, Any]:
+        wallet = _wallet(body)
+        if body.get("pinned"):
+            pin(self.agent.store, wallet)
+        else:
+            unpin(self.agent.store, wallet)
+        return {"wallet": wallet, "pinned": wallet.lower() in {w.lower() for w in self.agent.store.pinned_peers()}}
 
     async def resume(self, body: dict[str, Any]) -> dict[str, Any]:
         collab_id = _text(body, "collaboration_id")

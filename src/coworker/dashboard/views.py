@@ -235,12 +235,14 @@ def skills(agent: DashboardAgent) -> dict[str, Any]:
 def peers(agent: DashboardAgent) -> dict[str, Any]:
     """Peers we have met, their cards (the skills they let us see) and our tier for them."""
     out = []
+    pinned = {w.lower() for w in agent.store.pinned_peers()}
     for p in agent.peers():
         card = p.card or {}
         cards = [{**c, "tier": _tier_name(c.get("min_trust_tier"))} for c in card.get("skills") or []
                  if isinstance(c, dict)]
         out.append({"wallet": p.wallet, "name": p.name, "tier": agent.trust_tier(p.wallet).name.lower(),
-                    "skills": cards, "first_seen": p.first_seen, "last_seen": p.last_seen,
+                    "skills": cards, "mcp_pinned": p.wallet.lower() in pinned, "first_seen": p.first_seen,
+                    "last_seen": p.last_seen,
                     "protocol": agent.store.peer_protocol(p.wallet) or ""})
     return {"peers": out}
 
