@@ -12,6 +12,16 @@ from typing import Any, Final
 from coworker._errors import ConfigurationError
 from coworker.core.plans import required_fields
 
+CardList = Sequence[Mapping[str, Any]]
+#: The cards the other agents show: a list (the peer of a two-party collaboration, whose steps say ``"peer"``),
+#: or lists by wallet (the members of a collaboration with several, whose steps name them by wallet).
+OtherCards = CardList | Mapping[str, CardList]
+
+
+def by_agent(peer: OtherCards) -> list[tuple[str, CardList]]:
+    """(what a step names the agent by, its cards) for each other agent: ``"peer"`` or a member's wallet."""
+    return list(peer.items()) if isinstance(peer, Mapping) else [("peer", peer)]
+
 # ---- the deterministic planner -----------------------------------------------------------------------------
 
 _STOP_WORDS: Final = frozenset({
@@ -79,7 +89,9 @@ class KeywordPlanner:
     field names, and chains the matched skills in the order the goal mentions them. Deterministic, no I/O.
 
     Skills whose name the goal mentions become the steps (when it names none: skills that at least two of its
-    words describe). A skill both agents have runs here. Each step's input is filled from its input schema:
+    words describe). A skill this agent has runs here, one several members have on the first that shows it
+    (with several members, ``peer`` maps each wallet to its cards and steps name members by wallet). Each
+    step's input is filled from its input schema:
     fields such as ``topic``, ``goal``, ``query`` or ``prompt`` (and ``text`` in the first step) get the goal;
     a field named like a field of the previous step's output gets that field (``{{prev.output.name}}``); the
     first other required field gets the previous step's whole output.
@@ -95,26 +107,28 @@ class KeywordPlanner:
     def __repr__(self) -> str:
         return "KeywordPlanner()"
 
-    def plan(self, goal: str, own: Sequence[Mapping[str, Any]], peer: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """Plan data for ``goal`` from the skill cards of this agent (``own``) and of the peer.
+    def plan(self, goal: str, own: CardList, peer: OtherCards) -> dict[str, Any]:
+        """Plan data for ``goal`` from the skill cards of this agent (``own``) and of the peer (or members).
 
         Raises:
             ConfigurationError: no skill matches the goal.
         """
         words = _words(goal)
-        candidates = [c for side, cards in (("self", own), ("peer", peer)) for card in cards
+        agents = [("self", own), *by_agent(peer)]
+        candidates = [c for side, cards in agents for card in cards
                       if (c := self._candidate(words, side, card)) is not None]
         chosen = [c for c in candidates if c.named] or [c for c in candidates if c.score >= 2]
         if not chosen:
-            names = ", ".join(sorted({str(c.get("name")) for c in [*own, *peer]})) or "none"
-            raise ConfigurationError(f"KeywordPlanner: no skill of either agent matches the goal {goal!r} (skills: "
+            names = ", ".join(sorted({str(c.get("name")) for _, cards in agents for c in cards})) or "none"
+            which = "either agent" if len(agents) == 2 else "any agent"
+            raise ConfigurationError(f"KeywordPlanner: no skill of {which} matches the goal {goal!r} (skills: "
                                      f"{names}); name a skill in the goal or pass plan=[...]")
         by_skill: dict[str, _Candidate] = {}
         for c in sorted(chosen, key=lambda c: c.side != "self"):  # this agent's first
             by_skill.setdefault(str(c.card["name"]), c)
         if all(c.side == "self" for c in by_skill.values()):  # the peer would have nothing to do: give it a step
             for c in chosen:
-                if c.side == "peer":
+                if c.side != "self":
                     by_skill[str(c.card["name"])] = c
                     break
         ordered = sorted(by_skill.values(), key=lambda c: (c.anchor, -c.score, str(c.card["name"])))
@@ -202,13 +216,25 @@ def _brief_card(card: Mapping[str, Any]) -> dict[str, Any]:
     return {k: card.get(k) for k in ("name", "description", "input_schema", "output_schema")}
 
 
-def planner_messages(goal: str, own: Sequence[Mapping[str, Any]],
-                     peer: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """The chat messages that ask a language model for a plan."""
-    context = {"goal": goal, "agents": {"self": {"skills": [_brief_card(c) for c in own]},
-                                        "peer": {"skills": [_brief_card(c) for c in peer]}}}
-    return [{"role": "system", "content": PLANNER_INSTRUCTIONS},
-            {"role": "user", "content": json.dumps(context, ensure_ascii=False, indent=1)}]
+MEMBERS_INSTRUCTIONS: Final = """\
+You plan a collaboration between several software agents. Agent "self" asks for the work; the others, its \
+members, are named by their wallets. Each step runs one skill of one agent. Use only the skills listed for that \
+agent, and give each step an input that follows the skill's input_schema.
+A string in a step's input may use the output of an earlier step, whichever agent ran it: "{{<step id>.output}}" \
+is its whole output, "{{<step id>.output.<field>}}" one field of it. Use as few steps as the goal needs (at most \
+50), at least one of them for a member.
+Answer with one JSON object and nothing else:
+{"steps": [{"id": "<short id>", "skill": "<skill name>", "agent": "self" or "<member's wallet>", "input": {...}}],
+ "key_results": [{"description": "<a result the goal needs>", "step": "<id of the step that delivers it>"}]}"""
+
+
+def planner_messages(goal: str, own: CardList, peer: OtherCards) -> list[dict[str, str]]:
+    """The chat messages that ask a language model for a plan (``peer``: as :meth:`KeywordPlanner.plan` takes
+    it)."""
+    agents = {name: {"skills": [_brief_card(c) for c in cards]} for name, cards in [("self", own), *by_agent(peer)]}
+    instructions = MEMBERS_INSTRUCTIONS if isinstance(peer, Mapping) else PLANNER_INSTRUCTIONS
+    return [{"role": "system", "content": instructions},
+            {"role": "user", "content": json.dumps({"goal": goal, "agents": agents}, ensure_ascii=False, indent=1)}]
 
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)

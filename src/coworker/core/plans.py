@@ -1,16 +1,23 @@
 """Collaboration plans: their steps, the references between steps, planning and the checks a peer makes. No I/O.
 
-A plan is a list of steps, each a skill run by one of the two agents. A step's input may use the outputs of
-earlier steps: a string ``"{{research.output}}"`` is replaced by the whole output of step ``research``, and
+A plan is a list of steps, each a skill run by one of the agents: the initiator and one peer, or the initiator
+and several *members* (a group's collaboration). A step's input may use the outputs of earlier steps: a string
+``"{{research.output}}"`` is replaced by the whole output of step ``research``, and
 ``"{{research.output.summary}}"`` by one field of it (a dotted path; list items by index). A reference inside a
 longer string is replaced by the value as text (JSON for objects and lists).
 
 Theory of operation. The agent that starts a collaboration (the *initiator*) plans it, checks the plan against
-the skills both agents show (:func:`parse_plan`), keeps it as a *record* (a JSON object, see :func:`new_record`)
-and proposes it to the peer, who checks it again (:func:`check_proposal`) and accepts or rejects it. The steps
-then run in order; after each one the record changes (through the functions below, which take values and
-return values) and is stored, so that a collaboration interrupted anywhere continues from its record. The states
-of a collaboration and of its steps, and the events that move them, are the two tables below.
+the skills the agents show (:func:`parse_plan`, :func:`parse_plan_many`), keeps it as a *record* (a JSON object,
+see :func:`new_record`) and proposes it to the peer, who checks it again (:func:`check_proposal`) and accepts or
+rejects it. With several members, each is proposed only its *part* (its steps, and the ids of the other agents'
+steps they use: :func:`proposal_body`); one rejection rejects the collaboration, and nothing runs before every
+member accepted. The steps then run in order, whoever runs them; after each one the record changes (through the
+functions below, which take values and return values) and is stored, so that a collaboration interrupted
+anywhere continues from its record. The states of a collaboration and of its steps, and the events that move
+them, are the two tables below.
+
+One piece: the plan's format, the check a peer makes of its part and the record the plan becomes are one format
+read in three places (a step's fields); together, a change to a step shows in all three.
 """
 
 from __future__ import annotations
@@ -45,10 +52,10 @@ def references(value: Any) -> set[str]:
     return found
 
 
-def check_steps(steps: list[tuple[str, dict[str, Any]]]) -> str | None:
+def check_steps(steps: list[tuple[str, dict[str, Any]]], elsewhere: Sequence[str] = ()) -> str | None:
     """Why a list of (step id, input) cannot run in order, or None: ids are unique and every reference names
-    an earlier step."""
-    seen: set[str] = set()
+    an earlier step, or one of the steps ``elsewhere`` (other agents' steps, in a member's part of a plan)."""
+    seen: set[str] = set(elsewhere)
     for step_id, data in steps:
         if step_id in seen:
             return f"two steps are named {step_id!r}"
@@ -63,9 +70,11 @@ def check_proposal(body: PlanProposeBody, wallet: str, proposer: str, tier: Trus
                    skills: Mapping[str, Skill]) -> str | None:
     """Why the agent ``wallet`` refuses a plan that ``proposer`` (held at ``tier``) proposes, or None to accept.
 
-    Every step must be for one of the two agents; the steps for us must name skills the proposer may call.
+    Every step must be for one of the two agents; the steps for us must name skills the proposer may call. A
+    member's part of a plan with several members holds its own steps only, which may use the outputs of the
+    steps named in ``other_steps``.
     """
-    problem = check_steps([(s.id, s.input) for s in body.steps])
+    problem = check_steps([(s.id, s.input) for s in body.steps], body.other_steps)
     if problem is not None:
         return problem
     mine = 0
@@ -125,7 +134,6 @@ def _step_after(status: str, event: str) -> str:
 
 # ---- plans -------------------------------------------------------------------------------------------------
 
-SIDES: Final = ("self", "peer")
 MAX_STEPS: Final = 50  # what one plan.propose may carry
 MAX_GOAL: Final = 4000
 _STEP_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -134,13 +142,14 @@ _COLLABORATION_ID = re.compile(r"^[0-9a-f]{32}$")
 
 @dataclass(frozen=True, slots=True)
 class PlanStep:
-    """One step of a plan: ``skill`` run by ``side`` (``"self"``: the initiator, ``"peer"``: the other agent)
-    with ``input``, whose strings may refer to the outputs of earlier steps."""
+    """One step of a plan: ``skill`` run by ``side`` (``"self"``: the initiator, ``"peer"``: another agent,
+    the one whose wallet is ``agent``) with ``input``, whose strings may refer to the outputs of earlier steps."""
 
     id: str
     skill: str
     side: str
     input: dict[str, Any]
+    agent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,27 +192,41 @@ def check_collaboration_id(value: object) -> str:
     return value
 
 
-def _names(cards: Mapping[str, Mapping[str, Any]]) -> str:
+def _names(cards: Cards) -> str:
     return ", ".join(sorted(cards)) or "none"
 
 
-def _side_of(agent: object, skill: str, own: Mapping[str, Mapping[str, Any]],
-             peer: Mapping[str, Mapping[str, Any]], own_wallet: str, peer_wallet: str, where: str) -> str:
+Cards = Mapping[str, Mapping[str, Any]]  # skill cards by skill name
+
+
+def _agent_of(agent: object, skill: str, own: Cards, peers: Mapping[str, Cards], own_wallet: str,
+              where: str) -> str:
+    """The wallet of the agent that runs a step: the one it names, else the first that has the skill."""
     if agent is None:
         if skill in own:
-            return "self"
-        if skill in peer:
-            return "peer"
-        raise ConfigurationError(f"{where}: neither agent has a skill named {skill!r} (this agent has: "
-                                 f"{_names(own)}; the peer shows us: {_names(peer)})")
+            return own_wallet
+        found = next((wallet for wallet, cards in peers.items() if skill in cards), None)
+        if found is not None:
+            return found
+        if len(peers) == 1:
+            raise ConfigurationError(f"{where}: neither agent has a skill named {skill!r} (this agent has: "
+                                     f"{_names(own)}; the peer shows us: {_names(*peers.values())})")
+        shown = "; ".join(f"{wallet} shows us: {_names(cards)}" for wallet, cards in peers.items())
+        raise ConfigurationError(f"{where}: no agent has a skill named {skill!r} (this agent has: {_names(own)}; "
+                                 f"{shown})")
     if isinstance(agent, str):
-        if agent.lower() in SIDES:
-            return agent.lower()
-        if same_wallet(agent, own_wallet):
-            return "self"
-        if same_wallet(agent, peer_wallet):
-            return "peer"
-    raise ConfigurationError(f"{where}: agent {agent!r} is neither 'self', 'peer', {own_wallet} nor {peer_wallet}")
+        if agent.lower() == "self" or same_wallet(agent, own_wallet):
+            return own_wallet
+        if agent.lower() == "peer" and len(peers) == 1:
+            return next(iter(peers))
+        found = next((wallet for wallet in peers if same_wallet(agent, wallet)), None)
+        if found is not None:
+            return found
+    if len(peers) == 1:
+        raise ConfigurationError(f"{where}: agent {agent!r} is neither 'self', 'peer', {own_wallet} nor "
+                                 f"{next(iter(peers))}")
+    raise ConfigurationError(f"{where}: agent {agent!r} is neither 'self' nor a member ({', '.join(peers)}; "
+                             f"'peer' names one only when there is one)")
 
 
 def required_fields(card: Mapping[str, Any]) -> list[str]:
@@ -212,8 +235,8 @@ def required_fields(card: Mapping[str, Any]) -> list[str]:
     return [r for r in required if isinstance(r, str)] if isinstance(required, list) else []
 
 
-def _step(index: int, raw: object, taken: set[str], own: Mapping[str, Mapping[str, Any]],
-          peer: Mapping[str, Mapping[str, Any]], own_wallet: str, peer_wallet: str) -> PlanStep:
+def _step(index: int, raw: object, taken: set[str], own: Cards, peers: Mapping[str, Cards],
+          own_wallet: str) -> PlanStep:
     where = f"plan step {index + 1}"
     if not isinstance(raw, dict):
         raise ConfigurationError(f"{where}: a step is an object with skill, and optionally id, agent and input; "
@@ -237,25 +260,25 @@ def _step(index: int, raw: object, taken: set[str], own: Mapping[str, Mapping[st
     data = raw.get("input", {})
     if not isinstance(data, dict):
         raise ConfigurationError(f"{where}: 'input' is a JSON object, got {type(data).__name__}")
-    side = _side_of(raw.get("agent"), skill, own, peer, own_wallet, peer_wallet, where)
-    cards = own if side == "self" else peer
+    agent = _agent_of(raw.get("agent"), skill, own, peers, own_wallet, where)
+    side = "self" if agent == own_wallet else "peer"
+    cards = own if side == "self" else peers[agent]
     card = cards.get(skill)
     if card is None:
         if side == "self":
             raise ConfigurationError(f"{where}: this agent has no skill named {skill!r} (it has: {_names(own)})")
-        raise ConfigurationError(f"{where}: the peer {peer_wallet} shows us no skill named {skill!r} (it shows "
-                                 f"us: {_names(peer)}; skills above the tier it holds for us are hidden)")
+        raise ConfigurationError(f"{where}: the peer {agent} shows us no skill named {skill!r} (it shows "
+                                 f"us: {_names(cards)}; skills above the tier it holds for us are hidden)")
     missing = [name for name in required_fields(card) if name not in data]
     if missing:
         raise ConfigurationError(f"{where}: the input lacks the required field(s) {', '.join(missing)} of "
                                  f"skill {skill!r}")
-    return PlanStep(step_id, skill, side, dict(data))
+    return PlanStep(step_id, skill, side, dict(data), agent)
 
 
-def _key_results(raw: object, steps: Sequence[PlanStep], cards: Mapping[str, Mapping[str, Mapping[str, Any]]]
-                 ) -> tuple[KeyResult, ...]:
+def _key_results(raw: object, steps: Sequence[PlanStep], cards: Mapping[str, Cards]) -> tuple[KeyResult, ...]:
     if raw is None:
-        return tuple(KeyResult(_describe(s, cards[s.side].get(s.skill, {})), s.id) for s in steps)
+        return tuple(KeyResult(_describe(s, cards[s.agent].get(s.skill, {})), s.id) for s in steps)
     if not isinstance(raw, list):
         raise ConfigurationError(f"plan: 'key_results' is a list, got {type(raw).__name__}")
     ids = {s.id for s in steps}
@@ -280,8 +303,7 @@ def _describe(step: PlanStep, card: Mapping[str, Any]) -> str:
     return f"{step.skill}: {description[0]}" if description else f"{step.skill} done"
 
 
-def parse_plan(data: object, own: Mapping[str, Mapping[str, Any]], peer: Mapping[str, Mapping[str, Any]], *,
-               own_wallet: str, peer_wallet: str) -> Plan:
+def parse_plan(data: object, own: Cards, peer: Cards, *, own_wallet: str, peer_wallet: str) -> Plan:
     """Check a plan (given by a caller or a planner) against the skills of both agents and return it.
 
     Args:
@@ -294,6 +316,17 @@ def parse_plan(data: object, own: Mapping[str, Mapping[str, Any]], peer: Mapping
     Raises:
         ConfigurationError: why the plan cannot run - an unknown skill for its side, a required input field
             missing, a reference to a step that does not run before, no step for the peer, ...
+    """
+    return parse_plan_many(data, own, {peer_wallet: peer}, own_wallet=own_wallet)
+
+
+def parse_plan_many(data: object, own: Cards, peers: Mapping[str, Cards], *, own_wallet: str) -> Plan:
+    """Check a plan across this agent and several others (``peers``: the cards each shows us, by wallet) and
+    return it, as :func:`parse_plan` does. A step's ``agent`` is ``"self"`` or a member's wallet (any case;
+    ``"peer"`` when there is one member); without one, the first agent that has the skill runs it.
+
+    Raises:
+        ConfigurationError: why the plan cannot run.
     """
     if isinstance(data, dict):
         unknown = set(data) - {"steps", "key_results"}
@@ -309,13 +342,14 @@ def parse_plan(data: object, own: Mapping[str, Mapping[str, Any]], peer: Mapping
         raise ConfigurationError(f"plan: at most {MAX_STEPS} steps, got {len(raw_steps)}")
     steps: list[PlanStep] = []
     for index, raw in enumerate(raw_steps):
-        steps.append(_step(index, raw, {s.id for s in steps}, own, peer, own_wallet, peer_wallet))
+        steps.append(_step(index, raw, {s.id for s in steps}, own, peers, own_wallet))
     problem = check_steps([(s.id, s.input) for s in steps])
     if problem is not None:
         raise ConfigurationError(f"plan: {problem}")
     if not any(s.side == "peer" for s in steps):
-        raise ConfigurationError("plan: no step is for the peer (run this agent's own skills directly instead)")
-    return Plan(tuple(steps), _key_results(raw_results, steps, {"self": own, "peer": peer}))
+        whom = "the peer" if len(peers) == 1 else "another member"
+        raise ConfigurationError(f"plan: no step is for {whom} (run this agent's own skills directly instead)")
+    return Plan(tuple(steps), _key_results(raw_results, steps, {own_wallet: own, **peers}))
 
 
 # ---- references --------------------------------------------------------------------------------------------
@@ -367,8 +401,10 @@ def resolve(value: Any, outputs: Mapping[str, Any], where: str = "input") -> Any
 
 
 # ---- the record of a collaboration -------------------------------------------------------------------------
-# A JSON object, stored after every change: {"version", "timeout", "planner", "reason" (why the peer refused the
-# plan), "error" (the failed step, its code and message), "key_results": [{"description", "step"}], "steps":
+# A JSON object, stored after every change: {"version", "timeout", "planner", "members" (the other agents' wallets,
+# in plan order; absent from records of before: the peer), "accepted" (the members that accepted their part),
+# "reason" (why the plan was refused), "rejected_by" (who refused it), "error" (the failed step, its code and
+# message), "key_results": [{"description", "step"}], "steps":
 # [{"id", "skill", "side", "agent", "template" (the planned input), "input" (resolved, once the step starts),
 # "inputs_from", "status", "task_id" (steps on the peer), "output", "error", "started_at", "ended_at",
 # "attempts"}]}.
@@ -376,23 +412,40 @@ def resolve(value: Any, outputs: Mapping[str, Any], where: str = "input") -> Any
 RECORD_VERSION: Final = 1
 
 
-def new_record(plan: Plan, *, own_wallet: str, peer_wallet: str, timeout: float, planner: str) -> dict[str, Any]:
+def new_record(plan: Plan, *, own_wallet: str, timeout: float, planner: str) -> dict[str, Any]:
     """The record of a collaboration that has not run yet."""
     order = [s.id for s in plan.steps]
-    steps = [{"id": s.id, "skill": s.skill, "side": s.side, "agent": own_wallet if s.side == "self" else peer_wallet,
+    members = list(dict.fromkeys(s.agent for s in plan.steps if s.side == "peer"))
+    steps = [{"id": s.id, "skill": s.skill, "side": s.side, "agent": own_wallet if s.side == "self" else s.agent,
               "template": s.input, "input": None, "inputs_from": [i for i in order if i in references(s.input)],
               "status": "pending", "task_id": None, "output": None, "error": None, "started_at": None,
               "ended_at": None, "attempts": 0} for s in plan.steps]
-    return {"version": RECORD_VERSION, "timeout": timeout, "planner": planner, "reason": None, "error": None,
+    return {"version": RECORD_VERSION, "timeout": timeout, "planner": planner, "members": members, "accepted": [],
+            "reason": None, "rejected_by": None, "error": None,
             "key_results": [{"description": k.description, "step": k.step} for k in plan.key_results],
             "steps": steps}
 
 
-def proposal_body(collaboration_id: str, goal: str, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The body of the ``plan.propose`` message for a collaboration."""
-    return {"collaboration": collaboration_id, "goal": goal,
-            "steps": [{"id": s["id"], "skill": s["skill"], "agent": s["agent"], "input": s["template"]}
-                      for s in record["steps"]]}
+def members(record: Mapping[str, Any], peer: str) -> list[str]:
+    """The wallets of the other agents of a collaboration (``peer``, stored with it, for older records)."""
+    return list(record.get("members") or [peer])
+
+
+def proposal_body(collaboration_id: str, goal: str, record: Mapping[str, Any],
+                  member: str | None = None) -> dict[str, Any]:
+    """The body of the ``plan.propose`` message for a collaboration: with one peer the whole plan; with several
+    members, ``member``'s part: its steps, and in ``other_steps`` the ids of the other steps they use."""
+    steps = record["steps"]
+    if member is not None and len(members(record, member)) > 1:
+        steps = [s for s in steps if s["agent"] == member]
+    body: dict[str, Any] = {"collaboration": collaboration_id, "goal": goal,
+                            "steps": [{"id": s["id"], "skill": s["skill"], "agent": s["agent"], "input": s["template"]}
+                                      for s in steps]}
+    own = {s["id"] for s in steps}
+    used = [i for s in steps for i in s["inputs_from"] if i not in own]
+    if used:
+        body["other_steps"] = list(dict.fromkeys(used))
+    return body
 
 
 def next_step(record: Mapping[str, Any]) -> int | None:
@@ -471,7 +524,9 @@ def collaboration_view(collaboration_id: str, goal: str, peer: str, state: str, 
     every = len(done) == len(record["steps"])
     key_results = [{"description": k["description"], "step": k["step"],
                     "done": (k["step"] in done) if k["step"] is not None else every} for k in record["key_results"]]
-    return {"collaboration_id": collaboration_id, "goal": goal, "peer": peer, "state": state, "steps": steps,
+    return {"collaboration_id": collaboration_id, "goal": goal, "peer": peer, "members": members(record, peer),
+            "state": state, "steps": steps,
             "key_results": key_results, "progress": f"{len(done)}/{len(steps)}", "error": record["error"],
-            "reason": record["reason"], "planner": record["planner"], "created_at": created_at,
+            "reason": record["reason"], "rejected_by": record.get("rejected_by"), "planner": record["planner"],
+            "created_at": created_at,
             "updated_at": updated_at}

@@ -313,8 +313,11 @@ class ErrorBody(_Body):
     receipt: dict[str, Any] | None = None
 
 
+StepId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
 class PlanStepBody(_Body):
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    id: StepId
     skill: Annotated[str, Field(min_length=1, max_length=200)]
     agent: Address
     input: dict[str, Any] = Field(default_factory=dict)
@@ -324,6 +327,9 @@ class PlanProposeBody(_Body):
     collaboration: TaskId
     goal: Annotated[str, Field(max_length=4000)]
     steps: list[PlanStepBody] = Field(min_length=1, max_length=50)
+    # A member's part of a plan with several members: the ids of other agents' steps whose outputs its steps use
+    # (the initiator resolves them before it sends each task). Absent from two-party plans.
+    other_steps: list[StepId] = Field(default_factory=list, max_length=50)
 
 
 class PlanAnswerBody(_Body):

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from coworker._errors import ConfigurationError
-from coworker.core.planning import plan_from_answer, planner_messages
+from coworker.core.planning import OtherCards, plan_from_answer, planner_messages
 
 log = logging.getLogger("coworker.planner")
 
@@ -82,8 +82,9 @@ class LLMPlanner:
     def __repr__(self) -> str:  # never the key
         return f"LLMPlanner(url={self.url!r}, model={self.model!r})"
 
-    async def plan(self, goal: str, own: Sequence[Mapping[str, Any]], peer: Sequence[Mapping[str, Any]]) -> Any:
-        """Ask the model for plan data for ``goal`` given both agents' skill cards.
+    async def plan(self, goal: str, own: Sequence[Mapping[str, Any]], peer: OtherCards) -> Any:
+        """Ask the model for plan data for ``goal`` given both agents' skill cards (or, with several members,
+        each member's by wallet).
 
         Raises:
             ConfigurationError: the endpoint cannot be reached, refuses the request, or answers no JSON plan;
