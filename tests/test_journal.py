@@ -4,6 +4,7 @@ store's change counters, a page of tasks and the figures over the latest ones.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -126,14 +127,21 @@ async def test_a_reply_nobody_waits_for_is_dropped(pair: tuple[AsyncAgent, Async
 
 async def test_progress_is_journaled_truncated(pair: tuple[AsyncAgent, AsyncAgent]) -> None:
     alice, bob = pair
+    seen = asyncio.Event()
 
     @alice.skill()
     async def long_report(ctx: CallContext) -> str:
         ctx.progress(0.5, "m" * 1999)
-        await asyncio.sleep(0.3)  # the skill's own work: its progress report goes out meanwhile
+        await asyncio.wait_for(seen.wait(), 10)  # ends once the caller has the report
         return "done"
 
-    assert await bob.call(alice.wallet, "long_report") == "done"
+    task_id = await bob.request(alice.wallet, "long_report")
+    async with contextlib.aclosing(bob.watch(task_id)) as events:
+        async for event in events:
+            assert event.message == "m" * 1999
+            seen.set()
+            break
+    assert await bob.wait(task_id, 10) == "done"
     for agent, direction in ((bob, "in"), (alice, "out")):
         (progress,) = [e for e in agent.messages() if e.kind == "call.progress" and e.direction == direction
                        and "message" in e.detail]
