@@ -3,7 +3,8 @@ directory outside the checkout, with a fresh CoWorker home.
 
 Then, as the README says: ``coworker setup``; ``coworker demo`` (exit 0, "OK"); and the two-process story: alice
 served by ``python alice.py`` in one process, bob in another asking for trust, approval from a third command,
-and bob's call answered by alice's skill over the local XMTP node. Exits 0 when every step went as it should;
+and bob's call answered by alice's skill over the local XMTP node; then alice's dashboard, logged in with the link
+``coworker dashboard`` prints. Exits 0 when every step went as it should;
 otherwise prints the step that failed with what it printed, and exits 1. Leaves nothing running.
 
 Run: ``python scripts/try_installed.py dist/coworker_xmtp-*.whl`` (``make wheel`` builds it; .ci/run does both).
@@ -11,6 +12,7 @@ Run: ``python scripts/try_installed.py dist/coworker_xmtp-*.whl`` (``make wheel`
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 ALICE = '''\
@@ -73,6 +76,27 @@ def wait_serving(env: dict[str, str], cwd: Path, coworker: str, alice: subproces
     raise Failed(f"alice was not serving after {READY_TIMEOUT:g} s")
 
 
+def try_dashboard(link: dict[str, str]) -> None:
+    """Log in to alice's dashboard with the link `coworker dashboard` printed; its task page lists bob's call and
+    its script is served (the templates and assets are in the wheel)."""
+    url = urllib.parse.urlsplit(link["login"])
+    connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+    connection.request("GET", f"{url.path}?{url.query}")
+    login = connection.getresponse()
+    login.read()
+    cookie = (login.getheader("set-cookie") or "").split(";")[0]
+    if login.status != 303 or not cookie:
+        raise Failed(f"the dashboard's login link answered {login.status}")
+    for path, expected in (("/tasks", "summarize"), ("/assets/dashboard.js", "EventSource")):
+        connection.request("GET", path, headers={"Cookie": cookie})
+        page = connection.getresponse()
+        body = page.read().decode()
+        if page.status != 200 or expected not in body:
+            raise Failed(f"the dashboard's {path} answered {page.status} without {expected!r}")
+    connection.close()
+    print(f"dashboard at {link['url']}: logged in once, task page and script served", flush=True)
+
+
 def main(wheel: Path) -> int:
     wheel = wheel.resolve()
     work = Path(tempfile.mkdtemp(prefix="coworker-try-"))
@@ -115,10 +139,11 @@ def main(wheel: Path) -> int:
                      "--input", json.dumps({"text": "hello from another process", "max_words": 2}))
         if "hello from" not in answer or "4" not in answer:
             raise Failed(f"unexpected call result: {answer!r}")
+        try_dashboard(json.loads(run(env, work, coworker, "--agent", "alice", "dashboard", "--json", "--no-browser")))
         alice.send_signal(signal.SIGINT)
         if alice.wait(30) != 0:
             raise Failed(f"alice exited with {alice.returncode} on Ctrl-C")
-        print("installed package: setup, demo and a two-process call over XMTP: OK", flush=True)
+        print("installed package: setup, demo, a two-process call over XMTP and the dashboard: OK", flush=True)
         return 0
     except (Failed, subprocess.TimeoutExpired, ValueError, KeyError) as exc:
         print(f"FAILED: {exc}", file=sys.stderr, flush=True)
