@@ -32,9 +32,12 @@ from coworker._errors import (
     TransportError,
     error_from_wire,
 )
+from coworker._version import __version__
 from coworker.agent.config import LOCK_FILE, AgentLock, network_name, parse_tier, resolve_network, validate_agent_name
 from coworker.agent.control import ControlServer
+from coworker.agent.groups import AsyncGroup, check_members
 from coworker.agent.peer import Peer, task_dict
+from coworker.core.groups import app_data
 from coworker.core.limits import RateLimiter, RateLimits
 from coworker.core.protocol import ErrorBody, parse_body
 from coworker.core.skills import (
@@ -50,11 +53,19 @@ from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum
 from coworker.runtime.collaboration import Collaborations, Planner
 from coworker.runtime.dispatch import Runtime, TrustPolicy
+from coworker.runtime.groups import Groups
 from coworker.runtime.journal import Journal, JournalEntry
 from coworker.runtime.outbox import Outbox
 from coworker.runtime.receipts import settle_receipt
 from coworker.store.identity import KEYSTORE_FILE, Identity
-from coworker.store.records import CallRecord, PeerRecord, TaskRecord, TrustAuditEntry, TrustRequest
+from coworker.store.records import (
+    CallRecord,
+    GroupRecord,
+    PeerRecord,
+    TaskRecord,
+    TrustAuditEntry,
+    TrustRequest,
+)
 from coworker.store.sqlite import SQLiteStore
 from coworker.transports.base import Network, Transport
 
@@ -833,6 +844,46 @@ class AsyncAgent:
     def collaborations(self, limit: int = 20) -> list[dict[str, Any]]:
         """The latest collaborations we started (as :meth:`collaborate` returns them), newest first."""
         return self._collaborations.latest(limit)
+
+    # ---- groups -------------------------------------------------------------------------------------------
+
+    async def create_group(self, name: str, members: Sequence[str], *, description: str = "") -> AsyncGroup:
+        """Make a group with ``members`` (wallets), where we are the only admin (admin-only permissions: only we
+        add and remove members). Its purpose (``description``) and the CoWorker version are kept in its metadata.
+        Membership grants no trust: each member shows and runs for us what its trust of us allows.
+
+        Raises:
+            ConfigurationError: no other member, or one that is not a wallet.
+            PeerUnreachable: a member has no inbox on this network.
+
+        Example::
+
+            group = await agent.create_group("research", [bob, carol], description="papers on MLS")
+            peers = await group.discover()
+        """
+        wallets = check_members(list(members), self.wallet)
+        runtime = await self._live()
+        record = await runtime.groups.create(str(name), str(description), app_data(__version__), wallets)
+        return AsyncGroup(self, record)
+
+    def groups(self) -> list[GroupRecord]:
+        """Every group we made or were invited to, newest first, with our ``state`` in it (``joined``,
+        ``ignored``: an invitation from a peer held below KNOWN, ``left``, ``removed``)."""
+        return self.store.groups()
+
+    def group(self, group_id: str) -> AsyncGroup:
+        """A group from :meth:`groups`.
+
+        Raises:
+            ConfigurationError: no such group.
+        """
+        record = self.store.group(group_id)
+        if record is None:
+            raise ConfigurationError(f"no group {group_id!r}: see groups()")
+        return AsyncGroup(self, record)
+
+    async def _group_runtime(self) -> Groups:
+        return (await self._live()).groups
 
     # ---- trust --------------------------------------------------------------------------------------------
 

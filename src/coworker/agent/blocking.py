@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from coworker._errors import ConfigurationError
 from coworker.agent.agent import AsyncAgent
+from coworker.agent.groups import Group
 from coworker.agent.peer import Peer
 from coworker.agent.portal import Portal
 from coworker.core.skills import Skill, SkillFunction
@@ -22,7 +23,7 @@ from coworker.core.tasks import Progress
 from coworker.core.trust import TrustTier
 from coworker.runtime.collaboration import Planner
 from coworker.runtime.journal import Journal, JournalEntry
-from coworker.store.records import CallRecord, PeerRecord, TrustAuditEntry, TrustRequest
+from coworker.store.records import CallRecord, GroupRecord, PeerRecord, TrustAuditEntry, TrustRequest
 
 if TYPE_CHECKING:
     from coworker.agent.mcp_client import McpServerLink
@@ -296,6 +297,19 @@ class Agent:
         """See :meth:`AsyncAgent.resume_collaboration`."""
         _started.add(self)
         return self._portal.run(self._agent.resume_collaboration(collaboration_id))
+
+    def create_group(self, name: str, members: Sequence[str], *, description: str = "") -> Group:
+        """Make a group with ``members``; see :meth:`AsyncAgent.create_group`."""
+        return Group(self._portal, self._portal.run(self._agent.create_group(name, members,
+                                                                             description=description)))
+
+    def groups(self) -> list[GroupRecord]:
+        """Every group we made or were invited to; see :meth:`AsyncAgent.groups`."""
+        return self._run(self._agent.groups)  # type: ignore[no-any-return]
+
+    def group(self, group_id: str) -> Group:
+        """A group from :meth:`groups`; see :meth:`AsyncAgent.group`."""
+        return Group(self._portal, self._run(lambda: self._agent.group(group_id)))
 
     def collaborations(self, limit: int = 20) -> list[dict[str, Any]]:
         """See :meth:`AsyncAgent.collaborations`."""

@@ -51,12 +51,13 @@ from coworker.core.wallets import checksum
 from coworker.runtime import taskset
 from coworker.runtime.callee import Callee
 from coworker.runtime.caller import Caller, _Watch
+from coworker.runtime.groups import Groups
 from coworker.runtime.journal import Journal, Note, about
 from coworker.runtime.link import Link
 from coworker.runtime.v1_inbound import FIRST_CONTACT, V1Inbound
 from coworker.store.identity import Identity
 from coworker.store.records import Store, TrustRequest
-from coworker.transports.base import Incoming, Network, Transport
+from coworker.transports.base import Incoming, Invitation, Network, Transport
 
 log = logging.getLogger("coworker.runtime")
 
@@ -102,7 +103,8 @@ class Runtime:
         self._pending: dict[str, _Pending] = {}
         self._awaiting: collections.Counter[str] = collections.Counter()  # peer -> our requests waiting for it
         self._touched: dict[str, float] = {}
-        self._early: list[Incoming] | None = None
+        self._early: list[Incoming | Invitation] | None = None
+        self.groups = Groups(self._link, self._serve_request, self._awaiting)  # invitations, posts, group asks
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -115,7 +117,7 @@ class Runtime:
         return self._link.transport
 
     async def open(self, network: Network, data_dir: Path) -> None:
-        early: list[Incoming] = []  # messages a transport delivers while it opens (XMTP syncs on start)
+        early: list[Incoming | Invitation] = []  # messages a transport delivers while it opens (XMTP syncs on start)
         self._early = early
         try:
             self._link.transport = await network.open(self.identity, data_dir, self._deliver)
@@ -204,21 +206,25 @@ class Runtime:
 
     # ---- receiving ----------------------------------------------------------------------------------------
 
-    def _deliver(self, incoming: Incoming) -> None:
+    def _deliver(self, incoming: Incoming | Invitation) -> None:
         """Take one message from the transport (on its delivery path: nothing may escape to it)."""
         try:
             self._receive(incoming)
         except Exception:  # the delivery's top boundary: a bug or a store error loses this message, no more
             log.exception("handling a message from %s failed", sorted(incoming.sender.addresses))
 
-    def _receive(self, incoming: Incoming) -> None:
+    def _receive(self, incoming: Incoming | Invitation) -> None:
         if self._early is not None:
             self._early.append(incoming)
+            return
+        if isinstance(incoming, Invitation):
+            self.groups.invited(incoming)
             return
         # A batch frame (several messages to us in one, coworker.core.batch) is split first; each part then takes
         # the path of a message that came alone, with the same authenticated sender, and is charged as one message.
         # A frame that cannot be split is charged as one message and dropped (logged, like an undecodable one).
-        parts: list[bytes] | str = batch.split(incoming.data) if batch.is_frame(incoming.data) else [incoming.data]
+        framed = incoming.group is None and batch.is_frame(incoming.data)  # a group post is never a frame
+        parts: list[bytes] | str = batch.split(incoming.data) if framed else [incoming.data]
         refusal = parts if isinstance(parts, str) else None
         # The rate limit, as early as possible: before a task is spawned, before the bytes are decoded.
         sender = incoming.sender
@@ -237,8 +243,11 @@ class Runtime:
                 log.warning("refused a batch frame from %s: %s", sorted(addresses), refusal)
                 self._link.journal.note("in", _sender(addresses), "batch", len(data), "dropped", reason=refusal)
                 continue
-            part = incoming if data is incoming.data else Incoming(sender, data)
-            work = self._dispatch(part, tier if replies else None)
+            if incoming.group is not None:  # a group post: runtime.groups
+                work = self.groups.receive(incoming)
+            else:
+                part = incoming if data is incoming.data else Incoming(sender, data)
+                work = self._dispatch(part, tier if replies else None)
             if work is not None:
                 self._link.tasks.spawn(self._handle(work, addresses), "coworker-message")
 
@@ -378,6 +387,8 @@ class Runtime:
         """Hand a reply to the request waiting for it; why it was dropped, or None."""
         pending = self._pending.get(env.corr)
         if pending is None:
+            if self.groups.asks(env.corr):
+                return self.groups.answered(env, peer)
             if self._caller.took_probe_reply(env.corr):
                 return None  # the pong to a probe of ours: that the peer answered is all it says
             if env.type in ("trust.grant", "trust.deny"):

@@ -157,4 +157,18 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX trust_audit_wallet ON trust_audit (wallet, seq);
     """,
+    # 8: the groups we were invited to or created, and where we stand in each: joined, ignored (an invitation from
+    # a peer held below KNOWN: nothing in it is read), left, removed. Kept after leaving: a post in a group we left
+    # or ignore is dropped with that reason
+    """
+    CREATE TABLE groups (
+        id          TEXT PRIMARY KEY,          -- the network's conversation id
+        name        TEXT NOT NULL,
+        description TEXT NOT NULL,
+        inviter     TEXT NOT NULL,             -- checksummed address of who created it or added us (us: ours)
+        state       TEXT NOT NULL CHECK (state IN ('joined', 'ignored', 'left', 'removed')),
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    """,
 )

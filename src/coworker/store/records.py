@@ -101,6 +101,20 @@ class CollaborationRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupRecord:
+    """A group we were invited to or created: ``state`` is ``joined``, ``ignored`` (the invitation came from a peer
+    held below KNOWN), ``left`` or ``removed``; ``inviter`` is who created it or added us."""
+
+    id: str
+    name: str
+    description: str
+    inviter: str
+    state: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class PeerRecord:
     """What we know of a peer."""
 
@@ -169,5 +183,9 @@ class Store(Protocol):
     def pin_peer(self, address: str, now: float) -> bool: ...
     def unpin_peer(self, wallet: str) -> bool: ...
     def pinned_peers(self) -> list[str]: ...
+    def save_group(self, group: GroupRecord) -> None: ...
+    def set_group_state(self, group_id: str, state: str, now: float) -> bool: ...
+    def group(self, group_id: str) -> GroupRecord | None: ...
+    def groups(self) -> list[GroupRecord]: ...
     def get_setting(self, key: str) -> str | None: ...
     def set_setting(self, key: str, value: str) -> None: ...

@@ -53,6 +53,7 @@ from coworker.store.migrations import MIGRATIONS
 from coworker.store.records import (
     CallRecord,
     CollaborationRecord,
+    GroupRecord,
     PeerRecord,
     TaskRecord,
     TrustAuditEntry,
@@ -742,6 +743,30 @@ class SQLiteStore:
         """The checksummed addresses of the peers marked for MCP, in the order they were marked."""
         return [str(r[0]) for r in self._db.execute("SELECT address FROM mcp_pins ORDER BY pinned_at, wallet")]
 
+    # ---- groups -------------------------------------------------------------------------------------------
+
+    def save_group(self, group: GroupRecord) -> None:
+        """Record a group (its name, description and our state in it replace an earlier record's)."""
+        self._write("INSERT INTO groups (id, name, description, inviter, state, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                    "description = excluded.description, state = excluded.state, updated_at = excluded.updated_at",
+                    (group.id, group.name, group.description, group.inviter, group.state, group.created_at,
+                     group.updated_at))
+
+    def set_group_state(self, group_id: str, state: str, now: float) -> bool:
+        """Change our state in a recorded group; False when it is not recorded."""
+        return self._write("UPDATE groups SET state = ?, updated_at = ? WHERE id = ?",
+                           (state, now, group_id)).rowcount == 1
+
+    def group(self, group_id: str) -> GroupRecord | None:
+        row = self._db.execute(f"SELECT {_GROUP_COLUMNS} FROM groups WHERE id = ?", (group_id,)).fetchone()
+        return GroupRecord(*row) if row else None
+
+    def groups(self) -> list[GroupRecord]:
+        """Every recorded group, newest first."""
+        rows = self._db.execute(f"SELECT {_GROUP_COLUMNS} FROM groups ORDER BY created_at DESC, id").fetchall()
+        return [GroupRecord(*r) for r in rows]
+
     # ---- settings -----------------------------------------------------------------------------------------
 
     def get_setting(self, key: str) -> str | None:
@@ -752,6 +777,8 @@ class SQLiteStore:
         self._write("INSERT INTO settings (key, value) VALUES (?, ?) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
+
+_GROUP_COLUMNS = "id, name, description, inviter, state, created_at, updated_at"
 
 # Task columns in table order (``peer`` is written from the address); the field a column holds, where the
 # names differ; and the columns that hold JSON.

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from coworker._errors import ConfigurationError
+from coworker._errors import ConfigurationError, TransportError
 from coworker.store.identity import Identity
 
 
@@ -30,13 +30,26 @@ class Sender:
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """One message as received: the authenticated sender and the raw bytes."""
+    """One message as received: the authenticated sender and the raw bytes; ``group`` is the group's id for a
+    message posted in a group (None: a direct message)."""
 
     sender: Sender
     data: bytes
+    group: str | None = None
 
 
-Deliver = Callable[[Incoming], None]
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    """We were added to a group: by ``sender`` (authenticated by the transport), with the group's metadata."""
+
+    sender: Sender
+    group: str
+    name: str
+    description: str
+    app_data: str
+
+
+Deliver = Callable[[Incoming | Invitation], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +92,46 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop receiving and release resources; bounded in time."""
+
+    # Groups (optional: a transport without them refuses every group operation). Wallets are addresses; a group's
+    # members are told of it by an :class:`Invitation` and its posts arrive as :class:`Incoming` with ``group``.
+
+    async def create_group(self, name: str, description: str, app_data: str, members: list[str]) -> str:
+        """Make a group with us and ``members`` in it, admin-only permissions (we are its admin); its id.
+
+        Raises:
+            PeerUnreachable: a member has no inbox on this network.
+            TransportError: the group could not be made.
+        """
+        raise TransportError(f"{type(self).__name__} has no groups")
+
+    async def add_members(self, group: str, wallets: list[str]) -> None:
+        """Add ``wallets`` to a group we administer."""
+        raise TransportError(f"{type(self).__name__} has no groups")
+
+    async def remove_members(self, group: str, wallets: list[str]) -> None:
+        """Remove ``wallets`` from a group we administer: they receive nothing posted after."""
+        raise TransportError(f"{type(self).__name__} has no groups")
+
+    async def leave_group(self, group: str) -> None:
+        """Leave a group (ask to be removed from it)."""
+        raise TransportError(f"{type(self).__name__} has no groups")
+
+    async def ignore_group(self, group: str) -> None:
+        """Stop receiving a group's posts (an invitation we refuse); we stay a member as far as others know."""
+        raise TransportError(f"{type(self).__name__} has no groups")
+
+    async def group_members(self, group: str) -> frozenset[str]:
+        """The lower-case addresses of a group's current members (us included)."""
+        raise TransportError(f"{type(self).__name__} has no groups")
+
+    async def send_group(self, group: str, data: bytes) -> None:
+        """Post ``data`` to every current member of a group.
+
+        Raises:
+            TransportError: we are not a member, or the post could not be handed to the network.
+        """
+        raise TransportError(f"{type(self).__name__} has no groups")
 
 
 class Network(abc.ABC):

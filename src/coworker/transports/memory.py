@@ -1,7 +1,10 @@
 """The in-memory network: agents given the same :class:`MemoryNetwork` object reach each other.
 
 It behaves like a store-and-forward relay: a wallet that has joined once keeps a mailbox, and messages sent to
-it while it is away are delivered, in order, when it joins again. Faults can be injected for tests: dropped,
+it while it is away are delivered, in order, when it joins again. Groups are sets of members kept by the network:
+a post reaches every current member but its sender (never one removed or gone), only a member may post, only the
+group's admin (its creator) adds and removes, and each member added hears of it by an invitation naming who added
+it. Faults apply to direct messages only. Faults can be injected for tests: dropped,
 duplicated, reordered and delayed messages, drawn from a seeded random source so that a failure replays.
 """
 
@@ -9,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from coworker._errors import ConfigurationError, PeerUnreachable, TransportError
 from coworker.store.identity import Identity
-from coworker.transports.base import Deliver, Incoming, Network, Sender, SendPolicy, Transport
+from coworker.transports.base import Deliver, Incoming, Invitation, Network, Sender, SendPolicy, Transport
 
 
 @dataclass
@@ -23,8 +27,19 @@ class _Mailbox:
     sender: Sender
     loop: asyncio.AbstractEventLoop | None = None
     deliver: Deliver | None = None
-    backlog: deque[Incoming] = field(default_factory=deque)
+    backlog: deque[Incoming | Invitation] = field(default_factory=deque)
     shuffle: list[Incoming] = field(default_factory=list)
+
+
+@dataclass
+class _Group:
+    id: str
+    name: str
+    description: str
+    app_data: str
+    admin: str  # lower-case address
+    members: set[str] = field(default_factory=set)
+    ignoring: set[str] = field(default_factory=set)  # members that refused the invitation: posts skip them
 
 
 class MemoryNetwork(Network):
@@ -62,6 +77,7 @@ class MemoryNetwork(Network):
         self.send_policy = SendPolicy(batch, write_limit, write_window)
         self._random = random.Random(seed)
         self._mailboxes: dict[str, _Mailbox] = {}
+        self._groups: dict[str, _Group] = {}
         self.stats = {"sent": 0, "delivered": 0, "dropped": 0, "duplicated": 0}
 
     def __repr__(self) -> str:
@@ -108,7 +124,7 @@ class MemoryNetwork(Network):
         for message in batch:
             self._hand_over(box, message, 0.0)
 
-    def _hand_over(self, box: _Mailbox, message: Incoming, wait: float) -> None:
+    def _hand_over(self, box: _Mailbox, message: Incoming | Invitation, wait: float) -> None:
         loop, deliver = box.loop, box.deliver
         if loop is None or deliver is None or loop.is_closed():
             box.backlog.append(message)
@@ -138,6 +154,48 @@ class MemoryNetwork(Network):
     def _leave(self, box: _Mailbox) -> None:
         box.loop = box.deliver = None
 
+    # ---- groups -------------------------------------------------------------------------------------------
+
+    def _box(self, wallet: str) -> _Mailbox:
+        box = self._mailboxes.get(wallet.lower())
+        if box is None:
+            raise PeerUnreachable(f"{wallet} has never joined this network")
+        return box
+
+    def _group(self, origin: _Mailbox, group_id: str, *, admin: bool = False) -> _Group:
+        me = min(origin.sender.addresses)
+        group = self._groups.get(group_id)
+        if group is None or me not in group.members:
+            raise TransportError(f"not a member of the group {group_id}")
+        if admin and group.admin != me:
+            raise TransportError(f"only the admin of the group {group_id} may change its members")
+        return group
+
+    def _invite(self, origin: _Mailbox, group: _Group, wallets: list[str]) -> None:
+        boxes = [self._box(w) for w in wallets]  # all or none
+        for box in boxes:
+            key = min(box.sender.addresses)
+            if key in group.members:
+                continue
+            group.members.add(key)
+            group.ignoring.discard(key)
+            invitation = Invitation(origin.sender, group.id, group.name, group.description, group.app_data)
+            self._hand_over(box, invitation, self.delay)
+
+    def _create_group(self, origin: _Mailbox, name: str, description: str, app_data: str, members: list[str]) -> str:
+        me = min(origin.sender.addresses)
+        group = _Group(secrets.token_hex(16), name, description, app_data, me, {me})
+        self._invite(origin, group, members)
+        self._groups[group.id] = group
+        return group.id
+
+    def _post(self, origin: _Mailbox, group_id: str, data: bytes) -> None:
+        group = self._group(origin, group_id)
+        me = min(origin.sender.addresses)
+        message = Incoming(origin.sender, data, group.id)
+        for member in sorted(group.members - group.ignoring - {me}):
+            self._hand_over(self._mailboxes[member], message, self.delay)
+
 
 class _MemoryTransport(Transport):
     def __init__(self, network: MemoryNetwork, box: _Mailbox) -> None:
@@ -153,3 +211,33 @@ class _MemoryTransport(Transport):
         if not self._closed:
             self._closed = True
             self._network._leave(self._box)
+
+    def _open(self) -> MemoryNetwork:
+        if self._closed:
+            raise TransportError("transport is closed")
+        return self._network
+
+    async def create_group(self, name: str, description: str, app_data: str, members: list[str]) -> str:
+        return self._open()._create_group(self._box, name, description, app_data, members)
+
+    async def add_members(self, group: str, wallets: list[str]) -> None:
+        network = self._open()
+        network._invite(self._box, network._group(self._box, group, admin=True), wallets)
+
+    async def remove_members(self, group: str, wallets: list[str]) -> None:
+        found = self._open()._group(self._box, group, admin=True)
+        found.members -= {w.lower() for w in wallets}
+
+    async def leave_group(self, group: str) -> None:
+        found = self._open()._group(self._box, group)
+        found.members -= self._box.sender.addresses
+
+    async def ignore_group(self, group: str) -> None:
+        found = self._open()._group(self._box, group)
+        found.ignoring |= self._box.sender.addresses
+
+    async def group_members(self, group: str) -> frozenset[str]:
+        return frozenset(self._open()._group(self._box, group).members)
+
+    async def send_group(self, group: str, data: bytes) -> None:
+        self._open()._post(self._box, group, bytes(data))

@@ -1,0 +1,216 @@
+"""Groups as the API shows them: :class:`AsyncGroup` (``await agent.create_group(...)``) and :class:`Group`, its
+blocking facade (``agent.create_group(...)`` on the blocking :class:`~coworker.agent.blocking.Agent`).
+
+A group is where several agents find each other; it grants no trust and carries no call. :meth:`AsyncGroup.discover`
+asks every member at once (one post) and each answers over its DM with the skills it lets us see;
+:meth:`AsyncGroup.call` and :meth:`AsyncGroup.request` are ordinary tasks with one member, over the pair's DM, so
+no other member sees the input or the output. The rules are in :mod:`coworker.runtime.groups`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from coworker._errors import AccessDenied, ConfigurationError
+from coworker.agent.peer import Peer
+from coworker.agent.portal import Portal
+from coworker.core.protocol import CapabilitiesBody, parse_body
+from coworker.core.trust import TrustTier
+from coworker.core.wallets import checksum
+from coworker.runtime.groups import Groups
+from coworker.store.records import GroupRecord
+
+DISCOVER_TIMEOUT = 10.0  # seconds members have to answer a group's discover
+
+
+class GroupHost(Protocol):
+    """What a group needs of its agent (:class:`~coworker.agent.agent.AsyncAgent`)."""
+
+    @property
+    def wallet(self) -> str: ...
+
+    async def _group_runtime(self) -> Groups: ...
+
+    def trust_tier(self, wallet: str) -> TrustTier: ...
+
+    @property
+    def call(self) -> Callable[..., Awaitable[Any]]: ...
+
+    @property
+    def request(self) -> Callable[..., Awaitable[str]]: ...
+
+
+class AsyncGroup:
+    """A group we are in (or were): ``id``, ``name``, ``description``, ``inviter``, ``state``.
+
+    Example::
+
+        group = await agent.create_group("research", [bob, carol], description="papers on MLS")
+        peers = await group.discover()           # {wallet: Peer}, each with the skills it lets us see
+        await group.call(bob, "summarize", {"text": "..."})
+    """
+
+    def __init__(self, host: GroupHost, record: GroupRecord) -> None:
+        self._host = host
+        self._record = record
+
+    def __repr__(self) -> str:
+        return f"<AsyncGroup {self.id} {self.name!r} {self.state}>"
+
+    id = property(lambda self: self._record.id)
+    name = property(lambda self: self._record.name)
+    description = property(lambda self: self._record.description)
+    inviter = property(lambda self: self._record.inviter)
+
+    @property
+    def state(self) -> str:
+        """``joined``, ``ignored`` (an invitation from a peer held below KNOWN), ``left`` or ``removed``."""
+        return str(self._record.state)
+
+    async def _groups(self) -> Groups:
+        groups = await self._host._group_runtime()
+        self._record = groups.joined(self.id)
+        return groups
+
+    async def members(self) -> list[str]:
+        """The current members' wallets (checksummed, us included).
+
+        Raises:
+            ConfigurationError: we are not in the group (any more).
+        """
+        groups = await self._groups()
+        return sorted(checksum(m) for m in await groups.members(self.id))
+
+    async def add(self, wallet: str) -> None:
+        """Add a member (we must be the group's admin: its creator). Adding grants it no trust."""
+        groups = await self._groups()
+        await groups.transport.add_members(self.id, [checksum(wallet)])
+
+    async def remove(self, wallet: str) -> None:
+        """Remove a member: from now on it receives nothing posted in the group, and ``call`` to it is refused."""
+        groups = await self._groups()
+        await groups.transport.remove_members(self.id, [checksum(wallet)])
+
+    async def leave(self) -> None:
+        """Leave the group; nothing posted in it is read from now on."""
+        groups = await self._groups()
+        await groups.leave(self.id)
+        self._record = groups.record(self.id) or self._record
+
+    async def discover(self, *, timeout: float = DISCOVER_TIMEOUT) -> dict[str, Peer]:
+        """Ask every member at once which skills it offers us: ``{wallet: Peer}`` for every other member, each
+        with the skills that member lets us see (none when it does not trust us, or did not answer in
+        ``timeout`` seconds: then its ``name`` is empty and ``rtt_ms`` is 0)."""
+        groups = await self._groups()
+        answers = await groups.discover(self.id, timeout)
+        found: dict[str, Peer] = {}
+        for member, reply in answers.items():
+            wallet = checksum(member)
+            tier = self._host.trust_tier(wallet)
+            if reply is None or reply.type != "capabilities":
+                found[wallet] = Peer(name="", wallet=wallet, skills=[], skill_cards=[], trust_tier=tier)
+                continue
+            body: CapabilitiesBody = parse_body(reply)
+            cards = [card.model_dump() for card in body.skills]
+            found[wallet] = Peer(name=body.name, wallet=wallet, skills=[c["name"] for c in cards], skill_cards=cards,
+                                 trust_tier=tier)
+        return found
+
+    async def _member(self, wallet: str) -> str:
+        peer = checksum(wallet)
+        if peer.lower() not in await (await self._groups()).members(self.id):
+            raise AccessDenied(f"{peer} is not a member of the group {self.name!r}")
+        return peer
+
+    async def call(self, wallet: str, skill: str, input: dict[str, Any] | None = None, **options: Any) -> Any:
+        """Run a member's skill: an ordinary task with it over the pair's DM (see ``AsyncAgent.call``, whose
+        options it takes). Only the two agents see the input and the output.
+
+        Raises:
+            AccessDenied: ``wallet`` is not a current member (nothing was sent); else as ``AsyncAgent.call``.
+        """
+        return await self._host.call(await self._member(wallet), skill, input, **options)
+
+    async def request(self, wallet: str, skill: str, input: dict[str, Any] | None = None, **options: Any) -> str:
+        """Hand a task to a member (see ``AsyncAgent.request``); its id.
+
+        Raises:
+            AccessDenied: ``wallet`` is not a current member (nothing was sent).
+        """
+        return await self._host.request(await self._member(wallet), skill, input, **options)
+
+    # ---- multi-party collaboration ------------------------------------------------------------------------
+    # RESERVED for group.collaborate(goal, *, plan=None, ...): built on Collaborations.collaborate_many
+    # (runtime/collaboration.py) by the multi-party collaboration work; it goes here, with its blocking twin in
+    # Group below.
+
+
+class Group:
+    """The blocking facade of :class:`AsyncGroup`: the same methods, run on the agent's loop."""
+
+    def __init__(self, portal: Portal, group: AsyncGroup) -> None:
+        self._portal = portal
+        self._group = group
+
+    def __repr__(self) -> str:
+        return f"<Group {self.id} {self.name!r} {self.state}>"
+
+    @property
+    def aio(self) -> AsyncGroup:
+        """The async group behind this facade (for use on the facade's own loop only)."""
+        return self._group
+
+    id = property(lambda self: self._group.id)
+    name = property(lambda self: self._group.name)
+    description = property(lambda self: self._group.description)
+    inviter = property(lambda self: self._group.inviter)
+    state = property(lambda self: self._group.state)
+
+    def members(self) -> list[str]:
+        """See :meth:`AsyncGroup.members`."""
+        return self._portal.run(self._group.members())
+
+    def add(self, wallet: str) -> None:
+        """See :meth:`AsyncGroup.add`."""
+        self._portal.run(self._group.add(wallet))
+
+    def remove(self, wallet: str) -> None:
+        """See :meth:`AsyncGroup.remove`."""
+        self._portal.run(self._group.remove(wallet))
+
+    def leave(self) -> None:
+        """See :meth:`AsyncGroup.leave`."""
+        self._portal.run(self._group.leave())
+
+    def discover(self, *, timeout: float = DISCOVER_TIMEOUT) -> dict[str, Peer]:
+        """See :meth:`AsyncGroup.discover`."""
+        return self._portal.run(self._group.discover(timeout=timeout))
+
+    def call(self, wallet: str, skill: str, input: dict[str, Any] | None = None, **options: Any) -> Any:
+        """See :meth:`AsyncGroup.call`."""
+        return self._portal.run(self._group.call(wallet, skill, input, **options))
+
+    def request(self, wallet: str, skill: str, input: dict[str, Any] | None = None, **options: Any) -> str:
+        """See :meth:`AsyncGroup.request`."""
+        return self._portal.run(self._group.request(wallet, skill, input, **options))
+
+    # RESERVED: collaborate(goal, *, plan=None, ...), the blocking twin of AsyncGroup.collaborate.
+
+
+def check_members(members: list[str], own: str) -> list[str]:
+    """The checksummed wallets of a new group's members, without ours and repeats.
+
+    Raises:
+        ConfigurationError: no other member, or one that is not a wallet address.
+    """
+    if isinstance(members, str):
+        raise ConfigurationError("members is a list of wallets, not one string")
+    found: list[str] = []
+    for member in members:
+        wallet = checksum(member)
+        if wallet.lower() != own.lower() and wallet not in found:
+            found.append(wallet)
+    if not found:
+        raise ConfigurationError("a group needs at least one other member")
+    return found
