@@ -240,6 +240,25 @@ async def test_an_initiator_restarted_mid_plan_resumes_and_no_step_runs_or_is_se
         a.close()
 
 
+async def test_a_groups_collaboration_plans_across_its_members_and_leaves_out_one_that_shows_nothing(
+        trio: tuple[AsyncAgent, AsyncAgent, AsyncAgent], net: MemoryNetwork, tmp_path: Path, counter: Counter) -> None:
+    a, b, c = trio
+    d = AsyncAgent("d", network=net, data_dir=tmp_path / "d", retry=FAST)  # does not trust A: shows it nothing
+    add_research(d, counter)
+    await d.start()
+    try:
+        group = await a.create_group("mls", [d.wallet, b.wallet, c.wallet])
+        result = await asyncio.wait_for(group.collaborate(GOAL), BOUND)
+        assert (result["state"], result["progress"]) == ("completed", "3/3")
+        assert [(s["skill"], s["agent"]) for s in result["steps"]] == [("research", b.wallet),
+                                                                       ("analysis", c.wallet), ("report", a.wallet)]
+        assert result["members"] == [b.wallet, c.wallet] and d.list_tasks() == []
+        assert a.collaborations() == [result]
+    finally:
+        await d.stop()
+        d.close()
+
+
 # ---- the pure parts --------------------------------------------------------------------------------------
 
 B, C, A = "0x" + "b" * 40, "0x" + "c" * 40, "0x" + "a" * 40

@@ -18,6 +18,7 @@ from coworker.agent.portal import Portal
 from coworker.core.protocol import CapabilitiesBody, parse_body
 from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum
+from coworker.runtime.collaboration import Collaborations, Planner
 from coworker.runtime.groups import Groups
 from coworker.store.records import GroupRecord
 
@@ -39,6 +40,9 @@ class GroupHost(Protocol):
 
     @property
     def request(self) -> Callable[..., Awaitable[str]]: ...
+
+    @property
+    def _collaborations(self) -> Collaborations: ...
 
 
 class AsyncGroup:
@@ -141,9 +145,30 @@ class AsyncGroup:
         return await self._host.request(await self._member(wallet), skill, input, **options)
 
     # ---- multi-party collaboration ------------------------------------------------------------------------
-    # RESERVED for group.collaborate(goal, *, plan=None, ...): built on Collaborations.collaborate_many
-    # (runtime/collaboration.py) by the multi-party collaboration work; it goes here, with its blocking twin in
-    # Group below.
+
+    async def collaborate(self, goal: str, *, plan: Any = None, planner: Planner | None = None,
+                          timeout: float = 300) -> dict[str, Any]:
+        """Plan steps across the group's current members and us, propose each member its part, and run the steps
+        in order, each member's as a task with it over the pair's DM (``{{step.output}}`` chains across members).
+
+        The planner sees the skills each member lets us see; in a given ``plan`` a step names the member that
+        runs it by wallet, or ``"self"``. The record is stored after every step: ``agent.resume_collaboration(id)``
+        continues it after a stop or crash. Returns as ``AsyncAgent.collaborate`` does, with ``members``.
+
+        Raises:
+            ConfigurationError: no member shows us a skill, or the plan cannot run (nothing was sent).
+            PlanRejected: a member refused its part (the record says who and why); nothing ran.
+
+        Example::
+
+            result = await group.collaborate("Research MLS, analyse the findings, write a report")
+            result["members"], result["steps"][1]["inputs_from"]
+        """
+        others = [m for m in await self.members() if m.lower() != self._host.wallet.lower()]
+        if not others:
+            raise ConfigurationError(f"the group {self.name!r} has no other member to collaborate with")
+        return await self._host._collaborations.collaborate_many(others, goal, plan=plan, planner=planner,
+                                                                 timeout=timeout)
 
 
 class Group:
@@ -195,7 +220,10 @@ class Group:
         """See :meth:`AsyncGroup.request`."""
         return self._portal.run(self._group.request(wallet, skill, input, **options))
 
-    # RESERVED: collaborate(goal, *, plan=None, ...), the blocking twin of AsyncGroup.collaborate.
+    def collaborate(self, goal: str, *, plan: Any = None, planner: Planner | None = None,
+                    timeout: float = 300) -> dict[str, Any]:
+        """See :meth:`AsyncGroup.collaborate`."""
+        return self._portal.run(self._group.collaborate(goal, plan=plan, planner=planner, timeout=timeout))
 
 
 def check_members(members: list[str], own: str) -> list[str]:
