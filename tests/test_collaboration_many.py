@@ -240,6 +240,34 @@ async def test_an_initiator_restarted_mid_plan_resumes_and_no_step_runs_or_is_se
         a.close()
 
 
+async def test_a_member_that_did_not_answer_its_part_is_asked_again_on_resume_and_only_it(
+        trio: tuple[AsyncAgent, AsyncAgent, AsyncAgent], counter: Counter, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, c = trio
+    asked: list[str] = []
+    lost = [True]  # the first proposal to C goes unanswered
+    original = a._runtime.request
+
+    async def request(wallet: str, kind: str, *args: Any) -> Any:
+        asked.append(f"{kind} {wallet}")
+        if kind == "plan.propose" and wallet == c.wallet and lost:
+            lost.pop()
+            raise coworker.CallTimeout("no answer")
+        return await original(wallet, kind, *args)
+
+    monkeypatch.setattr(a._runtime, "request", request)
+    with pytest.raises(coworker.CallTimeout, match=f"{c.wallet} did not answer the plan of collaboration"):
+        await collaborate(a, [b.wallet, c.wallet], plan=PLAN)
+    (stored,) = a.collaborations()
+    assert stored["state"] == "proposed" and counter.runs == {} and b.list_tasks() == []
+    record = a.store.collaboration(stored["collaboration_id"])
+    assert record is not None and record.record["accepted"] == [b.wallet]
+    asked.clear()
+    result = await asyncio.wait_for(a.resume_collaboration(stored["collaboration_id"]), BOUND)
+    assert (result["state"], result["progress"]) == ("completed", "3/3")
+    assert [x for x in asked if x.startswith("plan.propose")] == [f"plan.propose {c.wallet}"]  # B accepted already
+    assert counter.runs == {"research": 1, "analysis": 1, "report": 1}
+
+
 async def test_a_groups_collaboration_plans_across_its_members_and_leaves_out_one_that_shows_nothing(
         trio: tuple[AsyncAgent, AsyncAgent, AsyncAgent], net: MemoryNetwork, tmp_path: Path, counter: Counter) -> None:
     a, b, c = trio
