@@ -8,18 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from coworker import AccessDenied, AsyncAgent, ConfigurationError, MemoryNetwork, TrustTier
+from coworker import AccessDenied, AsyncAgent, ConfigurationError, MemoryNetwork, Network, TrustTier
 from coworker.core import groups as posts
 from coworker.core.groups import GroupPost
 from coworker.transports.base import Incoming, Sender
 
-BOUND = 5.0  # seconds any wait here may take at most
+BOUND = 15.0  # seconds any wait here may take at most (over XMTP too)
 
 
 @pytest.fixture
-async def four(tmp_path: Path) -> AsyncIterator[tuple[AsyncAgent, ...]]:
+def group_network() -> Network:
+    """The network the group tests run on (tests/test_groups_xmtp.py runs them over XMTP)."""
+    return MemoryNetwork()
+
+
+@pytest.fixture
+async def four(group_network: Network, tmp_path: Path) -> AsyncIterator[tuple[AsyncAgent, ...]]:
     """A, B, C, D on one network; B and C trust A (KNOWN), D does not; each serves one skill."""
-    net = MemoryNetwork()
+    net = group_network
     agents = tuple(AsyncAgent(n, network=net, data_dir=tmp_path / n) for n in ("a", "b", "c", "d"))
     a, b, c, d = agents
     for agent, skill in ((b, "research"), (c, "analyze"), (d, "secret")):
@@ -63,7 +69,7 @@ def test_a_post_reads_as_text_first_and_parses_back() -> None:
     assert posts.is_post(data)
     assert posts.parse(data) == GroupPost("discover", "ab" * 16, "0x" + "1" * 40, "g1", 1000, 6000)
     assert posts.parse(data.replace(b"discover", b"call")) == "unknown group post type 'call'"
-    assert posts.parse(data.replace(b'"ts"', b'"ts2"')).startswith("the machine line")
+    assert str(posts.parse(data.replace(b'"ts"', b'"ts2"'))).startswith("the machine line")
     assert posts.parse(b"hello everyone") == "a group post ends with its machine line"
     assert "at most" in str(posts.parse(b"x" * 5000))
     assert posts.coworker_version(posts.app_data("1.2.3")) == "1.2.3"
@@ -144,8 +150,9 @@ async def test_a_member_that_leaves_is_gone_at_once(four: tuple[AsyncAgent, ...]
     group = await a.create_group("work", [b.wallet, c.wallet])
     await until(four, lambda: b.store.group(group.id) is not None)
     await b.group(group.id).leave()
-    assert b.groups()[0].state == "left"
-    assert b.wallet not in await group.members()
+    assert b.groups()[0].state == "left"  # nothing in it is read from now on (XMTP: the admin removes b later)
+    with pytest.raises(ConfigurationError, match="left"):
+        await b.group(group.id).members()
 
 
 async def test_a_post_from_a_non_member_or_a_forged_sender_is_dropped_with_the_reason(

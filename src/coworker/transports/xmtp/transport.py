@@ -41,8 +41,9 @@ from coworker import _paths
 from coworker._errors import ConfigurationError, PeerUnreachable, TransportError
 from coworker.core.protocol import MAX_ENVELOPE_BYTES
 from coworker.store.identity import Identity, write_private
-from coworker.transports.base import Deliver, Incoming, Network, Sender, SendPolicy, Transport
+from coworker.transports.base import Deliver, Incoming, Invitation, Network, Sender, SendPolicy, Transport
 from coworker.transports.xmtp import node
+from coworker.transports.xmtp.groups import GroupCommandError, GroupCommands
 from coworker.transports.xmtp.node import SetupError
 
 log = logging.getLogger("coworker.xmtp")
@@ -183,8 +184,8 @@ class XmtpNetwork(Network):
         return transport
 
 
-class XmtpTransport(Transport):
-    """One wallet's XMTP client, in a supervised sidecar process."""
+class XmtpTransport(GroupCommands, Transport):
+    """One wallet's XMTP client, in a supervised sidecar process (groups: :mod:`.groups`)."""
 
     def __init__(self, network: XmtpNetwork, identity: Identity, data_dir: Path, deliver: Deliver) -> None:
         self.network = network
@@ -337,6 +338,15 @@ class XmtpTransport(Transport):
         await self._when_up()
         return await self._command("status")
 
+    async def _group_command(self, cmd: str, **args: Any) -> dict[str, Any]:
+        await self._when_up()
+        try:
+            return await self._command(cmd, **args)
+        except _SidecarGone:
+            raise TransportError(f"the XMTP sidecar exited during {cmd}") from None
+        except _SidecarError as exc:
+            raise GroupCommandError(exc.name, str(exc)) from None
+
     async def send(self, recipient: str, data: bytes) -> None:
         if self._closed:
             raise TransportError("transport is closed")
@@ -399,6 +409,8 @@ class XmtpTransport(Transport):
         kind = event.get("event")
         if kind == "message":
             self._incoming(event)
+        elif kind == "group":
+            self._invited(event)
         elif kind == "ready":
             if not ready.done():
                 ready.set_result(None)
@@ -429,7 +441,18 @@ class XmtpTransport(Transport):
             self._high_ns = sent_ns
             if self._cursor_timer is None:
                 self._cursor_timer = asyncio.get_running_loop().call_later(CURSOR_DELAY, self._write_cursor)
-        self._deliver(Incoming(sender, text.encode("utf-8", "replace")))
+        group = event.get("group")
+        self._deliver(Incoming(sender, text.encode("utf-8", "replace"), group if isinstance(group, str) else None))
+
+    def _invited(self, event: dict[str, Any]) -> None:
+        try:
+            sender = Sender(str(event["addedByInboxId"]), frozenset(str(a).lower() for a in event["addresses"]))
+            invitation = Invitation(sender, str(event["conversationId"]), str(event.get("name") or ""),
+                                    str(event.get("description") or ""), str(event.get("appData") or ""))
+        except (KeyError, TypeError):
+            log.warning("the XMTP sidecar reported a malformed group event")
+            return
+        self._deliver(invitation)
 
     def _write_cursor(self) -> None:
         if self._cursor_timer is not None:

@@ -17,6 +17,12 @@
 //          -> {address, inboxId, installationId}. Opens (or creates) the client, starts the live stream,
 //             then syncs every DM from syncFromNs minus a minute (messages that arrived while the agent was away).
 //   send   {to: "0x..", text}   -> {messageId}; errors: PeerUnreachable (no inbox on this network), TooLarge
+//   createGroup {name, description, appData, members: ["0x.."]} -> {groupId}; admin-only permissions
+//   addMembers / removeMembers {groupId, addresses: ["0x.."]} -> {}
+//   leaveGroup {groupId} -> {} (asks the admins to remove us); ignoreGroup {groupId} -> {} (consent denied: its
+//          messages are no longer streamed or synced)
+//   groupMembers {groupId} -> {members: [{inboxId, addresses}], active}
+//   sendGroup {groupId, text} -> {messageId}; errors for the group commands: NotMember (no such group of ours)
 //   status {}                  -> {address, inboxId, installationId, env, streaming, lastSyncMs, reported}
 //   close  {}                  -> {} then the process exits 0 once the commands in flight are answered
 //                                 (bounded by DRAIN_MS); commands that arrive after it fail with Closing
@@ -24,24 +30,29 @@
 //   ready    {pid, sdk}                                    once, at start
 //   closing  {pending}                                     stdin closed or `close` came; `pending` commands
 //                                                          are still answered before the process exits
-//   message  {id, conversationId, senderInboxId, addresses, sentAtNs, text}
-//            a text message from another inbox in a DM, once per message id; `addresses` are the Ethereum
-//            addresses associated with the sender's inbox (from its inbox state on the network)
+//   message  {id, conversationId, senderInboxId, addresses, sentAtNs, text, group?}
+//            a text message from another inbox in a DM, or in a group (then `group` is the group's id), once per
+//            message id; `addresses` are the Ethereum addresses associated with the sender's inbox (from its inbox
+//            state on the network)
+//   group    {conversationId, name, description, appData, addedByInboxId, addresses}
+//            we were added to a group (by that inbox, whose addresses these are); once per group and process,
+//            always before any message of that group
 //   dropped  {id, senderInboxId, reason}                   a message not passed on (too large, not text)
 //   stream   {state: "up"|"error"|"restart"|"down", message?}
 //   sync_error {message}
 
 import { chmodSync } from "node:fs";
 import { Conversation as BindingConversation } from "@xmtp/node-bindings"; // the SDK's own, pinned in package.json
-import { Client } from "@xmtp/node-sdk";
+import { Client, Group } from "@xmtp/node-sdk";
 import { emit, serve } from "./jsonlines.mjs";
 import { IDENTIFIER_KIND_ETHEREUM, ethereumIdentifier, hexToBytes, wallet } from "./wallet.mjs";
 
 const SDK_VERSION = "5.5.0";
 const ENVS = new Set(["local", "dev", "production"]);
-const CONVERSATION_TYPE_DM = 0; // ConversationType.Dm
 const CONSENT_UNKNOWN = 0;
 const CONSENT_ALLOWED = 1;
+const CONSENT_DENIED = 2;
+const PERMISSIONS_ADMIN_ONLY = 1; // GroupPermissionsOptions.AdminOnly
 const KIND_APPLICATION = 0; // GroupMessageKind.Application
 const SLACK_NS = 60_000_000_000n; // re-read this much history on sync: stream and sync may deliver out of order
 const INBOX_TTL_MS = 60_000; // how long a sender's address list is trusted before it is fetched again
@@ -71,6 +82,9 @@ const dms = new Map(); // lower-case address -> Promise<Dm>
 const reachable = new Set(); // lower-case addresses known to have an inbox
 const inboxes = new Map(); // inbox id -> {addresses, at}
 const inFlight = new Set(); // promises of the commands being run
+const kinds = new Map(); // conversation id -> Group (a group of ours) or null (a DM)
+const announced = new Set(); // group ids told to the agent (or made by it) in this process
+let groupStream = null;
 
 function log(text) {
   process.stderr.write(`${new Date().toISOString()} ${text}\n`);
@@ -120,7 +134,10 @@ async function handle(message) {
     return;
   }
   let addresses;
+  let group;
   try {
+    group = await groupOf(message.conversationId);
+    if (group) await announce(group);
     addresses = await addressesOf(message.senderInboxId);
   } catch (error) {
     seen.delete(message.id); // not reported: the next sync tries again
@@ -137,7 +154,38 @@ async function handle(message) {
     addresses,
     sentAtNs: String(message.sentAtNs),
     text: message.content,
+    ...(group ? { group: group.id } : {}),
   });
+}
+
+// The group a message was posted in, or null for a DM (looked up once per conversation).
+async function groupOf(conversationId) {
+  if (kinds.has(conversationId)) return kinds.get(conversationId);
+  const conversation = await client.conversations.getConversationById(conversationId);
+  const group = conversation instanceof Group ? conversation : null;
+  kinds.set(conversationId, group);
+  return group;
+}
+
+// Tell the agent, once per process and before any of its messages, that we are in a group someone else added us
+// to (the agent records it and decides whether to read it; it ignores repeats after a restart).
+async function announce(group) {
+  if (announced.has(group.id)) return;
+  const by = group.addedByInboxId;
+  if (!by || by === client.inboxId) {
+    announced.add(group.id);
+    return;
+  }
+  const addresses = await addressesOf(by);
+  announced.add(group.id);
+  kinds.set(group.id, group);
+  emit({ event: "group", conversationId: group.id, name: group.name, description: group.description,
+    appData: group.appData, addedByInboxId: by, addresses });
+}
+
+function enqueueGroup(group) {
+  inbound = inbound.then(() => announce(group)).catch((error) => log(`announcing a group: ${error?.stack ?? error}`));
+  return inbound;
 }
 
 function enqueue(message) {
@@ -166,6 +214,10 @@ function syncNow(reason) {
         for (const dm of c.conversations.listDms()) {
           for (const message of await dm.messages({ sentAfterNs: from })) enqueue(message);
         }
+        for (const group of c.conversations.listGroups({ consentStates: [CONSENT_ALLOWED, CONSENT_UNKNOWN] })) {
+          enqueueGroup(group);
+          for (const message of await group.messages({ sentAfterNs: from })) enqueue(message);
+        }
         await inbound;
         lastSyncMs = Date.now();
         prune();
@@ -183,8 +235,7 @@ function syncNow(reason) {
 async function runStream(attempt = 0) {
   if (closing) return;
   try {
-    stream = await client.conversations.streamAllMessages({
-      conversationType: CONVERSATION_TYPE_DM,
+    stream = await client.conversations.streamAllMessages({ // DMs and groups (handle() tells them apart)
       consentStates: [CONSENT_ALLOWED, CONSENT_UNKNOWN],
       retryAttempts: 6,
       retryDelay: 500,
@@ -217,6 +268,46 @@ async function runStream(attempt = 0) {
     syncNow("stream down");
     runStream(attempt + 1);
   }, delay);
+}
+
+// New groups (welcomes) as they come, so that an invitation is decided before any message in it, and even when
+// nothing is ever posted there. Restarted with backoff; the periodic sync finds any it missed.
+async function runGroupStream(attempt = 0) {
+  if (closing) return;
+  try {
+    groupStream = await client.conversations.streamGroups({ retryAttempts: 6, retryDelay: 500 });
+    attempt = 0;
+    for await (const group of groupStream) {
+      if (group) enqueueGroup(group);
+    }
+  } catch (error) {
+    log(`group stream failed: ${error?.stack ?? error}`);
+  }
+  if (closing) return;
+  const delay = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)];
+  setTimeout(() => runGroupStream(attempt + 1), delay);
+}
+
+async function groupById(id) {
+  const c = requireClient();
+  if (typeof id !== "string") throw fail("BadRequest", "a group command needs groupId");
+  const conversation = await c.conversations.getConversationById(id);
+  if (!(conversation instanceof Group)) throw fail("NotMember", `not a member of the group ${id}`);
+  return conversation;
+}
+
+function identifiers(addresses) {
+  if (!Array.isArray(addresses) || !addresses.every((a) => typeof a === "string")) {
+    throw fail("BadRequest", "addresses is a list of wallet addresses");
+  }
+  return addresses.map((a) => ethereumIdentifier(a.toLowerCase()));
+}
+
+async function reachableAll(addresses) {
+  const answer = await requireClient().canMessage(identifiers(addresses));
+  const able = new Set([...answer].filter(([, ok]) => ok).map(([key]) => String(key).toLowerCase()));
+  const missing = addresses.filter((a) => !able.has(a.toLowerCase()));
+  if (missing.length) throw fail("PeerUnreachable", `${missing.join(", ")} has no XMTP inbox on the ${env} network`);
 }
 
 // A DM is created in two steps: the group is stored locally, then a commit adding the peer is published and the
@@ -307,6 +398,7 @@ const handlers = {
     });
     chmodDatabase(args.dbPath);
     runStream();
+    runGroupStream();
     await streamTried; // live before the sync, so nothing falls between the two
     await syncNow("start");
     const interval = args.syncIntervalMs ?? 30_000;
@@ -320,6 +412,65 @@ const handlers = {
     if (size > maxBytes) throw fail("TooLarge", `message of ${size} bytes is over the ${maxBytes}-byte limit`);
     const dm = await dmWith(args.to.toLowerCase());
     return { messageId: await dm.sendText(args.text) };
+  },
+
+  async createGroup(args) {
+    const c = requireClient();
+    await reachableAll(args.members);
+    const group = await c.conversations.createGroupWithIdentifiers(identifiers(args.members), {
+      permissions: PERMISSIONS_ADMIN_ONLY,
+      groupName: String(args.name ?? ""),
+      groupDescription: String(args.description ?? ""),
+      appData: String(args.appData ?? ""),
+    });
+    announced.add(group.id);
+    kinds.set(group.id, group);
+    return { groupId: group.id };
+  },
+
+  async addMembers(args) {
+    const group = await groupById(args.groupId);
+    await reachableAll(args.addresses);
+    await group.addMembersByIdentifiers(identifiers(args.addresses));
+    return {};
+  },
+
+  async removeMembers(args) {
+    const group = await groupById(args.groupId);
+    await group.removeMembersByIdentifiers(identifiers(args.addresses));
+    return {};
+  },
+
+  async leaveGroup(args) {
+    const group = await groupById(args.groupId);
+    await group.requestRemoval();
+    group.updateConsentState(CONSENT_DENIED);
+    return {};
+  },
+
+  async ignoreGroup(args) {
+    (await groupById(args.groupId)).updateConsentState(CONSENT_DENIED);
+    return {};
+  },
+
+  async groupMembers(args) {
+    const group = await groupById(args.groupId);
+    const members = (await group.members()).map((member) => ({
+      inboxId: member.inboxId,
+      addresses: member.accountIdentifiers
+        .filter((id) => id.identifierKind === IDENTIFIER_KIND_ETHEREUM)
+        .map((id) => id.identifier.toLowerCase()),
+    }));
+    return { members, active: group.isActive };
+  },
+
+  async sendGroup(args) {
+    if (typeof args.text !== "string") throw fail("BadRequest", "sendGroup needs groupId and text");
+    const size = Buffer.byteLength(args.text, "utf8");
+    if (size > maxBytes) throw fail("TooLarge", `message of ${size} bytes is over the ${maxBytes}-byte limit`);
+    const group = await groupById(args.groupId);
+    if (!group.isActive) throw fail("NotMember", `not a member of the group ${args.groupId} any more`);
+    return { messageId: await group.sendText(args.text) };
   },
 
   async status() {
@@ -371,6 +522,7 @@ async function shutdown() {
   }
   try {
     if (stream) await stream.return();
+    if (groupStream) await groupStream.return();
   } catch (error) {
     log(`closing the stream: ${error}`);
   }
