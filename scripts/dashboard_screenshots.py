@@ -113,6 +113,9 @@ def build(root: Path) -> tuple[Agent, Agent, Agent, Agent, threading.Event]:
         {"id": "dig", "skill": "research", "agent": "peer", "input": {"topic": "MLS"}},
         {"id": "report", "skill": "write", "agent": "self",
          "input": {"topic": "MLS", "notes": "{{dig.output.summary}}"}}])
+    team = alice.create_group("research desk", [bob.wallet, carol.wallet],
+                              description="papers on MLS: bob researches, carol reviews")
+    team.discover()  # each member's skills as its trust of alice allows
     assert dave.request_trust(alice.wallet, TrustTier.KNOWN, "I run the nightly builds and need echo") == "pending"
     bob.request(alice.wallet, "index", {"path": "/srv/docs"})
     if not reported.wait(10):
@@ -123,6 +126,9 @@ def build(root: Path) -> tuple[Agent, Agent, Agent, Agent, threading.Event]:
 def shoot(page: Page, url: str, out: Path) -> None:
     page.goto(url)
     page.locator("#live").filter(has_text=re.compile("^live$")).wait_for(timeout=10_000)
+    if url.endswith("/groups"):  # ask the group, from the page, which skills each member shows
+        page.get_by_role("button", name="Discover").click()
+        page.get_by_text("last asked").wait_for(timeout=10_000)
     height = min(page.evaluate("document.documentElement.scrollHeight"), MAX_HEIGHT)
     while True:
         page.screenshot(path=str(out), clip={"x": 0, "y": 0, "width": WIDTH, "height": height}, full_page=True)
@@ -156,7 +162,7 @@ def main() -> int:
                 shots = [("overview", "/"), ("trust", "/trust"), ("tasks", "/tasks"),
                          ("task", f"/tasks/in/{running['task_id']}?peer={running['peer']}"),
                          ("messages", "/messages"), ("skills", "/skills"), ("peers", "/peers"),
-                         ("collaborations", "/collaborations"), ("receipts", "/receipts")]
+                         ("collaborations", "/collaborations"), ("groups", "/groups"), ("receipts", "/receipts")]
                 assert collab["state"] == "completed", collab
                 for name, path in shots:
                     shoot(page, dashboard.url + path, args.out / f"{name}.png")

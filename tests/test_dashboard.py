@@ -285,3 +285,26 @@ async def test_a_peer_is_pinned_for_mcp_and_unpinned_from_the_peers_page(
         assert "its skills are tools of" in (await client.get("/peers")).text
         await client.post("/api/peers/mcp", json={"wallet": bob.wallet, "pinned": False}, headers=_origin(dashboard))
         assert alice.store.pinned_peers() == []
+
+
+async def test_groups_are_listed_created_and_discovered_from_the_groups_page(
+        agents: tuple[AsyncAgent, AsyncAgent], dashboard: Dashboard) -> None:
+    alice, bob = agents
+    bob.set_trust(alice.wallet, TrustTier.KNOWN)
+    async with _logged_in(dashboard) as client:
+        assert "No groups yet" in (await client.get("/groups")).text
+        created = (await client.post("/api/groups/create", json={"name": "papers", "members": bob.wallet,
+                                                                 "description": EVIL}, headers=_origin(dashboard)))
+        assert created.status_code == 200, created.text
+        group_id = created.json()["group_id"]
+        found = (await client.post("/api/groups/discover", json={"group_id": group_id},
+                                   headers=_origin(dashboard))).json()
+        assert found["members"][bob.wallet]["skills"] == ["shout"]
+        page = (await client.get("/groups")).text
+        assert "papers" in page and "shout" in page and bob.wallet in page and "<img src=x" not in page
+        listed = (await client.get("/api/groups")).json()["groups"]
+        assert [(g["name"], g["state"], g["admin"]) for g in listed] == [("papers", "joined", True)]
+        assert {m["wallet"] for m in listed[0]["members"]} == {alice.wallet, bob.wallet}
+        bad = await client.post("/api/groups/create", json={"name": "x", "members": "not-a-wallet"},
+                                headers=_origin(dashboard))
+        assert bad.status_code == 400

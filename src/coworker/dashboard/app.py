@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from importlib import resources
@@ -50,7 +51,8 @@ EXPORT_LIMIT = 10_000  # receipts in one export
 ASSETS = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8",
           "favicon.svg": "image/svg+xml"}
 PAGES = [("/", "Overview"), ("/trust", "Trust"), ("/tasks", "Tasks"), ("/messages", "Messages"),
-         ("/skills", "Skills"), ("/peers", "Peers"), ("/collaborations", "Collaborations"), ("/receipts", "Receipts")]
+         ("/skills", "Skills"), ("/peers", "Peers"), ("/collaborations", "Collaborations"), ("/groups", "Groups"),
+         ("/receipts", "Receipts")]
 
 
 class Unauthorized(Exception):
@@ -79,6 +81,7 @@ class DashboardApp:
         self.agent, self.owner_tasks, self.sessions = agent, owner_tasks, sessions
         self.closing = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
+        self._discovered: dict[str, tuple[float, dict[str, Any]]] = {}  # group id -> when, {wallet: card}
         self._assets = {name: resources.files("coworker.dashboard").joinpath("assets", name).read_bytes()
                         for name in ASSETS}
         self.templates = Environment(loader=PackageLoader("coworker.dashboard", "templates"),
@@ -98,6 +101,7 @@ class DashboardApp:
             Route("/peers", page("peers.html", self._peers)),
             Route("/collaborations", page("collaborations.html", lambda r: _sync(views.collaborations(self.agent)))),
             Route("/receipts", page("receipts.html", self._receipts)),
+            Route("/groups", page("groups.html", self._groups)),
             Route("/api/overview", api(self._overview)),
             Route("/api/trust", api(lambda r: _sync(views.trust(self.agent)))),
             Route("/api/tasks", api(self._tasks)),
@@ -107,6 +111,12 @@ class DashboardApp:
             Route("/api/peers", api(self._peers)),
             Route("/api/collaborations", api(lambda r: _sync(views.collaborations(self.agent)))),
             Route("/api/receipts", api(self._receipts)),
+            Route("/api/groups", api(self._groups)),
+            Route("/api/groups/create", api(self.create_group, body=True), methods=["POST"]),
+            Route("/api/groups/discover", api(self.discover_group, body=True), methods=["POST"]),
+            Route("/api/groups/add", api(self.group_add, body=True), methods=["POST"]),
+            Route("/api/groups/remove", api(self.group_remove, body=True), methods=["POST"]),
+            Route("/api/groups/leave", api(self.group_leave, body=True), methods=["POST"]),
             Route("/api/receipts.json", self._guard(self.export_json)),
             Route("/api/receipts.csv", self._guard(self.export_csv)),
             Route("/api/events", self._guard(self.events)),
@@ -245,6 +255,9 @@ class DashboardApp:
     async def _peers(self, request: Request) -> dict[str, Any]:
         return views.peers(self.agent)
 
+    async def _groups(self, request: Request) -> dict[str, Any]:
+        return await views.groups(self.agent, self._discovered)
+
     async def _receipts(self, request: Request) -> dict[str, Any]:
         before = request.query_params.get("before")
         return views.receipts(self.agent, before=float(before) if before else None)
@@ -310,6 +323,31 @@ class DashboardApp:
         else:
             unpin(self.agent.store, wallet)
         return {"wallet": wallet, "pinned": wallet.lower() in {w.lower() for w in self.agent.store.pinned_peers()}}
+
+    async def create_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        members = [m for m in str(body.get("members") or "").replace(",", " ").split() if m]
+        group = await self.agent.create_group(_text(body, "name"), members,
+                                              description=str(body.get("description") or ""))
+        return {"group_id": group.id, "name": group.name}
+
+    async def discover_group(self, body: dict[str, Any]) -> dict[str, Any]:
+        group_id = _text(body, "group_id")
+        found = await self.agent.group(group_id).discover()
+        result = {wallet: peer_json(peer) for wallet, peer in found.items()}
+        self._discovered[group_id] = (time.time(), result)
+        return {"group_id": group_id, "members": result}
+
+    async def group_add(self, body: dict[str, Any]) -> dict[str, Any]:
+        await self.agent.group(_text(body, "group_id")).add(_wallet(body))
+        return {"added": True}
+
+    async def group_remove(self, body: dict[str, Any]) -> dict[str, Any]:
+        await self.agent.group(_text(body, "group_id")).remove(_wallet(body))
+        return {"removed": True}
+
+    async def group_leave(self, body: dict[str, Any]) -> dict[str, Any]:
+        await self.agent.group(_text(body, "group_id")).leave()
+        return {"left": True}
 
     async def resume(self, body: dict[str, Any]) -> dict[str, Any]:
         collab_id = _text(body, "collaboration_id")

@@ -10,14 +10,15 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
 
-from coworker._errors import ConfigurationError
+from coworker._errors import ConfigurationError, CoworkerError
 from coworker.agent.control import ControlledAgent
+from coworker.agent.groups import AsyncGroup
 from coworker.agent.peer import task_dict
 from coworker.core.tasks import LIVE, TaskState, receipt_problem
 from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum
 from coworker.runtime.journal import Journal, JournalEntry
-from coworker.store.records import TaskRecord, TrustAuditEntry
+from coworker.store.records import GroupRecord, TaskRecord, TrustAuditEntry
 
 
 class DashboardAgent(ControlledAgent, Protocol):
@@ -38,6 +39,9 @@ class DashboardAgent(ControlledAgent, Protocol):
     def collaborations(self, limit: int = 20) -> list[dict[str, Any]]: ...
     async def resume_collaboration(self, collaboration_id: str) -> dict[str, Any]: ...
     async def cancel(self, task_id: str) -> bool: ...
+    def groups(self) -> list[GroupRecord]: ...
+    def group(self, group_id: str) -> AsyncGroup: ...
+    async def create_group(self, name: str, members: Sequence[str], *, description: str = "") -> AsyncGroup: ...
 
 LOCAL_NODE_PORT = 5556  # where the local network's node (coworker devnet) listens
 PAGE = 50  # rows on a page of tasks, messages or receipts
@@ -245,6 +249,34 @@ def peers(agent: DashboardAgent) -> dict[str, Any]:
                     "last_seen": p.last_seen,
                     "protocol": agent.store.peer_protocol(p.wallet) or ""})
     return {"peers": out}
+
+
+MEMBERS_WAIT = 5.0  # seconds a group's member list may take (over XMTP: the sidecar asks its client)
+
+
+async def groups(agent: DashboardAgent, discovered: dict[str, tuple[float, dict[str, Any]]]) -> dict[str, Any]:
+    """Every group we made or were invited to, with its members (of the joined ones) and the latest discovery
+    asked from this dashboard."""
+    import asyncio
+
+    out = []
+    for record in agent.groups():
+        members: list[dict[str, Any]] = []
+        problem = ""
+        if record.state == "joined" and agent.running:
+            try:
+                wallets = await asyncio.wait_for(agent.group(record.id).members(), MEMBERS_WAIT)
+                members = [{"wallet": w, "name": _name(agent, w), "tier": agent.trust_tier(w).name.lower(),
+                            "self": w.lower() == agent.wallet.lower()} for w in wallets]
+            except (CoworkerError, TimeoutError) as exc:
+                problem = str(exc) or type(exc).__name__
+        at, found = discovered.get(record.id, (None, None))
+        out.append({"id": record.id, "name": record.name, "description": record.description,
+                    "inviter": record.inviter, "inviter_name": _name(agent, record.inviter), "state": record.state,
+                    "created_at": record.created_at, "updated_at": record.updated_at, "members": members,
+                    "members_problem": problem, "discovered_at": at, "discovered": found,
+                    "admin": record.inviter.lower() == agent.wallet.lower()})
+    return {"groups": out}
 
 
 def collaborations(agent: DashboardAgent) -> dict[str, Any]:

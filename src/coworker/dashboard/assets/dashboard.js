@@ -133,6 +133,11 @@
     if (action.endsWith("/connect")) return `connected to ${reply.name}: ${reply.skills.length} skills visible`;
     if (action.endsWith("/verify")) return reply.valid ? "the signature verifies" : `does not verify: ${reply.problem}`;
     if (action.endsWith("/resume")) return "resumed";
+    if (action.endsWith("/groups/create")) return `group ${reply.name} created`;
+    if (action.endsWith("/groups/discover")) return `asked ${Object.keys(reply.members).length} members: each shows what its trust of us allows`;
+    if (action.endsWith("/groups/add")) return "member added";
+    if (action.endsWith("/groups/remove")) return "member removed";
+    if (action.endsWith("/groups/leave")) return "left the group";
     if (action.endsWith("/mcp")) return reply.pinned ? "its skills are now tools of coworker mcp" : "no longer offered to MCP hosts";
     if (action.endsWith("/visibility")) return reply.hidden ? `${reply.name} is hidden` : `${reply.name} is visible`;
     return "done";
