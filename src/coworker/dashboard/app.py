@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from importlib import resources
@@ -30,12 +29,8 @@ from starlette.routing import Route
 import coworker.dashboard.forms as forms  # modules, not the package: it imports this one
 import coworker.dashboard.views as views
 from coworker._errors import CoworkerError, InvalidInput
-from coworker.agent.control import pin, unpin
-from coworker.agent.invites import INVITE_PREFIX, read_invite
-from coworker.agent.peer import peer_json
 from coworker.core.protocol import parse_json
-from coworker.core.trust import TrustTier
-from coworker.core.wallets import checksum
+from coworker.dashboard.actions import Actions
 from coworker.dashboard.security import COOKIE, Sessions
 from coworker.dashboard.views import DashboardAgent
 
@@ -53,10 +48,6 @@ ASSETS = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "te
 PAGES = [("/", "Overview"), ("/trust", "Trust"), ("/tasks", "Tasks"), ("/messages", "Messages"),
          ("/skills", "Skills"), ("/peers", "Peers"), ("/collaborations", "Collaborations"), ("/groups", "Groups"),
          ("/receipts", "Receipts")]
-
-
-class Unauthorized(Exception):
-    """No live session."""
 
 
 def _when(ts: float | None) -> str:
@@ -80,15 +71,14 @@ class DashboardApp:
     def __init__(self, agent: DashboardAgent, owner_tasks: OwnerTasks, sessions: Sessions) -> None:
         self.agent, self.owner_tasks, self.sessions = agent, owner_tasks, sessions
         self.closing = asyncio.Event()
-        self._background: set[asyncio.Task[Any]] = set()
-        self._discovered: dict[str, tuple[float, dict[str, Any]]] = {}  # group id -> when, {wallet: card}
+        self.actions = Actions(agent, owner_tasks)
         self._assets = {name: resources.files("coworker.dashboard").joinpath("assets", name).read_bytes()
                         for name in ASSETS}
         self.templates = Environment(loader=PackageLoader("coworker.dashboard", "templates"),
                                      autoescape=select_autoescape(default=True, default_for_string=True),
                                      trim_blocks=True, lstrip_blocks=True)
         self.templates.filters.update(when=_when, short=_short, pretty=_pretty)
-        page, api = self._page, self._api
+        page, api, actions = self._page, self._api, self.actions
         self.routes = [
             Route("/login", self.login), Route("/logout", self.logout, methods=["POST"]),
             Route("/assets/{name}", self.asset),
@@ -112,35 +102,32 @@ class DashboardApp:
             Route("/api/collaborations", api(lambda r: _sync(views.collaborations(self.agent)))),
             Route("/api/receipts", api(self._receipts)),
             Route("/api/groups", api(self._groups)),
-            Route("/api/groups/create", api(self.create_group, body=True), methods=["POST"]),
-            Route("/api/groups/discover", api(self.discover_group, body=True), methods=["POST"]),
-            Route("/api/groups/add", api(self.group_add, body=True), methods=["POST"]),
-            Route("/api/groups/remove", api(self.group_remove, body=True), methods=["POST"]),
-            Route("/api/groups/leave", api(self.group_leave, body=True), methods=["POST"]),
+            Route("/api/groups/create", api(actions.create_group, body=True), methods=["POST"]),
+            Route("/api/groups/discover", api(actions.discover_group, body=True), methods=["POST"]),
+            Route("/api/groups/add", api(actions.group_add, body=True), methods=["POST"]),
+            Route("/api/groups/remove", api(actions.group_remove, body=True), methods=["POST"]),
+            Route("/api/groups/leave", api(actions.group_leave, body=True), methods=["POST"]),
             Route("/api/receipts.json", self._guard(self.export_json)),
             Route("/api/receipts.csv", self._guard(self.export_csv)),
             Route("/api/events", self._guard(self.events)),
-            Route("/api/trust/approve", api(self.approve, body=True), methods=["POST"]),
-            Route("/api/trust/deny", api(self.deny, body=True), methods=["POST"]),
-            Route("/api/trust/set", api(self.set_tier, body=True), methods=["POST"]),
-            Route("/api/tasks/cancel", api(self.cancel, body=True), methods=["POST"]),
-            Route("/api/skills/try", api(self.try_skill, body=True), methods=["POST"]),
-            Route("/api/skills/visibility", api(self.visibility, body=True), methods=["POST"]),
-            Route("/api/peers/connect", api(self.connect, body=True), methods=["POST"]),
-            Route("/api/peers/call", api(self.call, body=True), methods=["POST"]),
-            Route("/api/peers/mcp", api(self.mcp_pin, body=True), methods=["POST"]),
-            Route("/api/collaborations/resume", api(self.resume, body=True), methods=["POST"]),
-            Route("/api/receipts/verify", api(self.verify, body=True), methods=["POST"]),
+            Route("/api/trust/approve", api(actions.approve, body=True), methods=["POST"]),
+            Route("/api/trust/deny", api(actions.deny, body=True), methods=["POST"]),
+            Route("/api/trust/set", api(actions.set_tier, body=True), methods=["POST"]),
+            Route("/api/tasks/cancel", api(actions.cancel, body=True), methods=["POST"]),
+            Route("/api/skills/try", api(actions.try_skill, body=True), methods=["POST"]),
+            Route("/api/skills/visibility", api(actions.visibility, body=True), methods=["POST"]),
+            Route("/api/peers/connect", api(actions.connect, body=True), methods=["POST"]),
+            Route("/api/peers/call", api(actions.call, body=True), methods=["POST"]),
+            Route("/api/peers/mcp", api(actions.mcp_pin, body=True), methods=["POST"]),
+            Route("/api/collaborations/resume", api(actions.resume, body=True), methods=["POST"]),
+            Route("/api/receipts/verify", api(actions.verify, body=True), methods=["POST"]),
         ]
         self.app = Starlette(routes=self.routes)
 
     async def close(self) -> None:
         """End the event streams and the collaborations resumed from the dashboard (bounded)."""
         self.closing.set()
-        for task in list(self._background):
-            task.cancel()
-        if self._background:
-            await asyncio.wait(self._background, timeout=5)
+        await self.actions.close()
 
     # ---- who is asking ------------------------------------------------------------------------------------
 
@@ -256,120 +243,11 @@ class DashboardApp:
         return views.peers(self.agent)
 
     async def _groups(self, request: Request) -> dict[str, Any]:
-        return await views.groups(self.agent, self._discovered)
+        return await views.groups(self.agent, self.actions.discovered)
 
     async def _receipts(self, request: Request) -> dict[str, Any]:
         before = request.query_params.get("before")
         return views.receipts(self.agent, before=float(before) if before else None)
-
-    # ---- actions ------------------------------------------------------------------------------------------
-
-    async def approve(self, body: dict[str, Any]) -> dict[str, Any]:
-        tier = await self.agent.approve_trust(_wallet(body), _tier(body.get("tier")))
-        return {"tier": tier.name.lower()}
-
-    async def deny(self, body: dict[str, Any]) -> dict[str, Any]:
-        await self.agent.deny_trust(_wallet(body))
-        return {"denied": True}
-
-    async def set_tier(self, body: dict[str, Any]) -> dict[str, Any]:
-        tier = _tier(body.get("tier"))
-        if tier is None:
-            raise InvalidInput("choose a tier", path="tier")
-        self.agent.set_trust(_wallet(body), tier)
-        return {"tier": tier.name.lower()}
-
-    async def cancel(self, body: dict[str, Any]) -> dict[str, Any]:
-        task_id = _text(body, "task_id")
-        if self.owner_tasks.is_local(task_id):
-            return {"cancelled": await self.owner_tasks.cancel(task_id)}
-        record = views.find_task(self.agent, str(body.get("direction") or "out"), task_id, body.get("peer") or None)
-        if record.direction != "out":
-            raise InvalidInput("a served task is the caller's to cancel", path="task_id")
-        return {"cancelled": await self.agent.cancel(task_id)}
-
-    async def try_skill(self, body: dict[str, Any]) -> dict[str, Any]:
-        skill, data = _text(body, "skill"), _object(body.get("input"))
-        task_id = self.owner_tasks.run_skill(skill, data)
-        return {"task_id": task_id, "url": f"/tasks/in/{task_id}?peer={self.agent.wallet}"}
-
-    async def visibility(self, body: dict[str, Any]) -> dict[str, Any]:
-        name = _text(body, "name")
-        if body.get("hidden"):
-            self.agent.hide_skill(name)
-        else:
-            self.agent.expose_skill(name)
-        return {"name": name, "hidden": self.agent.skill_hidden(name)}
-
-    async def connect(self, body: dict[str, Any]) -> dict[str, Any]:
-        target = _text(body, "target").strip()
-        if target.startswith(INVITE_PREFIX):
-            invite = read_invite(target)
-            if invite["network"] != self.agent.network_name:
-                raise InvalidInput(f"the invite is for the {invite['network']!r} network; this agent is on "
-                                   f"{self.agent.network_name!r}", path="target")
-            target = invite["wallet"]
-        return peer_json(await self.agent.connect(checksum(target), timeout=30))
-
-    async def call(self, body: dict[str, Any]) -> dict[str, Any]:
-        wallet, skill, data = _wallet(body), _text(body, "skill"), _object(body.get("input"))
-        task_id = await self.owner_tasks.request(wallet, skill, data)
-        return {"task_id": task_id, "url": f"/tasks/out/{task_id}"}
-
-    async def mcp_pin(self, body: dict[str, Any]) -> dict[str, Any]:
-        wallet = _wallet(body)
-        if body.get("pinned"):
-            pin(self.agent.store, wallet)
-        else:
-            unpin(self.agent.store, wallet)
-        return {"wallet": wallet, "pinned": wallet.lower() in {w.lower() for w in self.agent.store.pinned_peers()}}
-
-    async def create_group(self, body: dict[str, Any]) -> dict[str, Any]:
-        members = [m for m in str(body.get("members") or "").replace(",", " ").split() if m]
-        group = await self.agent.create_group(_text(body, "name"), members,
-                                              description=str(body.get("description") or ""))
-        return {"group_id": group.id, "name": group.name}
-
-    async def discover_group(self, body: dict[str, Any]) -> dict[str, Any]:
-        group_id = _text(body, "group_id")
-        found = await self.agent.group(group_id).discover()
-        result = {wallet: peer_json(peer) for wallet, peer in found.items()}
-        self._discovered[group_id] = (time.time(), result)
-        return {"group_id": group_id, "members": result}
-
-    async def group_add(self, body: dict[str, Any]) -> dict[str, Any]:
-        await self.agent.group(_text(body, "group_id")).add(_wallet(body))
-        return {"added": True}
-
-    async def group_remove(self, body: dict[str, Any]) -> dict[str, Any]:
-        await self.agent.group(_text(body, "group_id")).remove(_wallet(body))
-        return {"removed": True}
-
-    async def group_leave(self, body: dict[str, Any]) -> dict[str, Any]:
-        await self.agent.group(_text(body, "group_id")).leave()
-        return {"left": True}
-
-    async def resume(self, body: dict[str, Any]) -> dict[str, Any]:
-        collab_id = _text(body, "collaboration_id")
-
-        async def run() -> None:
-            try:
-                await self.agent.resume_collaboration(collab_id)
-            except CoworkerError as exc:  # the record says how it ended; the page shows it
-                log.info("collaboration %s resumed from the dashboard ended: %s", collab_id, exc)
-
-        task = asyncio.get_running_loop().create_task(run(), name=f"coworker-dashboard-resume-{collab_id}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return {"resumed": collab_id}
-
-    async def verify(self, body: dict[str, Any]) -> dict[str, Any]:
-        record = views.find_task(self.agent, _text(body, "direction"), _text(body, "task_id"),
-                                 body.get("peer") or None)
-        check = views.receipt_check(self.agent, record)
-        if check is None:
-            raise InvalidInput("this task has no receipt", path="task_id")
-        return check
 
     # ---- exports and events -------------------------------------------------------------------------------
 
@@ -473,34 +351,6 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 def _json_error(status: int, kind: str, message: str, path: str = "") -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message, "path": path}}, status_code=status)
-
-
-def _text(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"{key} is required", path=key)
-    return value
-
-
-def _wallet(body: dict[str, Any]) -> str:
-    return checksum(_text(body, "wallet"))
-
-
-def _tier(value: Any) -> TrustTier | None:
-    if value in (None, ""):
-        return None
-    try:
-        return TrustTier.parse(value)
-    except ValueError:
-        raise InvalidInput(f"not a trust tier: {value!r}", path="tier") from None
-
-
-def _object(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidInput("a skill's input is a JSON object", path="input")
-    return value
 
 
 def _cell(text: str) -> str:
