@@ -17,7 +17,9 @@ long-polled for at most :data:`MAX_WAIT` seconds), cancel, skill_cards (our skil
 cards and our trust in them); mcp_pins, mcp_pin and mcp_unpin list, mark and unmark the peers whose skills
 ``coworker mcp`` offers; trust_changes answers how many trust changes the agent made (our tier for a peer, a peer's
 answer to our request) once the count differs from ``since`` (long-polled, bounded). dashboard_link makes a
-one-time login link to the agent's dashboard (``coworker dashboard``).
+one-time login link to the agent's dashboard (``coworker dashboard``). Groups (``coworker group``, see
+:func:`~coworker.agent.groups.run_group_command`): group_create, groups, group_members, group_add, group_remove,
+group_discover; a group is named by its id or the start of it.
 :class:`ControlClient` raises the same :class:`CoworkerError` subclasses the agent raised.
 
 Any local process can connect before it shows a token, so what one connection may cost is bounded: a request line
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -53,6 +56,7 @@ from coworker._errors import (
     RemoteProtocolError,
     TransportError,
 )
+from coworker.agent.groups import GROUP_COMMANDS, GroupAgent, run_group_command
 from coworker.agent.owner_tasks import OwnerTasks, TaskAgent
 from coworker.agent.peer import Peer, peer_json
 from coworker.core.protocol import MAX_ENVELOPE_BYTES, parse_json
@@ -70,9 +74,10 @@ class DashboardLinks(Protocol):
     def login_link(self) -> str: ...
 
 
-class ControlledAgent(TaskAgent, Protocol):
+class ControlledAgent(TaskAgent, GroupAgent, Protocol):
     """What the control port needs of an agent (:class:`~coworker.agent.agent.AsyncAgent` is one): what the owner's
-    tasks need (:class:`~coworker.agent.owner_tasks.TaskAgent`), and more."""
+    tasks need (:class:`~coworker.agent.owner_tasks.TaskAgent`) and the group commands
+    (:class:`~coworker.agent.groups.GroupAgent`), and more."""
 
     name: str
     wallet: str
@@ -166,6 +171,8 @@ class ControlServer:
             "trust_changes": lambda a: trust_changes(agent.store, int(a.get("since", -1)), _bounded(a.get("wait", 0))),
             "dashboard_link": self._dashboard_link,
         }
+        for cmd in GROUP_COMMANDS:
+            self._commands[cmd] = functools.partial(run_group_command, agent, cmd)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=MAX_REQUEST_BYTES)

@@ -9,11 +9,11 @@ no other member sees the input or the output. The rules are in :mod:`coworker.ru
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from coworker._errors import AccessDenied, ConfigurationError
-from coworker.agent.peer import Peer
+from coworker.agent.peer import Peer, peer_json
 from coworker.agent.portal import Portal
 from coworker.core.protocol import CapabilitiesBody, parse_body
 from coworker.core.trust import TrustTier
@@ -242,3 +242,63 @@ def check_members(members: list[str], own: str) -> list[str]:
     if not found:
         raise ConfigurationError("a group needs at least one other member")
     return found
+
+
+# ---- the group commands of the control port and the CLI -------------------------------------------------------
+
+
+class GroupAgent(Protocol):
+    """What the group commands need of an agent (:class:`~coworker.agent.agent.AsyncAgent` is one)."""
+
+    async def create_group(self, name: str, members: Sequence[str], *, description: str = "") -> AsyncGroup: ...
+    def groups(self) -> list[GroupRecord]: ...
+    def group(self, group_id: str) -> AsyncGroup: ...
+
+
+GROUP_COMMANDS = ("group_create", "groups", "group_members", "group_add", "group_remove", "group_discover")
+
+
+def group_json(group: GroupRecord | AsyncGroup) -> dict[str, Any]:
+    """A group as JSON: id, name, description, inviter, state."""
+    return {"id": group.id, "name": group.name, "description": group.description, "inviter": group.inviter,
+            "state": group.state}
+
+
+def find_group(agent: GroupAgent, given: str) -> AsyncGroup:
+    """The group whose id is ``given`` or starts with it (enough of its first characters to tell it apart).
+
+    Raises:
+        ConfigurationError: no such group, or several start so.
+    """
+    prefix = str(given).strip().lower()
+    found = [g.id for g in agent.groups() if g.id.lower() == prefix] or \
+            [g.id for g in agent.groups() if prefix and g.id.lower().startswith(prefix)]
+    if not found:
+        raise ConfigurationError(f"no group {given!r}: `coworker group list` names them")
+    if len(found) > 1:
+        raise ConfigurationError(f"{given!r} starts the ids of {len(found)} groups: give more of it")
+    return agent.group(found[0])
+
+
+async def run_group_command(agent: GroupAgent, cmd: str, args: dict[str, Any]) -> Any:
+    """One of :data:`GROUP_COMMANDS` with its JSON arguments; its JSON result (the control port's commands, and
+    the CLI's when no agent runs)."""
+    if cmd == "groups":
+        return [group_json(g) for g in agent.groups()]
+    if cmd == "group_create":
+        members = args["members"]
+        if not isinstance(members, list):
+            raise ConfigurationError("members is a list of wallets")
+        group = await agent.create_group(str(args["name"]), [str(m) for m in members],
+                                         description=str(args.get("description") or ""))
+        return {**group_json(group), "members": await group.members()}
+    group = find_group(agent, args["group"])
+    if cmd == "group_members":
+        return await group.members()
+    if cmd in ("group_add", "group_remove"):
+        await (group.add if cmd == "group_add" else group.remove)(str(args["wallet"]))
+        return {**group_json(group), "members": await group.members()}
+    if cmd == "group_discover":
+        peers = await group.discover(timeout=float(args.get("timeout", DISCOVER_TIMEOUT)))
+        return {wallet: peer_json(peer) for wallet, peer in peers.items()}
+    raise ConfigurationError(f"unknown group command {cmd!r}")

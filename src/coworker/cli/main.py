@@ -26,6 +26,7 @@ from coworker.cli.agents import cmd_init, cmd_status, cmd_task, cmd_tasks
 from coworker.cli.common import CliError, EscapingFormatter, choose_agent, shown
 from coworker.cli.dashboard import register as register_dashboard
 from coworker.cli.demo import run_demo
+from coworker.cli.group import register as register_group
 from coworker.cli.mcp import register as register_mcp
 from coworker.cli.network import register as register_network_commands
 from coworker.cli.setup import register as register_setup
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     register_network_commands(commands, common, choose_agent, trust_commands)
+    register_group(commands, common, choose_agent)
     register_setup(commands, common)
     register_mcp(commands, common, choose_agent)
     register_dashboard(commands, common, choose_agent)
