@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from coworker.core.protocol import is_address
+from coworker.core.protocol import is_address, parse_json
 
 MARKER: Final = "coworker-group 1 "
 _PREFIX: Final = "coworker-group "
@@ -90,7 +90,7 @@ def parse(data: bytes) -> GroupPost | str:
     if not last.startswith(MARKER):
         return f"unsupported group post version {last[len(_PREFIX):].split(' ', 1)[0]!r}"
     try:
-        machine: Any = json.loads(last[len(MARKER):])
+        machine: Any = parse_json(last[len(MARKER):].encode())  # depth-limited, unlike json.loads
     except ValueError:
         return "the machine line of a group post is not JSON"
     if not isinstance(machine, dict) or set(machine) != {"type", "id", "from", "group", "ts", "exp"}:
