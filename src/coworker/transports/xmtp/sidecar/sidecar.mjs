@@ -19,7 +19,8 @@
 //   send   {to: "0x..", text}   -> {messageId}; errors: PeerUnreachable (no inbox on this network), TooLarge
 //   createGroup {name, description, appData, members: ["0x.."]} -> {groupId}; admin-only permissions
 //   addMembers / removeMembers {groupId, addresses: ["0x.."]} -> {}
-//   leaveGroup {groupId} -> {} (asks the admins to remove us); ignoreGroup {groupId} -> {} (consent denied: its
+//   leaveGroup {groupId} -> {} (asks the admins to remove us: an admin's sidecar does it as soon as it reads the
+//          request, see honourLeave); ignoreGroup {groupId} -> {} (consent denied: its
 //          messages are no longer streamed or synced)
 //   groupMembers {groupId} -> {members: [{inboxId, addresses}], active}
 //   sendGroup {groupId, text} -> {messageId}; errors for the group commands: NotMember (no such group of ours)
@@ -44,7 +45,7 @@
 
 import { chmodSync } from "node:fs";
 import { Conversation as BindingConversation } from "@xmtp/node-bindings"; // the SDK's own, pinned in package.json
-import { Client, Group } from "@xmtp/node-sdk";
+import { Client, Group, isLeaveRequest } from "@xmtp/node-sdk";
 import { emit, serve } from "./jsonlines.mjs";
 import { IDENTIFIER_KIND_ETHEREUM, ethereumIdentifier, hexToBytes, wallet } from "./wallet.mjs";
 
@@ -127,6 +128,10 @@ async function handle(message) {
   if (seen.has(message.id) || message.senderInboxId === client.inboxId) return;
   if (message.kind !== KIND_APPLICATION) return;
   seen.set(message.id, message.sentAtNs);
+  if (isLeaveRequest(message)) {
+    await honourLeave(message);
+    return;
+  }
   if (typeof message.content !== "string") {
     emit({ event: "dropped", id: message.id, senderInboxId: message.senderInboxId, reason: "not a text message" });
     return;
@@ -159,6 +164,22 @@ async function handle(message) {
     text: message.content,
     ...(group ? { group: group.id } : {}),
   });
+}
+
+// A member asked to leave a group we administer (its `leaveGroup`, the SDK's requestRemoval): remove it now. The
+// SDK's own worker does it too, about 1.5 s later; whichever comes second finds the member gone and does nothing.
+async function honourLeave(message) {
+  const group = await groupOf(message.conversationId);
+  const leaver = message.senderInboxId;
+  if (!group || !(group.isSuperAdmin(client.inboxId) || group.isAdmin(client.inboxId))) return;
+  try {
+    await group.sync();
+    if (!(await group.members()).some((member) => member.inboxId === leaver)) return;
+    await group.removeMembers([leaver]);
+    log(`group ${group.id}: removed inbox ${leaver}, which asked to leave`);
+  } catch (error) {
+    log(`group ${group.id}: removing inbox ${leaver}, which asked to leave, failed: ${error?.message ?? error}`);
+  }
 }
 
 // The group a message was posted in, or null for a DM (looked up once per conversation).
