@@ -154,6 +154,7 @@ async def test_first_contact_trust_and_calls_across_processes_and_a_restart_keep
     status = await alice.ask("status")
     wallet, installation = status["wallet"], status["xmtp"]["installationId"]
     assert status["network"] == "local" and status["xmtp"]["streaming"]
+    assert status["xmtp"]["installations"] == 1  # of the 10 an inbox may have (the dashboard shows it)
 
     first = await bob.connect(wallet)
     assert first.name == "alice" and first.skills == []
@@ -172,7 +173,7 @@ async def test_first_contact_trust_and_calls_across_processes_and_a_restart_keep
     alice.start()  # the same directory: same wallet, same XMTP database
     again = await alice.ask("status")
     assert again["wallet"] == wallet
-    assert again["xmtp"]["installationId"] == installation
+    assert again["xmtp"]["installationId"] == installation and again["xmtp"]["installations"] == 1
     assert xmtp_node.status().counts.installations == installations  # no new installation on the network
     assert (await bob.connect(wallet)).skills == ["summarize"]  # bob is still trusted
     assert (await bob.call(wallet, "summarize", {"text": "x y"}))["word_count"] == 2

@@ -24,7 +24,8 @@
 //          messages are no longer streamed or synced)
 //   groupMembers {groupId} -> {members: [{inboxId, addresses}], active}
 //   sendGroup {groupId, text} -> {messageId}; errors for the group commands: NotMember (no such group of ours)
-//   status {}                  -> {address, inboxId, installationId, env, streaming, lastSyncMs, reported}
+//   status {}                  -> {address, inboxId, installationId, env, streaming, lastSyncMs, reported, pid,
+//                                  installations: how many installations our inbox has (XMTP allows 10)}
 //   close  {}                  -> {} then the process exits 0 once the commands in flight are answered
 //                                 (bounded by DRAIN_MS); commands that arrive after it fail with Closing
 // Events:
@@ -530,6 +531,13 @@ const handlers = {
 
   async status() {
     const c = requireClient();
+    let state;
+    try {
+      state = await c.preferences.fetchInboxState();
+    } catch (error) {
+      log(`fetching our inbox state failed (${error?.message ?? error}); using the local copy`);
+      state = await c.preferences.inboxState();
+    }
     return {
       address: myAddress,
       inboxId: c.inboxId,
@@ -539,6 +547,7 @@ const handlers = {
       lastSyncMs,
       reported,
       pid: process.pid,
+      installations: state.installations.length, // an inbox may have at most 10
     };
   },
 };
