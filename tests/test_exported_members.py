@@ -5,8 +5,9 @@ from __future__ import annotations
 import coworker
 
 PUBLIC = {
-    "AccessDenied", "Agent", "AsyncAgent", "CallContext", "CallError", "CallRecord", "CallTimeout",
-    "ConfigurationError", "CoworkerError", "IdentityError", "InvalidInput", "KeywordPlanner", "LLMPlanner",
+    "AccessDenied", "Agent", "AsyncAgent", "AsyncGroup", "CallContext", "CallError", "CallRecord", "CallTimeout",
+    "ConfigurationError", "CoworkerError", "Group", "GroupRecord", "IdentityError", "InvalidInput", "KeywordPlanner",
+    "LLMPlanner",
     "LocalProtocolError", "MemoryNetwork", "Network", "Peer", "PeerRecord", "PeerUnreachable", "PlanRejected",
     "Progress", "ProtocolError", "RateLimit", "RateLimits", "Receipt",
     "RemoteProtocolError", "RetryPolicy", "Skill", "SkillFailed", "SkillNotFound", "StoreError", "TaskCanceled",

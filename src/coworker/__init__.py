@@ -30,6 +30,7 @@ from coworker._errors import (
 from coworker._version import __version__
 from coworker.agent.agent import AsyncAgent
 from coworker.agent.blocking import Agent
+from coworker.agent.groups import AsyncGroup, Group
 from coworker.agent.peer import Peer
 from coworker.core.limits import RateLimit, RateLimits
 from coworker.core.planning import KeywordPlanner
@@ -37,7 +38,7 @@ from coworker.core.skills import CallContext, Skill
 from coworker.core.tasks import Progress, Receipt, RetryPolicy, TaskState
 from coworker.core.trust import TrustTier
 from coworker.runtime.llm_planner import LLMPlanner
-from coworker.store.records import CallRecord, PeerRecord, TrustRequest
+from coworker.store.records import CallRecord, GroupRecord, PeerRecord, TrustRequest
 from coworker.transports.base import Network
 from coworker.transports.memory import MemoryNetwork
 from coworker.transports.xmtp.transport import XmtpNetwork
@@ -46,12 +47,15 @@ __all__ = [
     "AccessDenied",
     "Agent",
     "AsyncAgent",
+    "AsyncGroup",
     "CallContext",
     "CallError",
     "CallRecord",
     "CallTimeout",
     "ConfigurationError",
     "CoworkerError",
+    "Group",
+    "GroupRecord",
     "IdentityError",
     "InvalidInput",
     "KeywordPlanner",
