@@ -308,3 +308,24 @@ async def test_groups_are_listed_created_and_discovered_from_the_groups_page(
         bad = await client.post("/api/groups/create", json={"name": "x", "members": "not-a-wallet"},
                                 headers=_origin(dashboard))
         assert bad.status_code == 400
+
+
+@pytest.mark.integration
+async def test_the_overview_of_an_agent_on_xmtp_shows_its_inbox_installations_and_the_local_node(
+        xmtp_node: Any, tmp_path: Path) -> None:
+    from coworker.transports.xmtp.transport import XmtpNetwork
+
+    agent = AsyncAgent("carol", network=XmtpNetwork("local"), data_dir=tmp_path / "carol")
+    await agent.start()
+    try:
+        dashboard = await agent.start_dashboard(port=0)
+        async with _logged_in(dashboard) as client:
+            overview = (await client.get("/api/overview")).json()
+            page = (await client.get("/")).text
+    finally:
+        await agent.stop()
+    xmtp = overview["xmtp"]
+    assert overview["network"] == "local" and xmtp["inboxId"] and xmtp["installations"] == 1 and xmtp["streaming"]
+    assert overview["devnet"] == {"port": 5556, "up": True}
+    assert overview["writes"]["limit"] == 3000 and overview["writes"]["window_s"] == 300
+    assert xmtp["inboxId"] in page and "1 of 10" in page and "of 3000 in the last 300 s" in page
