@@ -38,8 +38,8 @@
 //            state on the network)
 //   group    {conversationId, name, description, appData, addedByInboxId, addresses}
 //            we were added to a group (by that inbox, whose addresses these are); once per group and process,
-//            always before any message of that group, and at most about a second after its welcome came
-//            (sweepGroups)
+//            always before any message of that group, and at most about GROUP_SWEEP_MS after the stream took its
+//            welcome (sweepGroups)
 //   dropped  {id, senderInboxId, reason}                   a message not passed on (too large, not text)
 //   stream   {state: "up"|"error"|"restart"|"down", message?}
 //   sync_error {message}
@@ -61,7 +61,7 @@ const SLACK_NS = 60_000_000_000n; // re-read this much history on sync: stream a
 const INBOX_TTL_MS = 60_000; // how long a sender's address list is trusted before it is fetched again
 const BACKOFF_MS = [500, 1000, 2000, 5000, 10000, 30000];
 const DRAIN_MS = 5_000; // how long a closing sidecar waits for the commands in flight
-const GROUP_SWEEP_MS = 1_000; // how often the local database is checked for groups no stream announced
+const GROUP_SWEEP_MS = 500; // how often the local database is checked for groups not announced yet
 
 process.umask(0o077); // the SDK's database files are the agent's alone
 
@@ -88,7 +88,6 @@ const inboxes = new Map(); // inbox id -> {addresses, at}
 const inFlight = new Set(); // promises of the commands being run
 const kinds = new Map(); // conversation id -> Group (a group of ours) or null (a DM)
 const announced = new Set(); // group ids told to the agent (or made by it) in this process
-let groupStream = null;
 let groupSweepTimer = null;
 
 function log(text) {
@@ -213,24 +212,22 @@ function enqueueGroup(group) {
   return inbound;
 }
 
-// Groups we are in that were not announced yet, from the local database; after a welcome sync when `network`.
+// Groups we are in that were not announced yet, from the local database (no network call).
 //
-// Why this exists: the group stream alone loses invitations. Two streams take every welcome (streamAllMessages,
-// which must, to follow the new group's messages, and streamGroups), and when the message stream has processed a
-// welcome first, the group stream was seen to yield nothing for it: no value, no error (libxmtp 1.9.1; 2 of 7
-// group tests failed that way in about one run in three). A welcome processed by the SDK's own sync before a
-// (re)started group stream is never yielded either. Whichever path processed it, the group is then in the local
-// database, so a listing of it (no network call) finds every group: at each group stream (re)start and error
-// (after a welcome sync), with each sync, and every GROUP_SWEEP_MS, which bounds how late an invitation is.
-async function sweepGroups(reason, { network = false } = {}) {
+// Why not a stream of new groups: every stream takes every welcome, and two that race for one lose it. With
+// streamGroups beside streamAllMessages, a welcome the message stream processed first was seen to be dropped by the
+// group stream in silence (no value, no error: libxmtp 1.9.1; 2 of 7 group tests failed that way in about one run
+// in three), and the other way round a stream can miss the DM or group it must then follow (a member that never
+// heard a discover). So streamAllMessages alone takes welcomes (it follows each new DM and group at once), and the
+// group it stored is announced from the local database: every GROUP_SWEEP_MS, which bounds how late an invitation
+// is, and with each sync; and, before its first message, by handle().
+function sweepGroups() {
   try {
-    const c = requireClient();
-    if (network) await c.conversations.sync();
-    for (const group of c.conversations.listGroups({ consentStates: [CONSENT_ALLOWED, CONSENT_UNKNOWN] })) {
+    for (const group of requireClient().conversations.listGroups({ consentStates: [CONSENT_ALLOWED, CONSENT_UNKNOWN] })) {
       if (!announced.has(group.id)) enqueueGroup(group);
     }
   } catch (error) {
-    log(`looking for new groups (${reason}) failed: ${error?.stack ?? error}`);
+    log(`looking for new groups failed: ${error?.stack ?? error}`);
   }
 }
 
@@ -314,33 +311,6 @@ async function runStream(attempt = 0) {
     syncNow("stream down");
     runStream(attempt + 1);
   }, delay);
-}
-
-// New groups (welcomes) as they come, so that an invitation is decided before any message in it, and even when
-// nothing is ever posted there. Restarted with backoff; sweepGroups finds any it missed.
-async function runGroupStream(attempt = 0) {
-  if (closing) return;
-  try {
-    groupStream = await client.conversations.streamGroups({
-      retryAttempts: 6,
-      retryDelay: 500,
-      onError: (error) => {
-        log(`group stream error: ${error?.message ?? error}`);
-        sweepGroups("group stream error", { network: true });
-      },
-      onRestart: () => sweepGroups("group stream restart", { network: true }),
-    });
-    attempt = 0;
-    sweepGroups("group stream up", { network: true }); // welcomes its start-up sync took in silence
-    for await (const group of groupStream) {
-      if (group) enqueueGroup(group);
-    }
-  } catch (error) {
-    log(`group stream failed: ${error?.stack ?? error}`);
-  }
-  if (closing) return;
-  const delay = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)];
-  setTimeout(() => runGroupStream(attempt + 1), delay);
 }
 
 async function groupById(id) {
@@ -453,8 +423,7 @@ const handlers = {
     });
     chmodDatabase(args.dbPath);
     runStream();
-    runGroupStream();
-    groupSweepTimer = setInterval(() => sweepGroups("periodic"), GROUP_SWEEP_MS);
+    groupSweepTimer = setInterval(sweepGroups, GROUP_SWEEP_MS);
     await streamTried; // live before the sync, so nothing falls between the two
     await syncNow("start");
     const interval = args.syncIntervalMs ?? 30_000;
@@ -587,7 +556,6 @@ async function shutdown() {
   }
   try {
     if (stream) await stream.return();
-    if (groupStream) await groupStream.return();
   } catch (error) {
     log(`closing the stream: ${error}`);
   }
