@@ -329,3 +329,23 @@ async def test_the_overview_of_an_agent_on_xmtp_shows_its_inbox_installations_an
     assert overview["devnet"] == {"port": 5556, "up": True}
     assert overview["writes"]["limit"] == 3000 and overview["writes"]["window_s"] == 300
     assert xmtp["inboxId"] in page and "1 of 10" in page and "of 3000 in the last 300 s" in page
+
+
+async def test_bad_query_parameters_get_a_clear_answer_and_the_dashboard_goes_on(dashboard: Dashboard) -> None:
+    async with _logged_in(dashboard) as client:
+        for path, status in (("/tasks?before=soon", 400), ("/tasks?state=bogus", 404), ("/tasks?peer=nobody", 404),
+                             ("/tasks/in/nothing?peer=0x" + "1" * 40, 404), ("/tasks/sideways/x", 404),
+                             ("/receipts?before=x", 400)):
+            response = await client.get(path)
+            assert response.status_code == status, path
+            assert "Traceback" not in response.text
+        for path in ("/api/tasks?before=soon", "/api/tasks?state=bogus", "/api/tasks/out/nothing"):
+            response = await client.get(path)
+            assert response.status_code == 400 and response.json()["error"]["message"], path
+        bodies: list[Any] = [b"not json", b"[1, 2]", b"[" * 5000, {"wallet": 7}, {"wallet": "0x" + "1" * 40,
+                                                                                  "tier": "god"}]
+        for body in bodies:
+            kwargs: dict[str, Any] = {"json": body} if isinstance(body, dict) else {"content": body}
+            response = await client.post("/api/trust/set", headers=_origin(dashboard), **kwargs)
+            assert response.status_code == 400, body
+        assert (await client.get("/api/overview")).status_code == 200

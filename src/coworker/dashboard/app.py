@@ -176,8 +176,10 @@ class DashboardApp:
                 return RedirectResponse("/login", status_code=303)
             try:
                 context = await data(request)
-            except CoworkerError as exc:
+            except CoworkerError as exc:  # no such task, a filter that is no state or wallet
                 return self._render("error.html", {"message": str(exc)}, status=404)
+            except (KeyError, TypeError, ValueError) as exc:  # a query parameter that is not a number
+                return self._render("error.html", {"message": f"bad request: {exc}"}, status=400)
             return self._render(template, context, path=request.url.path)
 
         return page
