@@ -7,6 +7,7 @@ logs a console error or opens a dialog. Over HTTP alone: tests/test_dashboard.py
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import threading
@@ -25,6 +26,8 @@ from coworker.dashboard import Dashboard
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is a dev dependency: pip install -e .[dev]")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None and os.environ.get("CI"):  # CI installs it (.ci/run): its absence there is a failure
+    pytest.fail("no chromium on PATH: .ci/run installs Debian's `chromium`", pytrace=False)
 if CHROMIUM is None:
     pytest.skip("no chromium on PATH (CI installs Debian's `chromium`; `playwright install` is not used)",
                 allow_module_level=True)
