@@ -116,6 +116,8 @@ def test_group_commands_through_the_running_agent(home: Path, alice: str, capsys
         seen["removed_text"] = (code, out)
         seen["members_after"] = run_json(capsys, "group", "members", short)
         seen["unknown"] = run(capsys, "group", "members", "ffff")
+        seen["left"] = run(capsys, "group", "leave", short)
+        seen["list_after_leaving"] = run_json(capsys, "group", "list")
         return seen
 
     async def scenario() -> dict[str, Any]:
@@ -146,8 +148,11 @@ def test_group_commands_through_the_running_agent(home: Path, alice: str, capsys
     code, _, err = seen["unknown"]
     assert code == 1 and "no group 'ffff'" in err
 
+    code, out, _ = seen["left"]
+    assert code == 0 and out.strip() == "left the group research: nothing posted in it is read from now on"
+    assert [g["state"] for g in seen["list_after_leaving"]] == ["left"]
     code, out, _ = run(capsys, "group", "list")  # the agent has stopped: read from its store
-    assert code == 0 and out.splitlines()[1].split()[:3] == [created["id"], "joined", "research"]
+    assert code == 0 and out.splitlines()[1].split()[:3] == [created["id"], "left", "research"]
 
 
 def test_group_commands_start_the_agent_in_this_process_when_it_does_not_run(

@@ -19,7 +19,7 @@ cards and our trust in them); mcp_pins, mcp_pin and mcp_unpin list, mark and unm
 answer to our request) once the count differs from ``since`` (long-polled, bounded). dashboard_link makes a
 one-time login link to the agent's dashboard (``coworker dashboard``). Groups (``coworker group``, see
 :func:`~coworker.agent.groups.run_group_command`): group_create, groups, group_members, group_add, group_remove,
-group_discover; a group is named by its id or the start of it.
+group_discover, group_leave; a group is named by its id or the start of it.
 :class:`ControlClient` raises the same :class:`CoworkerError` subclasses the agent raised.
 
 Any local process can connect before it shows a token, so what one connection may cost is bounded: a request line

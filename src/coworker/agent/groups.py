@@ -255,7 +255,8 @@ class GroupAgent(Protocol):
     def group(self, group_id: str) -> AsyncGroup: ...
 
 
-GROUP_COMMANDS = ("group_create", "groups", "group_members", "group_add", "group_remove", "group_discover")
+GROUP_COMMANDS = ("group_create", "groups", "group_members", "group_add", "group_remove", "group_discover",
+                  "group_leave")
 
 
 def group_json(group: GroupRecord | AsyncGroup) -> dict[str, Any]:
@@ -301,4 +302,7 @@ async def run_group_command(agent: GroupAgent, cmd: str, args: dict[str, Any]) -
     if cmd == "group_discover":
         peers = await group.discover(timeout=float(args.get("timeout", DISCOVER_TIMEOUT)))
         return {wallet: peer_json(peer) for wallet, peer in peers.items()}
+    if cmd == "group_leave":
+        await group.leave()
+        return group_json(group)
     raise ConfigurationError(f"unknown group command {cmd!r}")

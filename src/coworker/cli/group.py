@@ -100,7 +100,17 @@ def _change(args: argparse.Namespace, choose: Choose, cmd: str) -> int:
         print_json(group)
     else:
         done = "added to" if cmd == "group_add" else "removed from"
-        print(f"{wallet} {done} the group {shown(group['name'])} ({len(group['members'])} members now)")
+        count = len(group["members"])
+        print(f"{wallet} {done} the group {shown(group['name'])} ({count} member{'' if count == 1 else 's'} now)")
+    return 0
+
+
+def _cmd_leave(args: argparse.Namespace, choose: Choose) -> int:
+    group = _run(choose(args), "group_leave", group=args.group)
+    if args.json:
+        print_json(group)
+    else:
+        print(f"left the group {shown(group['name'])}: nothing posted in it is read from now on")
     return 0
 
 
@@ -127,7 +137,7 @@ def register(commands: Any, common: argparse.ArgumentParser, choose: Choose) -> 
         return lambda args: handler(args, choose)
 
     group = commands.add_parser("group", parents=[common], help="groups of agents: create, list, members, add, "
-                                                                "remove, discover")
+                                                                "remove, leave, discover")
     actions = group.add_subparsers(dest="group_command", metavar="ACTION")
 
     def action(name: str, help: str) -> argparse.ArgumentParser:
@@ -150,6 +160,9 @@ def register(commands: Any, common: argparse.ArgumentParser, choose: Choose) -> 
         change.add_argument("group", metavar="ID", help="the group's id, or enough of its first characters")
         change.add_argument("wallet", metavar="WALLET|INVITE", help="the member's wallet address or invite code")
         change.set_defaults(func=lambda args, _cmd=cmd: _change(args, choose, _cmd))
+    leave = action("leave", "leave a group: nothing posted in it is read from now on")
+    leave.add_argument("group", metavar="ID", help="the group's id, or enough of its first characters")
+    leave.set_defaults(func=bind(_cmd_leave))
     discover = action("discover", "ask every member at once which skills it lets us see")
     discover.add_argument("group", metavar="ID", help="the group's id, or enough of its first characters")
     discover.add_argument("--timeout", type=float, default=DISCOVER_TIMEOUT,
