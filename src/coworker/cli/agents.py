@@ -195,7 +195,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         names = ", ".join(shown(c.get("name", "?")) for c in skills) or "none"
         hidden = status["hidden_skills"]
-        print(f"skills:    {len(skills)} published on the last run: {names}"
+        when = "published now" if status["running"] else "published on the last run"
+        print(f"skills:    {len(skills)} {when}: {names}"
               + (f" ({len(hidden)} more hidden from peers: `coworker skills` lists them)" if hidden else ""))
     return 0
 
