@@ -332,7 +332,10 @@ async function reachableAll(addresses) {
   const answer = await requireClient().canMessage(identifiers(addresses));
   const able = new Set([...answer].filter(([, ok]) => ok).map(([key]) => String(key).toLowerCase()));
   const missing = addresses.filter((a) => !able.has(a.toLowerCase()));
-  if (missing.length) throw fail("PeerUnreachable", `${missing.join(", ")} has no XMTP inbox on the ${env} network`);
+  if (missing.length) {
+    throw fail("PeerUnreachable", `${missing.join(", ")} ${missing.length === 1 ? "has" : "have"} no XMTP inbox on ` +
+      `the ${env} network (an agent gets one the first time it runs there)`);
+  }
 }
 
 // A DM is created in two steps: the group is stored locally, then a commit adding the peer is published and the
@@ -380,7 +383,8 @@ function dmWith(address) {
       if (!reachable.has(address)) {
         const answer = await c.canMessage([ethereumIdentifier(address)]);
         if (![...answer.values()].some(Boolean)) {
-          throw fail("PeerUnreachable", `${address} has no XMTP inbox on the ${env} network`);
+          throw fail("PeerUnreachable", `${address} has no XMTP inbox on the ${env} network (an agent gets one the ` +
+            "first time it runs there)");
         }
         reachable.add(address);
       }
