@@ -174,13 +174,16 @@ class DashboardApp:
         async def page(request: Request) -> Response:
             if not self._session_ok(request):
                 return RedirectResponse("/login", status_code=303)
+            # The counters as they were before the page's data was read: the script compares the event stream's
+            # first counters with these, so a change between this read and the stream's start still refreshes
+            counters = json.dumps(self.counters())
             try:
                 context = await data(request)
             except CoworkerError as exc:  # no such task, a filter that is no state or wallet
                 return self._render("error.html", {"message": str(exc)}, status=404)
             except (KeyError, TypeError, ValueError) as exc:  # a query parameter that is not a number
                 return self._render("error.html", {"message": f"bad request: {exc}"}, status=400)
-            return self._render(template, context, path=request.url.path)
+            return self._render(template, {**context, "counters": counters}, path=request.url.path)
 
         return page
 

@@ -6,7 +6,8 @@
 
 (function () {
   const liveBadge = () => document.getElementById("live");
-  let counters = null;
+  // What the page shows was read after these counters: the stream's first event refreshes what changed since
+  let counters = JSON.parse(document.body?.dataset.counters || "null");
   let refreshing = null;
   let again = false;
 
