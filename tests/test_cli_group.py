@@ -14,24 +14,9 @@ import pytest
 
 from coworker import AsyncAgent, MemoryNetwork, TrustTier
 from coworker.agent.invites import make_invite
-from coworker.cli.main import main
 from coworker.store.identity import Identity
 
-Capture = pytest.CaptureFixture[str]
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("COWORKER_HOME", str(tmp_path))
-    for name in ("COWORKER_AGENT", "COWORKER_NETWORK", "COWORKER_PASSPHRASE"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path
-
-
-def run(capsys: Capture, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from .test_cli import Capture, run
 
 
 def run_json(capsys: Capture, *argv: str) -> Any:
