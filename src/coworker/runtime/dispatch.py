@@ -52,7 +52,7 @@ from coworker.runtime import taskset
 from coworker.runtime.callee import Callee
 from coworker.runtime.caller import Caller, _Watch
 from coworker.runtime.groups import Groups
-from coworker.runtime.journal import Journal, Note, about
+from coworker.runtime.journal import Journal, JournalEntry, about
 from coworker.runtime.link import Link
 from coworker.runtime.v1_inbound import FIRST_CONTACT, V1Inbound
 from coworker.store.identity import Identity
@@ -330,7 +330,7 @@ class Runtime:
         self._note(incoming, env, "handled")  # its answer may still refuse it (Journal.refused)
         return self._serve_request(env, peer, len(incoming.data))
 
-    def _note(self, incoming: Incoming, env: proto.Envelope, verdict: str, reason: str = "") -> Note:
+    def _note(self, incoming: Incoming, env: proto.Envelope, verdict: str, reason: str = "") -> JournalEntry:
         """Note a decoded incoming message in the journal (from the sender the transport authenticated)."""
         addresses = incoming.sender.addresses
         peer = checksum(env.sender) if env.sender.lower() in addresses else _sender(addresses)
@@ -339,7 +339,7 @@ class Runtime:
                                        task_id=task, reason=reason, detail=detail,
                                        protocol="2" if env.dialect is None else "1.0")
 
-    async def _refuse_undecodable(self, incoming: Incoming, exc: RemoteProtocolError, note: Note) -> None:
+    async def _refuse_undecodable(self, incoming: Incoming, exc: RemoteProtocolError, note: JournalEntry) -> None:
         peeked = proto.peek_id(incoming.data)
         if peeked is None or len(incoming.sender.addresses) != 1 or peeked[1] not in proto.REQUEST_TYPES:
             return  # nothing to answer to: dropped (and logged above)

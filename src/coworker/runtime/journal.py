@@ -10,13 +10,14 @@ output) is never kept; a ``call.progress`` keeps its message, percentage and lat
 
 An incoming request is noted ``handled`` when it passed every check; when its answer turns out to be a refusal
 (trust too low, a skill not found, invalid input: decided later, on the request's own task) the link gives that
-entry its final verdict, ``refused``, with the code (:meth:`Journal.refused`). Entries are kept mutable inside and
-handed out as frozen :class:`JournalEntry` snapshots. Listeners hear of every new entry and of every settled one.
+entry its final verdict, ``refused``, with the code (:meth:`Journal.refused`): entries are frozen, and settling one
+puts a copy with its verdict in its place. Listeners hear of every new entry and of every settled one.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import time
@@ -62,29 +63,6 @@ class JournalEntry:
     detail: dict[str, Any]
 
 
-@dataclass(slots=True)
-class Note:
-    """A journal entry as the journal keeps it (settled in place; see :meth:`Journal.settle`)."""
-
-    seq: int
-    at: float
-    direction: str
-    peer: str
-    kind: str
-    message_id: str | None
-    task_id: str | None
-    size: int
-    verdict: str
-    reason: str = ""
-    protocol: str = "2"
-    detail: dict[str, Any] | None = None  # None: {} (no dict made for most messages)
-
-    def entry(self) -> JournalEntry:
-        return JournalEntry(self.seq, self.at, self.direction, self.peer, self.kind, self.message_id, self.task_id,
-                            self.size, self.verdict, self.reason, self.protocol,
-                            {} if self.detail is None else dict(self.detail))
-
-
 class Journal:
     """The last ``size`` messages in and out.
 
@@ -97,7 +75,7 @@ class Journal:
     def __init__(self, size: int = DEFAULT_SIZE, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.seq = 0  # the latest entry's
-        self._notes: collections.deque[Note] = collections.deque(maxlen=size)
+        self._notes: collections.deque[JournalEntry] = collections.deque(maxlen=size)
         self._listeners: list[Callable[[], None]] = []
 
     @property
@@ -107,11 +85,11 @@ class Journal:
 
     def note(self, direction: str, peer: str, kind: str, size: int, verdict: str, *, message_id: str | None = None,
              task_id: str | None = None, reason: str = "", protocol: str = "2",
-             detail: dict[str, Any] | None = None) -> Note:
+             detail: dict[str, Any] | None = None) -> JournalEntry:
         """Add an entry (returned, to be settled later when its verdict may change)."""
         self.seq += 1
-        note = Note(self.seq, self.clock(), direction, peer, kind, message_id, task_id, size, verdict, reason,
-                    protocol, detail)
+        note = JournalEntry(self.seq, self.clock(), direction, peer, kind, message_id, task_id, size, verdict, reason,
+                            protocol, {} if detail is None else detail)
         self._notes.append(note)
         if self._listeners:
             self._changed()
@@ -130,7 +108,7 @@ class Journal:
         if note is not None:
             self.settle(note, "dropped", reason)
 
-    def _handled(self, request_id: str) -> Note | None:
+    def _handled(self, request_id: str) -> JournalEntry | None:
         """The latest entry of an incoming message ``request_id`` noted handled, among the latest
         :data:`LOOK_BACK` (a verdict decided later is decided soon after): searched only then, so that noting a
         request costs nothing more."""
@@ -141,9 +119,14 @@ class Journal:
                 return note
         return None
 
-    def settle(self, note: Note, verdict: str, reason: str = "") -> None:
-        """Give an entry its final verdict."""
-        note.verdict, note.reason = verdict, reason
+    def settle(self, note: JournalEntry, verdict: str, reason: str = "") -> None:
+        """Give an entry its final verdict (if it is still kept)."""
+        for n in range(len(self._notes) - 1, -1, -1):  # newest first: it was noted moments ago
+            if self._notes[n].seq == note.seq:
+                self._notes[n] = dataclasses.replace(note, verdict=verdict, reason=reason)
+                break
+            if self._notes[n].seq < note.seq:
+                return
         if self._listeners:
             self._changed()
 
@@ -157,7 +140,7 @@ class Journal:
             if note.seq <= after or len(found) >= limit:
                 break
             if (key is None or note.peer.lower() == key) and (task_id is None or note.task_id == task_id):
-                found.append(note.entry())
+                found.append(note)
         return found
 
     def add_listener(self, listener: Callable[[], None]) -> None:
