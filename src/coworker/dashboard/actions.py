@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import coworker.dashboard.views as views
 from coworker._errors import CoworkerError, InvalidInput
 from coworker.agent.control import pin, unpin
+from coworker.agent.groups import run_group_command
 from coworker.agent.invites import INVITE_PREFIX, read_invite
 from coworker.agent.peer import peer_json
 from coworker.core.trust import TrustTier
@@ -100,29 +101,31 @@ class Actions:
             unpin(self.agent.store, wallet)
         return {"wallet": wallet, "pinned": wallet.lower() in {w.lower() for w in self.agent.store.pinned_peers()}}
 
+    # the groups' actions are the control port's group commands (run_group_command), as the CLI's are
+
     async def create_group(self, body: dict[str, Any]) -> dict[str, Any]:
         members = [m for m in str(body.get("members") or "").replace(",", " ").split() if m]
-        group = await self.agent.create_group(_text(body, "name"), members,
-                                              description=str(body.get("description") or ""))
-        return {"group_id": group.id, "name": group.name}
+        group = await run_group_command(self.agent, "group_create", {
+            "name": _text(body, "name"), "members": members, "description": str(body.get("description") or "")})
+        return {**group, "group_id": group["id"]}
 
     async def discover_group(self, body: dict[str, Any]) -> dict[str, Any]:
         group_id = _text(body, "group_id")
-        found = await self.agent.group(group_id).discover()
-        result = {wallet: peer_json(peer) for wallet, peer in found.items()}
-        self.discovered[group_id] = (time.time(), result)
-        return {"group_id": group_id, "members": result}
+        found = await run_group_command(self.agent, "group_discover", {"group": group_id})
+        self.discovered[group_id] = (time.time(), found)
+        return {"group_id": group_id, "members": found}
 
     async def group_add(self, body: dict[str, Any]) -> dict[str, Any]:
-        await self.agent.group(_text(body, "group_id")).add(_wallet(body))
+        await run_group_command(self.agent, "group_add", {"group": _text(body, "group_id"), "wallet": _wallet(body)})
         return {"added": True}
 
     async def group_remove(self, body: dict[str, Any]) -> dict[str, Any]:
-        await self.agent.group(_text(body, "group_id")).remove(_wallet(body))
+        await run_group_command(self.agent, "group_remove", {"group": _text(body, "group_id"),
+                                                             "wallet": _wallet(body)})
         return {"removed": True}
 
     async def group_leave(self, body: dict[str, Any]) -> dict[str, Any]:
-        await self.agent.group(_text(body, "group_id")).leave()
+        await run_group_command(self.agent, "group_leave", {"group": _text(body, "group_id")})
         return {"left": True}
 
     async def resume(self, body: dict[str, Any]) -> dict[str, Any]:

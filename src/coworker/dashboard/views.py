@@ -12,16 +12,16 @@ from typing import Any, Protocol
 
 from coworker._errors import ConfigurationError, CoworkerError
 from coworker.agent.control import ControlledAgent
-from coworker.agent.groups import AsyncGroup
+from coworker.agent.groups import GroupAgent
 from coworker.agent.peer import task_dict
 from coworker.core.tasks import LIVE, TaskState, receipt_problem
 from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum
 from coworker.runtime.journal import Journal, JournalEntry
-from coworker.store.records import GroupRecord, TaskRecord, TrustAuditEntry
+from coworker.store.records import TaskRecord, TrustAuditEntry
 
 
-class DashboardAgent(ControlledAgent, Protocol):
+class DashboardAgent(ControlledAgent, GroupAgent, Protocol):
     """What the dashboard needs of an agent (:class:`~coworker.agent.agent.DashboardAgent` is one): what the control
     port needs, and the journal, the trust audit and the rest below. A protocol, so that the dashboard does not
     import the agent that starts it."""
@@ -39,9 +39,6 @@ class DashboardAgent(ControlledAgent, Protocol):
     def collaborations(self, limit: int = 20) -> list[dict[str, Any]]: ...
     async def resume_collaboration(self, collaboration_id: str) -> dict[str, Any]: ...
     async def cancel(self, task_id: str) -> bool: ...
-    def groups(self) -> list[GroupRecord]: ...
-    def group(self, group_id: str) -> AsyncGroup: ...
-    async def create_group(self, name: str, members: Sequence[str], *, description: str = "") -> AsyncGroup: ...
 
 LOCAL_NODE_PORT = 5556  # where the local network's node (coworker devnet) listens
 PAGE = 50  # rows on a page of tasks, messages or receipts
