@@ -45,3 +45,19 @@ def read_invite(code: str) -> dict[str, str]:
     if signer.lower() != wallet.lower():
         raise ConfigurationError("the invite code is not signed by the wallet it names: it was altered")
     return {"wallet": checksum(wallet), "name": name, "network": network}
+
+
+def peer_wallet(target: str, network: str) -> tuple[str, str | None]:
+    """The wallet a target names: a wallet address, or an invite code for ``network`` (then also its name).
+
+    Raises:
+        ConfigurationError: not a wallet, a damaged or altered invite, or an invite for another network.
+    """
+    if target.startswith(INVITE_PREFIX):
+        invite = read_invite(target)
+        if invite["network"] != network:
+            raise ConfigurationError(f"the invite is for the {invite['network']!r} network but this agent is on "
+                                     f"{network!r}: choose it with `coworker init --name NAME --network "
+                                     f"{invite['network']}`")
+        return invite["wallet"], invite["name"]
+    return checksum(target), None

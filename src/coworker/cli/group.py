@@ -23,14 +23,15 @@ from coworker.agent.agent import AsyncAgent
 from coworker.agent.config import network_name
 from coworker.agent.control import ControlClient
 from coworker.agent.groups import DISCOVER_TIMEOUT, group_json, run_group_command
+from coworker.agent.invites import peer_wallet
 from coworker.cli.common import open_agent, print_json, shown
-from coworker.cli.network import _peer_wallet, _run_with_agent
+from coworker.cli.network import _run_with_agent
 
 Choose = Callable[[argparse.Namespace], str]
 
 
 def _wallet(name: str, target: str) -> str:
-    return _peer_wallet(target, network_name(None, _paths.agent_dir(name))[0])[0]
+    return peer_wallet(target, network_name(None, _paths.agent_dir(name))[0])[0]
 
 
 def _run(agent_name: str, cmd: str, wait: float = 60.0, /, **args: Any) -> Any:

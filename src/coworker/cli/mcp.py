@@ -28,8 +28,9 @@ from coworker.agent.agent import AsyncAgent
 from coworker.agent.blocking import Agent
 from coworker.agent.config import network_name
 from coworker.agent.control import ControlClient, pin, unpin
+from coworker.agent.invites import peer_wallet
 from coworker.cli.common import CliError, print_json
-from coworker.cli.network import _log_to_file, _peer_wallet, load_app
+from coworker.cli.network import _log_to_file, load_app
 from coworker.store.identity import write_private
 
 TOKEN_FILE = "mcp_token"
@@ -57,7 +58,7 @@ def _cmd_mcp(args: argparse.Namespace, choose: Callable[[argparse.Namespace], st
     agent = app.aio if isinstance(app, Agent) else app
     running = ControlClient.find(agent.data_dir)
     _log_to_file(agent.data_dir)
-    wallets = [_peer_wallet(p, network_name(None, agent.data_dir)[0])[0] for p in args.peer]
+    wallets = [peer_wallet(p, network_name(None, agent.data_dir)[0])[0] for p in args.peer]
     token = None
     if args.http is not None:
         token = secrets.token_urlsafe(32)
@@ -105,7 +106,7 @@ def _cmd_pins(args: argparse.Namespace, choose: Callable[[argparse.Namespace], s
     data_dir = _paths.agent_dir(name)
     if (args.file == "pins") != (args.target is None):
         raise CliError("usage: coworker mcp pins | coworker mcp pin WALLET|INVITE | coworker mcp unpin WALLET|INVITE")
-    wallet = _peer_wallet(args.target, network_name(None, data_dir)[0])[0] if args.target is not None else ""
+    wallet = peer_wallet(args.target, network_name(None, data_dir)[0])[0] if args.target is not None else ""
     running = ControlClient.find(data_dir)
     if running is not None:
         if args.file == "pins":

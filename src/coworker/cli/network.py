@@ -36,10 +36,9 @@ from coworker.agent.agent import AsyncAgent
 from coworker.agent.blocking import Agent
 from coworker.agent.config import LOCK_FILE, AgentLock, network_name, parse_tier, validate_agent_name
 from coworker.agent.control import ControlClient
-from coworker.agent.invites import INVITE_PREFIX, make_invite, read_invite
+from coworker.agent.invites import make_invite, peer_wallet
 from coworker.agent.peer import peer_json
 from coworker.cli.common import CliError, EscapingFormatter, json_text, open_agent, shown, suggest
-from coworker.core.wallets import checksum
 from coworker.store.identity import Identity
 
 log = logging.getLogger("coworker.cli")
@@ -51,17 +50,6 @@ DASHBOARD_PORT = 8090  # coworker.dashboard.DEFAULT_PORT (not imported: the dash
 
 
 # ---- invites --------------------------------------------------------------------------------------------------
-
-
-def _peer_wallet(target: str, my_network: str) -> tuple[str, str | None]:
-    """A wallet from a wallet address or an invite code (and the invite's name)."""
-    if target.startswith(INVITE_PREFIX):
-        invite = read_invite(target)
-        if invite["network"] != my_network:
-            raise CliError(f"the invite is for the {invite['network']!r} network but this agent is on "
-                           f"{my_network!r}: choose it with `coworker init --name NAME --network {invite['network']}`")
-        return invite["wallet"], invite["name"]
-    return checksum(target), None
 
 
 # ---- running an agent for one command -------------------------------------------------------------------------
@@ -91,7 +79,7 @@ def _run_with_agent(name: str, remote: Callable[[ControlClient], Any],
 
 def _cmd_connect(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
     name = choose(args)
-    wallet, invited_as = _peer_wallet(args.target, network_name(None, _paths.agent_dir(name))[0])
+    wallet, invited_as = peer_wallet(args.target, network_name(None, _paths.agent_dir(name))[0])
     timeout = args.timeout
     async def local(agent: AsyncAgent) -> dict[str, Any]:
         return peer_json(await agent.connect(wallet, timeout=timeout))
@@ -140,7 +128,7 @@ def _parse_input(text: str) -> dict[str, Any]:
 
 def _cmd_call(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
     name = choose(args)
-    wallet, _ = _peer_wallet(args.target, network_name(None, _paths.agent_dir(name))[0])
+    wallet, _ = peer_wallet(args.target, network_name(None, _paths.agent_dir(name))[0])
     payload, timeout = _parse_input(args.input), args.timeout
     output = _run_with_agent(
         name, lambda c: c.request("call", timeout + 10, wallet=wallet, skill=args.skill, input=payload,
@@ -155,7 +143,7 @@ def _cmd_call(args: argparse.Namespace, choose: Callable[[argparse.Namespace], s
 
 def _cmd_trust_request(args: argparse.Namespace, choose: Callable[[argparse.Namespace], str]) -> int:
     name = choose(args)
-    wallet, _ = _peer_wallet(args.target, network_name(None, _paths.agent_dir(name))[0])
+    wallet, _ = peer_wallet(args.target, network_name(None, _paths.agent_dir(name))[0])
     tier = parse_tier(args.tier)
     with open_agent(args) as me:  # refused before the agent starts or anything is sent
         if me.wallet.lower() == wallet.lower():

@@ -13,7 +13,7 @@ import coworker.dashboard.views as views
 from coworker._errors import CoworkerError, InvalidInput
 from coworker.agent.control import pin, unpin
 from coworker.agent.groups import run_group_command
-from coworker.agent.invites import INVITE_PREFIX, read_invite
+from coworker.agent.invites import peer_wallet
 from coworker.agent.peer import peer_json
 from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum
@@ -79,14 +79,8 @@ class Actions:
         return {"name": name, "hidden": self.agent.skill_hidden(name)}
 
     async def connect(self, body: dict[str, Any]) -> dict[str, Any]:
-        target = _text(body, "target").strip()
-        if target.startswith(INVITE_PREFIX):
-            invite = read_invite(target)
-            if invite["network"] != self.agent.network_name:
-                raise InvalidInput(f"the invite is for the {invite['network']!r} network; this agent is on "
-                                   f"{self.agent.network_name!r}", path="target")
-            target = invite["wallet"]
-        return peer_json(await self.agent.connect(checksum(target), timeout=30))
+        wallet, _ = peer_wallet(_text(body, "target").strip(), self.agent.network_name)
+        return peer_json(await self.agent.connect(wallet, timeout=30))
 
     async def call(self, body: dict[str, Any]) -> dict[str, Any]:
         wallet, skill, data = _wallet(body), _text(body, "skill"), _object(body.get("input"))
