@@ -4,6 +4,7 @@ that it costs the same with ten tasks or a million."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Sequence
@@ -58,7 +59,7 @@ async def overview(agent: DashboardAgent) -> dict[str, Any]:
     transport = agent.transport
     if transport is not None and hasattr(transport, "status"):
         try:
-            xmtp = await _bounded(transport.status(), 3.0)
+            xmtp = await asyncio.wait_for(transport.status(), 3.0)
         except Exception as exc:  # the sidecar may be restarting: say so, the page still loads
             xmtp = {"error": str(exc) or type(exc).__name__}
     tasks = agent.store.task_stats(limit=1000, now=time.time())
@@ -75,19 +76,11 @@ async def overview(agent: DashboardAgent) -> dict[str, Any]:
     }
 
 
-async def _bounded(coro: Any, seconds: float) -> Any:
-    import asyncio
-
-    return await asyncio.wait_for(coro, seconds)
-
-
 async def _devnet_health(network: str) -> dict[str, Any] | None:
     """For the local network: whether the devnet answers on its port (None on other networks)."""
     port = LOCAL_NODE_PORT
     if network != "local":
         return None
-    import asyncio
-
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
     except (OSError, TimeoutError) as exc:
@@ -123,9 +116,15 @@ def _tier(tier: TrustTier | None) -> str | None:
     return tier.name.lower() if tier is not None else None
 
 
-def _name(agent: DashboardAgent, wallet: str) -> str:
+def _name(agent: DashboardAgent, wallet: str, names: dict[str, str] | None = None) -> str:
+    """The name a peer gave itself ("" when unknown); ``names`` keeps those looked up for one page."""
+    if names is not None and wallet in names:
+        return names[wallet]
     record = agent.store.peer(wallet)
-    return record.name if record is not None else ""
+    name = record.name if record is not None else ""
+    if names is not None:
+        names[wallet] = name
+    return name
 
 
 def tasks(agent: DashboardAgent, *, direction: str | None = None, state: str | None = None, peer: str | None = None,
@@ -140,13 +139,15 @@ def tasks(agent: DashboardAgent, *, direction: str | None = None, state: str | N
                                  before=before)
     more = len(rows) > PAGE
     rows = rows[:PAGE]
-    return {"tasks": [_row(agent, t) for t in rows],
+    names: dict[str, str] = {}
+    return {"tasks": [_row(agent, t, names) for t in rows],
             "filters": {"direction": direction or "", "state": state or "", "peer": peer or "", "skill": skill or ""},
             "next_before": rows[-1].created_at if more and rows else None, "states": STATES}
 
 
-def _row(agent: DashboardAgent, task: TaskRecord) -> dict[str, Any]:
-    return {"task_id": task.id, "direction": task.direction, "peer": task.peer, "peer_name": _name(agent, task.peer),
+def _row(agent: DashboardAgent, task: TaskRecord, names: dict[str, str]) -> dict[str, Any]:
+    return {"task_id": task.id, "direction": task.direction, "peer": task.peer,
+            "peer_name": _name(agent, task.peer, names),
             "local": task.peer.lower() == agent.wallet.lower(), "skill": task.skill, "state": str(task.state),
             "created_at": task.created_at, "updated_at": task.updated_at, "duration_ms": task.duration_ms,
             "attempts": task.attempts, "error_code": task.error_code, "live": task.state in LIVE}
@@ -214,11 +215,7 @@ def messages(agent: DashboardAgent, *, peer: str | None = None, after: int = 0) 
     entries = agent.messages(after=after, limit=200, peer=checksum(peer) if peer else None)
     journal = agent.journal
     names: dict[str, str] = {}
-    rows = []
-    for e in entries:
-        if e.peer not in names:
-            names[e.peer] = _name(agent, e.peer)
-        rows.append({**asdict(e), "peer_name": names[e.peer]})
+    rows = [{**asdict(e), "peer_name": _name(agent, e.peer, names)} for e in entries]
     return {"messages": rows, "latest": journal.seq if journal is not None else 0, "filters": {"peer": peer or ""}}
 
 
@@ -254,8 +251,6 @@ MEMBERS_WAIT = 5.0  # seconds a group's member list may take (over XMTP: the sid
 async def groups(agent: DashboardAgent, discovered: dict[str, tuple[float, dict[str, Any]]]) -> dict[str, Any]:
     """Every group we made or were invited to, with its members (of the joined ones) and the latest discovery
     asked from this dashboard."""
-    import asyncio
-
     out = []
     for record in agent.groups():
         members: list[dict[str, Any]] = []
