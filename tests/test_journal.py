@@ -263,3 +263,13 @@ async def test_a_made_call_measures_request_to_result_and_a_served_one_the_skill
     made, served = bob.store.tasks("out")[0], alice.store.tasks("in")[0]
     assert 50 <= served.duration_ms <= made.duration_ms
     assert bob.store.task_stats(now=time.time())["made"]["p50_ms"] == made.duration_ms
+
+
+def test_a_broken_trust_listener_is_logged_and_the_change_stands(caplog: pytest.LogCaptureFixture) -> None:
+    store = SQLiteStore(":memory:")
+    heard: list[int] = []
+    store.add_trust_listener(lambda: 1 / 0)
+    store.add_trust_listener(lambda: heard.append(store.trust_changes))
+    store.set_trust(PEERS[0], TrustTier.KNOWN, 1.0)  # does not raise
+    assert store.trust_tier(PEERS[0]) == TrustTier.KNOWN and heard == [1]
+    assert "a trust listener of the store failed" in caplog.text

@@ -16,7 +16,7 @@ MAX_LINES = 500
 
 # Lower layers first; a module may import its own layer and the layers before it.
 LAYERS = [
-    ("coworker._version", "coworker._errors", "coworker._paths", "coworker._process"),
+    ("coworker._version", "coworker._errors", "coworker._listeners", "coworker._paths", "coworker._process"),
     ("coworker.core",),
     ("coworker.store", "coworker.devnet"),
     ("coworker.transports",),

@@ -19,15 +19,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from coworker._listeners import Listeners
 from coworker.core import protocol as proto
-
-log = logging.getLogger("coworker.runtime")
 
 DEFAULT_SIZE = 2000  # entries kept
 LOOK_BACK = 512  # entries searched, newest first, for the request a late verdict is about
@@ -76,7 +74,7 @@ class Journal:
         self.clock = clock
         self.seq = 0  # the latest entry's
         self._notes: collections.deque[JournalEntry] = collections.deque(maxlen=size)
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners = Listeners("a journal listener")
 
     @property
     def size(self) -> int:
@@ -92,7 +90,7 @@ class Journal:
                             protocol, {} if detail is None else detail)
         self._notes.append(note)
         if self._listeners:
-            self._changed()
+            self._listeners()
         return note
 
     def refused(self, request_id: str, code: str, message: str = "") -> None:
@@ -128,7 +126,7 @@ class Journal:
             if self._notes[n].seq < note.seq:
                 return
         if self._listeners:
-            self._changed()
+            self._listeners()
 
     def entries(self, *, after: int = 0, limit: int = 200, peer: str | None = None,
                 task_id: str | None = None) -> list[JournalEntry]:
@@ -146,18 +144,10 @@ class Journal:
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after each new entry and each settled one (on the runtime's loop: keep it cheap,
         e.g. set an event); an exception it raises is logged."""
-        self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def remove_listener(self, listener: Callable[[], None]) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-
-    def _changed(self) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener()
-            except Exception:  # a listener's bug must not fail the message being handled
-                log.exception("a journal listener failed")
+        self._listeners.remove(listener)
 
 
 def progress_detail(body: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from coworker._errors import StoreError
+from coworker._listeners import Listeners
 from coworker.core.protocol import is_address
 from coworker.core.trust import TrustTier
 from coworker.core.wallets import checksum
@@ -93,8 +94,8 @@ class SQLiteStore:
         self.trust_changes = 0
         self.task_changes = 0
         self.collab_changes = 0
-        self._trust_listeners: list[Callable[[], None]] = []
-        self._change_listeners: list[Callable[[], None]] = []
+        self._trust_listeners = Listeners("a trust listener of the store")
+        self._change_listeners = Listeners("a change listener of the store")
         self._grouped = False  # outside an event loop: writes go in one transaction (see _together)
         if path != ":memory:":
             p = Path(path)
@@ -355,36 +356,28 @@ class SQLiteStore:
 
     def add_trust_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the writer's thread) after each trust change made here: our tier for a peer
-        (:meth:`set_trust`) or a peer's answer to our trust request (:meth:`set_standing`)."""
-        self._trust_listeners.append(listener)
+        (:meth:`set_trust`) or a peer's answer to our trust request (:meth:`set_standing`); an exception it raises is
+        logged and goes no further."""
+        self._trust_listeners.add(listener)
 
     def remove_trust_listener(self, listener: Callable[[], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._trust_listeners.remove(listener)
+        self._trust_listeners.remove(listener)
 
     def _trust_changed(self) -> None:
         self.trust_changes += 1
-        for listener in list(self._trust_listeners):
-            listener()
+        if self._trust_listeners:
+            self._trust_listeners()
         if self._change_listeners:
-            self._changed()
+            self._change_listeners()
 
     def add_change_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` (on the writer's thread, after the write) each time :attr:`trust_changes`,
         :attr:`task_changes` or :attr:`collab_changes` moves. It runs on the call path: it must be cheap (set an
         event, wake a waiter); an exception it raises is logged and goes no further."""
-        self._change_listeners.append(listener)
+        self._change_listeners.add(listener)
 
     def remove_change_listener(self, listener: Callable[[], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._change_listeners.remove(listener)
-
-    def _changed(self) -> None:
-        for listener in list(self._change_listeners):
-            try:
-                listener()
-            except Exception:  # a listener's bug must not fail the write that happened
-                log.exception("a change listener of the store failed")
+        self._change_listeners.remove(listener)
 
     def trusted_peers(self) -> list[tuple[str, TrustTier]]:
         """Peers we hold above UNTRUSTED, highest tier first."""
@@ -520,7 +513,7 @@ class SQLiteStore:
             return False
         self.task_changes += 1
         if self._change_listeners:
-            self._changed()
+            self._change_listeners()
         return True
 
     def add_refusal(self, task: TaskRecord) -> bool:
@@ -567,7 +560,7 @@ class SQLiteStore:
                           task.direction, _key(task.peer), task.id))
         self.task_changes += 1
         if self._change_listeners:
-            self._changed()
+            self._change_listeners()
 
     def tasks(self, direction: str | None = None, state: str | None = None, limit: int = 20) -> list[TaskRecord]:
         """Tasks newest first, optionally of one direction and one state. Each query walks an index in order and
@@ -693,7 +686,7 @@ class SQLiteStore:
                      collab.created_at, collab.updated_at))
         self.collab_changes += 1
         if self._change_listeners:
-            self._changed()
+            self._change_listeners()
 
     def collaboration(self, collab_id: str) -> CollaborationRecord | None:
         row = self._db.execute("SELECT id, peer, goal, state, record, created_at, updated_at FROM collaborations "
