@@ -22,6 +22,7 @@ from coworker import AsyncAgent, CallContext, TrustTier
 from coworker.devnet import DevnetServer
 from coworker.transports.xmtp.transport import XmtpNetwork
 
+from .apps import APPEND_LINE
 from .test_xmtp_processes import ServedAgent
 
 pytestmark = pytest.mark.integration
@@ -35,16 +36,7 @@ from pathlib import Path
 from coworker import Agent, CallContext
 
 RUNS, STARTED, GATE = Path({runs!r}), {started!r}, {gate!r}
-
-
-def note(line: str) -> None:
-    fd = os.open(RUNS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, (line + "\\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-'''
+''' + APPEND_LINE
 
 RESEARCH_APP = NOTE + '''
 agent = Agent("b")
@@ -52,7 +44,7 @@ agent = Agent("b")
 
 @agent.skill("research", description="Research a topic and return findings", output_schema={{"summary": "str"}})
 def research(topic: str) -> dict:
-    note("research")
+    append(RUNS, "research")
     return {{"summary": f"findings on {{topic}}"}}
 '''
 
@@ -62,13 +54,13 @@ agent = Agent("c")
 
 @agent.skill("analysis", description="Analyse findings", output_schema={{"insight": "str"}})
 def analysis(summary: str, ctx: CallContext) -> dict:
-    note(f"analysis-start {{ctx.attempt}}")
+    append(RUNS, f"analysis-start {{ctx.attempt}}")
     if ctx.attempt == 1:  # the first run tells the test it started, then holds until the process is killed
         with open(STARTED, "w") as started:
             started.write("started\\n")
         with open(GATE) as gate:
             gate.read()
-    note("analysis")
+    append(RUNS, "analysis")
     return {{"insight": f"analysed({{summary}})"}}
 '''
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .apps import APPEND_LINE
+
 PAIR = '''
 import asyncio
 import json
@@ -44,16 +46,7 @@ from coworker.store.sqlite import SQLiteStore
 # crash: "none", "agent:function:before|after" or "bob:request:returned"
 root, task_id, crash = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 RUNS, MARKER = root / "runs", root / "marker"
-
-
-def append(path: Path, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, (line + "\\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
+''' + APPEND_LINE + '''
 
 SENT: list[str] = []  # "type task" of each message handed to the network, in this process
 original_send = Link.send_data

@@ -27,6 +27,7 @@ from coworker.devnet import DevnetServer
 from coworker.transports.xmtp.driver import NodeDriver
 from coworker.transports.xmtp.transport import XmtpNetwork
 
+from .apps import APPEND_LINE
 from .test_xmtp_processes import ServedAgent
 
 pytestmark = pytest.mark.integration
@@ -40,16 +41,7 @@ from pathlib import Path
 from coworker import Agent, CallContext
 
 RUNS, FIFOS = Path({runs!r}), Path({fifos!r})
-
-
-def note(line: str) -> None:
-    fd = os.open(RUNS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, (line + "\\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
+''' + APPEND_LINE + '''
 
 def hold(skill: str) -> None:
     with open(FIFOS / f"{{skill}}.started", "w") as started:
@@ -62,16 +54,16 @@ def research(topic: str) -> dict:
     """Research a topic and return findings"""
     if "wait-research" in topic:
         hold("research")
-    note(f"research {{topic}}")
+    append(RUNS, f"research {{topic}}")
     return {{"summary": f"findings on {{topic}}"}}
 
 
 def analysis(summary: str, ctx: CallContext) -> dict:
     """Analyse findings"""
-    note(f"analysis-start {{ctx.attempt}} {{summary}}")
+    append(RUNS, f"analysis-start {{ctx.attempt}} {{summary}}")
     if "wait-analysis" in summary and ctx.attempt == 1:
         hold("analysis")
-    note(f"analysis {{summary}}")
+    append(RUNS, f"analysis {{summary}}")
     return {{"insight": f"analysed({{summary}})"}}
 
 
