@@ -23,7 +23,7 @@ from coworker.devnet import DevnetServer
 from coworker.transports.xmtp.transport import XmtpNetwork
 
 from .apps import APPEND_LINE
-from .test_xmtp_processes import ServedAgent
+from .test_xmtp_processes import ServedAgent, served_app
 
 pytestmark = pytest.mark.integration
 
@@ -70,15 +70,7 @@ def runs(path: Path) -> list[str]:
 
 
 def served(source: str, name: str, home: Path, tmp_path: Path) -> Iterator[ServedAgent]:
-    app = tmp_path / f"{name}_app.py"
-    app.write_text(source.format(runs=str(tmp_path / "runs.txt"), started=str(tmp_path / "started"),
-                                 gate=str(tmp_path / "gate")))
-    agent = ServedAgent(app, home / "agents" / name, tmp_path / "runs.txt")
-    agent.start()
-    yield agent
-    if agent.process is not None and agent.process.poll() is None:
-        agent.process.terminate()
-        agent.process.wait(15)
+    yield from served_app(source, name, home, tmp_path, started=str(tmp_path / "started"), gate=str(tmp_path / "gate"))
 
 
 @pytest.fixture

@@ -114,9 +114,7 @@ async def served(xmtp_node: DevnetServer, home: Path, tmp_path: Path, fifos: Pat
 
     yield serve
     for agent in started:
-        if agent.process is not None and agent.process.poll() is None:
-            agent.process.terminate()
-            agent.process.wait(15)
+        agent.end()
 
 
 @pytest.fixture

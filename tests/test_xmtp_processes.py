@@ -87,6 +87,12 @@ class ServedAgent:
         assert self.control is not None
         return await asyncio.to_thread(self.control.request, cmd, 40.0, **args)
 
+    def end(self) -> None:
+        """After the test: terminate the process if it still runs (a test that stopped or killed it has not)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(15)
+
     def kill(self) -> None:
         assert self.process is not None
         self.process.kill()
@@ -102,18 +108,16 @@ class ServedAgent:
         return len(self.runs.read_text().splitlines()) if self.runs.exists() else 0
 
 
-def served_app(source: str, name: str, home: Path, tmp_path: Path) -> Iterator[ServedAgent]:
-    """``coworker serve`` of an app written from ``source`` (its ``{runs}`` filled in), as agent ``name``; stopped
-    after the test."""
+def served_app(source: str, name: str, home: Path, tmp_path: Path, **fields: str) -> Iterator[ServedAgent]:
+    """``coworker serve`` of an app written from ``source`` (its ``{runs}`` and ``fields`` filled in), as agent
+    ``name``; stopped after the test."""
     runs = tmp_path / "runs.txt"
     app = tmp_path / f"{name}_app.py"
-    app.write_text(source.format(runs=str(runs)))
+    app.write_text(source.format(runs=str(runs), **fields))
     served = ServedAgent(app, home / "agents" / name, runs)
     served.start()
     yield served
-    if served.process is not None and served.process.poll() is None:
-        served.process.terminate()
-        served.process.wait(15)
+    served.end()
 
 
 @pytest.fixture

@@ -178,9 +178,7 @@ def alice(xmtp_node: DevnetServer, home: Path, tmp_path: Path) -> Iterator[Calle
     served = ServedAgent(app, home / "agents" / "alice", runs)
     served.start()
     yield Callee(served, events, release)
-    if served.process is not None and served.process.poll() is None:
-        served.process.terminate()
-        served.process.wait(15)
+    served.end()
     events.close()
 
 
