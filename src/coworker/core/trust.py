@@ -10,7 +10,6 @@ that does not exist.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -62,14 +61,14 @@ def may_see(peer_tier: TrustTier, skill_tier: TrustTier) -> bool:
     return peer_tier >= TrustTier.KNOWN and peer_tier >= skill_tier
 
 
-def decide(peer_tier: TrustTier, kind: str, skill: str | None, skill_tiers: Mapping[str, TrustTier]) -> Decision:
+def decide(peer_tier: TrustTier, kind: str, skill: str | None, needed: TrustTier | None) -> Decision:
     """Admit or refuse one request.
 
     Args:
         peer_tier: the tier we hold for the authenticated sender.
         kind: the request's message type (``"call.request"``, ``"discover"``, ...).
         skill: the skill a call names, else None.
-        skill_tiers: our skills and the tier each needs.
+        needed: the tier that skill needs; None when we have no skill of that name (or the request names none).
     """
     if kind in OPEN_KINDS:
         return ALLOW
@@ -77,10 +76,8 @@ def decide(peer_tier: TrustTier, kind: str, skill: str | None, skill_tiers: Mapp
         return Decision(False, "UNSUPPORTED", f"unsupported request type {kind!r}")
     if peer_tier < TrustTier.KNOWN:
         return Decision(False, "ACCESS_DENIED", "trust tier too low: request trust first")
-    if kind == "call.request":
-        needed = skill_tiers.get(skill or "")
-        if needed is None or not may_see(peer_tier, needed):
-            return Decision(False, "SKILL_NOT_FOUND", f"no skill named {skill!r} visible to you")
+    if kind == "call.request" and (needed is None or not may_see(peer_tier, needed)):
+        return Decision(False, "SKILL_NOT_FOUND", f"no skill named {skill!r} visible to you")
     return ALLOW
 
 

@@ -425,7 +425,8 @@ class Runtime:
             return
         tier = self.store.trust_tier(peer)
         skill_name = body.skill if env.type == "call.request" else None
-        decision = decide(tier, env.type, skill_name, {n: s.min_trust_tier for n, s in self.skills.items()})
+        skill = self.skills.get(skill_name) if skill_name is not None else None
+        decision = decide(tier, env.type, skill_name, None if skill is None else skill.min_trust_tier)
         if not decision.allowed:
             task_id = getattr(body, "task", None) or (env.id if env.type == "call.request" else None)
             if (env.type == "call.request" and decision.code == "SKILL_NOT_FOUND"
